@@ -1,0 +1,42 @@
+# roomagent: two set-up commands on a fresh Debian machine (see README):
+#   make run    the agent on the simulated HAL (creates .venv, nothing else to install)
+#   make test   the whole test suite (creates .venv, installs Mosquitto if missing, runs pytest)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: run test lint bench demo fuzz soak reliability image image-test mosquitto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/roomagent run $(ARGS)
+
+# Mosquitto is the real broker in tests; install it from Debian when missing (root, or sudo).
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing mosquitto from Debian packages"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	fi
+
+test: $(STAMP) mosquitto
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent hal tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/roomagent bench all --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,1 @@
+"""Fleet admins' side: ``roomctl`` (keys, trust roots, signing, pushing, status, audit)."""

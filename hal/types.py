@@ -1,0 +1,124 @@
+"""Value types shared by every HAL backend (frozen, slotted, keyword-only where it helps)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CameraCapabilities",
+    "ControlInfo",
+    "DeviceInfo",
+    "EncodedPacket",
+    "EncoderCapabilities",
+    "EncoderConfig",
+    "Frame",
+    "FrameMode",
+    "HotplugEvent",
+    "IndicatorState",
+    "PtzPosition",
+]
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMode:
+    pixel_format: str  # e.g. "yuv420p", "yuyv422", "mjpeg"
+    width: int
+    height: int
+    fps: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInfo:
+    name: str  # "pan_absolute", "tilt_absolute", "zoom_absolute", "privacy", ...
+    minimum: int
+    maximum: int
+    step: int
+    default: int
+
+
+@dataclass(frozen=True, slots=True)
+class CameraCapabilities:
+    modes: tuple[FrameMode, ...]
+    controls: tuple[ControlInfo, ...] = ()
+    ptz: bool = False
+    privacy_shutter: bool = False
+    indicator: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceInfo:
+    id: str
+    kind: Literal["camera", "encoder"]
+    backend: str  # "sim", "v4l2", "pyav"
+    name: str
+    path: str | None = None  # /dev/videoN for v4l2
+    bus: str | None = None  # e.g. usb-0000:00:14.0-1
+    capabilities: CameraCapabilities | EncoderCapabilities | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HotplugEvent:
+    action: Literal["added", "removed"]
+    device: DeviceInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PtzPosition:
+    pan: int = 0  # arc-seconds, as V4L2_CID_PAN_ABSOLUTE
+    tilt: int = 0  # arc-seconds, as V4L2_CID_TILT_ABSOLUTE
+    zoom: int = 100  # V4L2_CID_ZOOM_ABSOLUTE units; 100 = no zoom on the sim
+
+
+class IndicatorState(enum.Enum):
+    OFF = "off"
+    ON = "on"  # in use: frames are leaving the device
+    NOTICE = "notice"  # an announcement (e.g. an intervention) is being shown
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One captured picture.
+
+    ``image`` is the backend-native picture (an ``av.VideoFrame`` for every backend here); the agent
+    never looks inside it, it only hands it to an encoder or a HAL helper.
+    """
+
+    camera_id: str
+    seq: int  # capture sequence number, from 0 at open
+    capture_ns: int  # time.time_ns() at capture (wall clock, comparable across processes)
+    width: int
+    height: int
+    pixel_format: str
+    image: Any = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    codec: str  # "h264", "h265", "vp8", "vp9", "av1" or an exact FFmpeg encoder name
+    width: int
+    height: int
+    fps: int
+    bitrate_kbps: int = 2500
+    keyframe_interval: int = 60
+    low_latency: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderCapabilities:
+    name: str  # FFmpeg encoder name, e.g. "libx264"
+    codec: str  # "h264", ...
+    hardware: bool
+    max_width: int | None = None
+    max_height: int | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EncodedPacket:
+    data: bytes = field(repr=False)
+    pts: int  # in 1/90000 s
+    keyframe: bool
+    frame_seq: int  # Frame.seq this packet came from
+    capture_ns: int  # Frame.capture_ns, carried through for latency figures
+    codec: str  # "h264", ...
