@@ -1,0 +1,1 @@
+"""Privacy guarantees the device enforces itself: policy, key delivery, telemetry minimisation."""
