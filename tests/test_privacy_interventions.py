@@ -53,7 +53,7 @@ def _state(tmp_path: Path, room: Room) -> InterventionState:
         ({"fleet"}, ORDER_DE, DE, "needs_customer"),
         ({"legal"}, ORDER_DE, DE, None),
         ({"legal"}, ORDER_US, DE, "lawful_order_mismatch"),
-        ({"legal"}, {}, DE, "lawful_order_mismatch"),
+        ({"legal"}, {}, DE, "needs_customer"),
         ({"legal"}, {"lawful_order": {"issuer": "x", "id": "y"}}, DE, "lawful_order_mismatch"),
         ({"legal"}, ORDER_DE, DEFAULT_POLICY, "lawful_order_mismatch"),  # room with no jurisdiction
     ],

@@ -68,8 +68,9 @@ def authorize_intervention(
     """Whether an intervention (lock/unlock/deprovision) may run: ``None`` or a rejection reason.
 
     ``roles_met`` are the roles whose signature threshold the envelope meets. Returns
-    ``needs_customer`` when neither customer nor legal signed, ``lawful_order_mismatch`` when legal
-    signed without a valid lawful order for the device's jurisdiction (or the device has none).
+    ``needs_customer`` when neither customer nor legal signed (or legal signed with no lawful order),
+    ``lawful_order_mismatch`` when legal's lawful order is malformed or of another jurisdiction than
+    the device's policy jurisdiction (or the device has none).
     """
     roles = set(roles_met)
     if "customer" in roles:
@@ -77,6 +78,8 @@ def authorize_intervention(
     if "legal" not in roles:
         return "needs_customer"
     raw = args.get("lawful_order")
+    if raw is None:
+        return "needs_customer"  # legal alone, with no order at all: as agent.control.verify
     try:
         order = LawfulOrder.model_validate(raw)
     except ValidationError:
