@@ -84,3 +84,20 @@ def test_log_processor_drops_keys_outside_the_allow_list() -> None:
     assert lines[1]["epoch"] == 2
     assert "sealed" not in lines[1]
     assert "plaintext_len" not in lines[1]
+
+
+def test_filter_installed_after_logging_is_configured_also_filters_cached_loggers() -> None:
+    from agent.privacy.telemetry import install_log_filter
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    log = structlog.get_logger()
+    log.info("before", fps=30, peer_ip="10.1.1.1")
+    f = TelemetryFilter(_policy("none"))
+    install_log_filter(f)
+    install_log_filter(f)  # idempotent
+    log.info("after", fps=30, peer_ip="10.1.1.1", reason="x")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["peer_ip"] == "10.1.1.1"  # unfiltered before: what the filter is for
+    assert set(lines[1]) == {"event", "level", "timestamp", "reason"}
+    assert sum(1 for p in structlog.get_config()["processors"] if getattr(p, "__self__", None) is f) == 1

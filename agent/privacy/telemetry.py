@@ -26,10 +26,13 @@ __all__ = [
     "STATE_FIELDS",
     "TelemetryFilter",
     "allowed_paths",
+    "install_log_filter",
 ]
 
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+
+import structlog
 
 from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 
@@ -231,3 +234,15 @@ class TelemetryFilter:
         """The state document as it may leave the device."""
         _, _, state_allowed, state_prefixes = self._lists
         return _filter(state, state_allowed, state_prefixes, "")
+
+
+def install_log_filter(telemetry: TelemetryFilter) -> None:
+    """Put ``telemetry.processor`` into the running structlog configuration, just before the renderer.
+
+    The daemon configures logging before the policy is loaded; this adds the filter afterwards. The
+    processor list is changed in place, so loggers already bound (and cached) filter too. Idempotent.
+    """
+    processors = structlog.get_config()["processors"]
+    if any(getattr(p, "__self__", None) is telemetry for p in processors):
+        return
+    processors.insert(max(len(processors) - 1, 0), telemetry.processor)
