@@ -21,7 +21,7 @@ from __future__ import annotations
 __all__ = ["PrivacyGuard", "ShutterControl"]
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,9 +85,9 @@ class PrivacyGuard:
         self._log = structlog.get_logger()
         self.identity = HpkeIdentity.load_or_create(state_dir / "identity" / "hpke.json")
         self.telemetry = TelemetryFilter(policy)
-        self._cameras = list(cameras)
+        self.cameras = list(cameras)
         self.interventions = InterventionState(
-            state_dir / "privacy" / "intervention.json", audit=audit, announcers=self._cameras
+            state_dir / "privacy" / "intervention.json", audit=audit, announcers=self.cameras
         )
         self.interventions.add_listener(self._on_intervention)
         self.key_source = key_source if key_source is not None else KeySource()
@@ -102,6 +102,16 @@ class PrivacyGuard:
         self._camera_dirty = asyncio.Event()
         self._camera_dirty.set()  # enforce once at start
         self.shutter_closed: bool | None = None
+        self._state_sink: Callable[[dict[str, Any]], None] | None = None
+
+    def set_state_sink(self, sink: Callable[[dict[str, Any]], None] | None) -> None:
+        """Where :meth:`state_fragment` goes whenever it changes (the daemon's ``update_state``)."""
+        self._state_sink = sink
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        if self._state_sink is not None:
+            self._state_sink(self.state_fragment())
 
     # --- what the device publishes -------------------------------------------------------------------
     @property
@@ -174,7 +184,7 @@ class PrivacyGuard:
 
     def add_camera(self, camera: ShutterControl) -> None:
         """A camera (or pipeline) whose shutter follows the policy and that announces interventions."""
-        self._cameras.append(camera)
+        self.cameras.append(camera)
         self.interventions.add_announcer(camera)
         self._camera_dirty.set()
 
@@ -183,9 +193,11 @@ class PrivacyGuard:
         if record.state is not RoomState.ACTIVE:
             self.keys.clear(record.state.value)  # media stops: no sender key, nothing leaves
         await self.enforce_camera()
+        self._publish_state()
 
     def _on_keys(self, keys: KeySet) -> None:
         self._camera_dirty.set()
+        self._publish_state()
 
     def shutter_should_close(self) -> bool:
         if not self.interventions.media_allowed:
@@ -196,14 +208,17 @@ class PrivacyGuard:
         """Close or open every camera's shutter as the policy and the room's state require."""
         self._camera_dirty.clear()
         closed = self.shutter_should_close()
-        for camera in self._cameras:
+        for camera in self.cameras:
             try:
                 await camera.set_shutter(closed)
             except Exception as exc:  # one broken camera must not keep the others open
                 self._log.error("privacy_shutter_failed", error=type(exc).__name__)
         if closed != self.shutter_closed:
             self._log.info("privacy_shutter", state="closed" if closed else "open")
+        changed = closed != self.shutter_closed
         self.shutter_closed = closed
+        if changed:
+            self._publish_state()
 
     async def run(self, progress: _Progress) -> None:
         """Supervised service: key expiry timer and camera shutter enforcement, until cancelled."""
