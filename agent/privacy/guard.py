@@ -18,7 +18,7 @@ time and keeps the camera shutters closed while the room is idle (no meeting key
 
 from __future__ import annotations
 
-__all__ = ["PrivacyGuard", "ShutterControl"]
+__all__ = ["AuditAppender", "PrivacyGuard", "ShutterControl", "audit_to"]
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +50,38 @@ class ShutterControl(Protocol):
     async def set_shutter(self, closed: bool) -> None: ...
 
     async def announce(self, message: str) -> None: ...
+
+
+class AuditAppender(Protocol):
+    """The control plane's audit log (``agent.control.audit.AuditLog.append``)."""
+
+    def append(
+        self,
+        event: str,
+        *,
+        kind: str | None = ...,
+        version: int | None = ...,
+        outcome: str,
+        reason: str | None = ...,
+        message: str | None = ...,
+    ) -> dict[str, Any]: ...
+
+
+def audit_to(log: AuditAppender) -> AuditFn:
+    """An intervention audit callback writing to the device's hash-chained audit log."""
+
+    def append(event: str, fields: dict[str, Any]) -> None:
+        order = fields.get("lawful_order")
+        ref = "" if not order else f" order {order['issuer']}/{order['id']} ({order['jurisdiction']})"
+        log.append(
+            event,
+            kind="command",
+            version=fields.get("doc_version"),
+            outcome=str(fields["state"]),
+            message=f"{fields['command']} by {fields['role']}{ref}",
+        )
+
+    return append
 
 
 class _Progress(Protocol):
