@@ -135,6 +135,12 @@ class PrivacyGuard:
         self._camera_dirty.set()  # enforce once at start
         self.shutter_closed: bool | None = None
         self._state_sink: Callable[[dict[str, Any]], None] | None = None
+        self._policy_listeners: list[Callable[[PolicyBody], None]] = []
+
+    def add_policy_listener(self, listener: Callable[[PolicyBody], None]) -> None:
+        """Call ``listener(policy)`` now and after every applied policy (e.g. media's E2EE switch)."""
+        self._policy_listeners.append(listener)
+        listener(self._policy)
 
     def set_state_sink(self, sink: Callable[[dict[str, Any]], None] | None) -> None:
         """Where :meth:`state_fragment` goes whenever it changes (the daemon's ``update_state``)."""
@@ -183,7 +189,10 @@ class PrivacyGuard:
         self._policy = policy
         self.telemetry.set_policy(policy)
         self.keys.on_policy(policy)
+        for listener in self._policy_listeners:
+            listener(policy)
         self._camera_dirty.set()
+        self._publish_state()
         self._log.info("privacy_policy_applied", level=policy.telemetry.level)
 
     def install_keys(self, body: KeysBody) -> KeySet:

@@ -48,9 +48,11 @@ def guard_of(runtime: Any) -> PrivacyGuard:
         guard.set_state_sink(lambda fragment: runtime.update_state(**fragment))
         publish_identity(runtime, guard)
     media = _media_of(runtime)
-    if media is not None:
+    if media is not None and guard.key_source is not media.keys:
         guard.sframe.bind_key_source(media.keys)
         guard.key_source = media.keys
+        # Policy e2ee.required reaches every pipeline and sink (they refuse plaintext while it holds).
+        guard.add_policy_listener(lambda policy: media.set_e2ee_required(policy.e2ee.required))
         for pipeline in media.pipelines:
             # Pipelines that expose the camera's shutter follow shutter_when_idle and announce.
             if (
