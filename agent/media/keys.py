@@ -7,9 +7,10 @@ sender and receiver share (never accepted from a pushed document)::
 
     {"format": "roomagent-lab-key/1", "suite": 4, "kid": 7, "key_hex": "<32+ bytes, hex>"}
 
-Nonce safety with a long-lived lab key (RFC 9605 §9.1: never the same key, KID and CTR twice): every
-:class:`LabSender` takes a fresh random 32-bit KID suffix, ``KID = kid << 32 | random``, so a restart
-derives a fresh sframe_key (§4.4.2: the KID is in the derivation label) and CTR may start from 0 again.
+Nonce safety with a long-lived lab key (RFC 9605 §9.1: never the same key, KID and CTR twice):
+every lab sender (:func:`lab_sender`) takes a fresh random 32-bit KID suffix,
+``KID = kid << 32 | random``, so a restart derives a fresh sframe_key (§4.4.2: the KID is in the
+derivation label) and CTR may start from 0 again.
 A :class:`LabReceiver` accepts any KID whose high part is the file's ``kid``.
 """
 
@@ -22,7 +23,7 @@ __all__ = [
     "KeySource",
     "LabKey",
     "LabReceiver",
-    "LabSender",
+    "lab_sender",
     "load_lab_key",
     "write_lab_key",
 ]
@@ -30,7 +31,6 @@ __all__ = [
 import json
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,26 +38,25 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.e2ee.header import decode_header, encode_header
-from agent.e2ee.sframe import CounterExhaustedError, MalformedCiphertextError, SFrameError, UnknownKidError
-from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
+from agent.e2ee.context import Decrypted, ReceiverContext, SenderContext
+from agent.e2ee.sframe import SFrameError, UnknownKidError
+from agent.e2ee.suites import check_base_key, get_suite
 from agent.errors import StateError
 from agent.media.errors import KeyFileError
 from agent.persist import atomic_write_json
 
 LAB_KEY_FORMAT = "roomagent-lab-key/1"
 _MAX_KEY_FILE = 4096
-_MAX_CTR = (1 << 64) - 1
 _log = structlog.get_logger()
 
 
 class FrameSealer(Protocol):
-    """Encrypts whole frames for one sender key (an SFrame sender context)."""
+    """Encrypts whole frames for one sender key: :class:`agent.e2ee.context.SenderContext`."""
 
     @property
     def kid(self) -> int: ...
 
-    def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
+    def encrypt(self, metadata: bytes, plaintext: bytes) -> bytes:
         """The SFrame ciphertext (header included) of ``plaintext`` with AAD ``metadata``.
 
         Raises:
@@ -67,10 +66,10 @@ class FrameSealer(Protocol):
 
 
 class FrameOpener(Protocol):
-    """Decrypts SFrame ciphertexts (an SFrame receiver context)."""
+    """Decrypts SFrame ciphertexts: :class:`agent.e2ee.context.ReceiverContext` or :class:`LabReceiver`."""
 
-    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
-        """The plaintext. Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, ...)."""
+    def decrypt(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
+        """Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, replay, ...)."""
         ...
 
 
@@ -137,57 +136,40 @@ def write_lab_key(path: Path, *, suite: int = 4, kid: int | None = None) -> LabK
     return key
 
 
-class LabSender:
-    """An SFrame sender for a lab key: fresh KID per instance, CTR from 0, never wraps (§9.1)."""
+def lab_sender(lab: LabKey) -> SenderContext:
+    """An SFrame sender for a lab key with a KID fresh for this process (see the module docstring).
 
-    def __init__(self, lab: LabKey) -> None:
-        self._kid = (lab.kid << 32) | secrets.randbits(32)
-        self._key = FrameKey.derive(get_suite(lab.suite), self._kid, lab.key, KeyUsage.ENCRYPT)
-        self._ctr = 0
-        self._lock = threading.Lock()
-        self.suite = lab.suite
-
-    @property
-    def kid(self) -> int:
-        return self._kid
-
-    def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
-        with self._lock:  # CTR is taken exactly once, even if two threads seal
-            ctr = self._ctr
-            if ctr > _MAX_CTR:
-                raise CounterExhaustedError(self._kid)
-            self._ctr = ctr + 1
-        header = encode_header(self._kid, ctr)  # §4.3
-        return self._key.seal(ctr, header, metadata, plaintext)  # §4.4.3
+    A fresh KID derives a fresh sframe_key (§4.4.2), so an in-memory CTR from 0 never repeats a
+    (key, KID, CTR) triple (§9.1) and no counter store is needed.
+    """
+    return SenderContext(lab.suite, lab.key, (lab.kid << 32) | secrets.randbits(32))
 
 
 class LabReceiver:
-    """Opens frames sealed by any :class:`LabSender` of the same lab key (§4.4.4).
+    """Opens frames from any :func:`lab_sender` of the same lab key (§4.4.4), with anti-replay (§9.3).
 
-    Derived keys are cached per KID (a bounded LRU); a KID outside the lab namespace is an unknown KID.
+    A KID in the lab namespace (``kid >> 32`` equal to the file's ``kid``) is added to the underlying
+    :class:`ReceiverContext` when first seen, as a new epoch, so only the last few senders' keys are
+    kept; any other KID is an unknown KID.
     """
 
-    def __init__(self, lab: LabKey, *, max_kids: int = 16) -> None:
+    def __init__(self, lab: LabKey, *, max_senders: int = 4) -> None:
         self._lab = lab
-        self._suite = get_suite(lab.suite)
-        self._keys: OrderedDict[int, FrameKey] = OrderedDict()
-        self._max = max_kids
+        self.context = ReceiverContext(max_epochs=max_senders)
+        self._epoch = 0
+        self._lock = threading.Lock()
 
-    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
-        view = memoryview(ciphertext)
-        kid, ctr, hlen = decode_header(view)  # §4.3; raises SFrameHeaderError
-        if kid >> 32 != self._lab.kid:
-            raise UnknownKidError(kid)  # §4.4.4: no key for this KID
-        if len(view) - hlen < self._suite.nt:
-            raise MalformedCiphertextError("shorter than the tag", length=len(view))
-        key = self._keys.get(kid)
-        if key is None:
-            key = FrameKey.derive(self._suite, kid, self._lab.key, KeyUsage.DECRYPT)
-            self._keys[kid] = key
-            if len(self._keys) > self._max:
-                self._keys.popitem(last=False)
-        self._keys.move_to_end(kid)
-        return key.open(ctr, bytes(view[:hlen]), metadata, view[hlen:])
+    def decrypt(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
+        try:
+            return self.context.decrypt(metadata, ciphertext)
+        except UnknownKidError as exc:
+            if exc.kid >> 32 != self._lab.kid:
+                raise
+            with self._lock:
+                if exc.kid not in self.context.kids():
+                    self._epoch += 1
+                    self.context.add_key(exc.kid, self._lab.key, self._lab.suite, epoch=self._epoch)
+        return self.context.decrypt(metadata, ciphertext)
 
 
 class KeySource:
@@ -218,9 +200,9 @@ class KeySource:
         for listener in listeners:
             listener()
 
-    def use_lab_key(self, lab: LabKey, *, path: Path | None = None) -> LabSender:
+    def use_lab_key(self, lab: LabKey, *, path: Path | None = None) -> SenderContext:
         """Send with a lab key: logged loudly (no key bytes) and visible in :meth:`describe`."""
-        sender = LabSender(lab)
+        sender = lab_sender(lab)
         _log.warning(
             "media_lab_key_in_use",
             path=None if path is None else str(path),
