@@ -8,7 +8,7 @@ sender and receiver share (never accepted from a pushed document)::
     {"format": "roomagent-lab-key/1", "suite": 4, "kid": 7, "key_hex": "<32+ bytes, hex>"}
 
 Nonce safety with a long-lived lab key (RFC 9605 §9.1: never the same key, KID and CTR twice):
-every lab sender (:func:`lab_sender`) takes a fresh random 32-bit KID suffix,
+every lab sender (:class:`LabSender`) takes a fresh random 32-bit KID suffix,
 ``KID = kid << 32 | random``, so a restart derives a fresh sframe_key (§4.4.2: the KID is in the
 derivation label) and CTR may start from 0 again.
 A :class:`LabReceiver` accepts any KID whose high part is the file's ``kid``.
@@ -23,7 +23,7 @@ __all__ = [
     "KeySource",
     "LabKey",
     "LabReceiver",
-    "lab_sender",
+    "LabSender",
     "load_lab_key",
     "write_lab_key",
 ]
@@ -51,12 +51,12 @@ _log = structlog.get_logger()
 
 
 class FrameSealer(Protocol):
-    """Encrypts whole frames for one sender key: :class:`agent.e2ee.context.SenderContext`."""
+    """Encrypts whole frames for one sender key (wraps an :class:`agent.e2ee.context.SenderContext`)."""
 
     @property
     def kid(self) -> int: ...
 
-    def encrypt(self, metadata: bytes, plaintext: bytes) -> bytes:
+    def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
         """The SFrame ciphertext (header included) of ``plaintext`` with AAD ``metadata``.
 
         Raises:
@@ -66,10 +66,10 @@ class FrameSealer(Protocol):
 
 
 class FrameOpener(Protocol):
-    """Decrypts SFrame ciphertexts: :class:`agent.e2ee.context.ReceiverContext` or :class:`LabReceiver`."""
+    """Decrypts SFrame ciphertexts (wraps an :class:`agent.e2ee.context.ReceiverContext`)."""
 
-    def decrypt(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
-        """Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, replay, ...)."""
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        """The plaintext. Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, replay, ...)."""
         ...
 
 
@@ -136,17 +136,28 @@ def write_lab_key(path: Path, *, suite: int = 4, kid: int | None = None) -> LabK
     return key
 
 
-def lab_sender(lab: LabKey) -> SenderContext:
+class LabSender:
     """An SFrame sender for a lab key with a KID fresh for this process (see the module docstring).
 
     A fresh KID derives a fresh sframe_key (§4.4.2), so an in-memory CTR from 0 never repeats a
     (key, KID, CTR) triple (§9.1) and no counter store is needed.
     """
-    return SenderContext(lab.suite, lab.key, (lab.kid << 32) | secrets.randbits(32))
+
+    __slots__ = ("context",)
+
+    def __init__(self, lab: LabKey) -> None:
+        self.context = SenderContext(lab.suite, lab.key, (lab.kid << 32) | secrets.randbits(32))
+
+    @property
+    def kid(self) -> int:
+        return self.context.kid
+
+    def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
+        return self.context.encrypt(metadata, plaintext)
 
 
 class LabReceiver:
-    """Opens frames from any :func:`lab_sender` of the same lab key (§4.4.4), with anti-replay (§9.3).
+    """Opens frames from any :class:`LabSender` of the same lab key (§4.4.4), with anti-replay (§9.3).
 
     A KID in the lab namespace (``kid >> 32`` equal to the file's ``kid``) is added to the underlying
     :class:`ReceiverContext` when first seen, as a new epoch, so only the last few senders' keys are
@@ -158,6 +169,9 @@ class LabReceiver:
         self.context = ReceiverContext(max_epochs=max_senders)
         self._epoch = 0
         self._lock = threading.Lock()
+
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        return self.decrypt(metadata, ciphertext).plaintext
 
     def decrypt(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
         try:
@@ -200,9 +214,9 @@ class KeySource:
         for listener in listeners:
             listener()
 
-    def use_lab_key(self, lab: LabKey, *, path: Path | None = None) -> SenderContext:
+    def use_lab_key(self, lab: LabKey, *, path: Path | None = None) -> LabSender:
         """Send with a lab key: logged loudly (no key bytes) and visible in :meth:`describe`."""
-        sender = lab_sender(lab)
+        sender = LabSender(lab)
         _log.warning(
             "media_lab_key_in_use",
             path=None if path is None else str(path),

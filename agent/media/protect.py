@@ -63,7 +63,7 @@ def protect_frame(sealer: FrameSealer, packet: _Packet) -> ProtectedFrame:
         ValueError: unknown codec for the frame header.
     """
     header = FrameHeader(codec=packet.codec, keyframe=packet.keyframe).encode()
-    ciphertext = sealer.encrypt(header, packet.data)  # RFC 9605 §4.4.3, metadata = frame header
+    ciphertext = sealer.seal(header, packet.data)  # RFC 9605 §4.4.3, metadata = frame header
     return ProtectedFrame(
         payload=header + ciphertext,
         keyframe=packet.keyframe,
