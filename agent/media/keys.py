@@ -106,11 +106,13 @@ def load_lab_key(path: Path) -> LabKey:
     if not 0 <= kid < 1 << 31:
         raise KeyFileError(str(path), "kid must be 0..2^31-1")
     try:
-        get_suite(suite)
-        key = check_base_key(bytes.fromhex(key_hex))
+        raw_key = bytes.fromhex(key_hex)
     except ValueError as exc:
         raise KeyFileError(str(path), "key_hex is not hex") from exc
-    except SFrameError as exc:  # unsupported suite, short key
+    try:
+        get_suite(suite)
+        key = check_base_key(raw_key)
+    except SFrameError as exc:  # unsupported suite, short key (the message never holds key bytes)
         raise KeyFileError(str(path), str(exc)) from exc
     return LabKey(suite=suite, kid=kid, key=key)
 
