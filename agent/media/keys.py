@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "LAB_KEY_FORMAT",
+    "ContextOpener",
     "FrameOpener",
     "FrameSealer",
     "KeySource",
@@ -186,6 +187,18 @@ class LabReceiver:
                     self._epoch += 1
                     self.context.add_key(exc.kid, self._lab.key, self._lab.suite, epoch=self._epoch)
         return self.context.decrypt(metadata, ciphertext)
+
+
+class ContextOpener:
+    """A :class:`ReceiverContext` (meeting keys by KID and epoch) as a :class:`FrameOpener`."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ReceiverContext) -> None:
+        self.context = context
+
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        return self.context.decrypt(metadata, ciphertext).plaintext
 
 
 class KeySource:
