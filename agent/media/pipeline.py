@@ -196,8 +196,8 @@ class MediaPipeline:
         self._camera: Camera | None = None
         self._indicator_on = False
         self._progress: Progress | None = None
-        self._last_sent_mono = 0.0
-        self._sent_event: asyncio.Event | None = None
+        self._last_sent_mono = 0.0  # reset by apply(): healthy() waits for frames after it
+        self._last_sent_any = 0.0
         self._encoder_name: str | None = None
         self._remove_key_listener = keys.add_listener(self.request_keyframe)
 
@@ -286,30 +286,43 @@ class MediaPipeline:
         worker = threading.Thread(target=self._work, name=f"{self.name}.encode", daemon=True)
         worker.start()
         try:
-            while True:
-                try:
-                    camera = self._inventory.open_camera(self.camera_id)
-                    async with camera:
-                        self._camera = camera
-                        if self.stats.camera_gone:
-                            self.stats.camera_recovered += 1
-                            _log.info("media_camera_back", camera=self.camera_id)
-                        self.request_keyframe()
-                        await self._capture(camera, progress)
-                except DeviceGoneError:
-                    self._camera = None
-                    self._indicator_on = False  # the LED went with the device
-                    self.stats.camera_gone += 1
-                    _log.warning("media_camera_gone", camera=self.camera_id)
-                    while not await self._camera_present():
-                        progress.beat()  # an idle wait, not a hang
-                        await asyncio.sleep(self._replug_poll_s)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._camera_loop(progress), name=f"{self.name}.capture")
+                tg.create_task(self._indicator_watch(), name=f"{self.name}.indicator")
         finally:
             self._queue.put_stop()
             await asyncio.to_thread(worker.join, 5.0)
             await self._set_indicator(False)
             self._camera = None
             self._remove_key_listener()
+
+    async def _camera_loop(self, progress: Progress) -> None:
+        while True:
+            try:
+                camera = self._inventory.open_camera(self.camera_id)
+                async with camera:
+                    self._camera = camera
+                    if self.stats.camera_gone:
+                        self.stats.camera_recovered += 1
+                        _log.info("media_camera_back", camera=self.camera_id)
+                    self.request_keyframe()
+                    await self._capture(camera, progress)
+            except DeviceGoneError:
+                self._camera = None
+                self._indicator_on = False  # the LED went with the device
+                self.stats.camera_gone += 1
+                _log.warning("media_camera_gone", camera=self.camera_id)
+                while not await self._camera_present():
+                    progress.beat()  # an idle wait, not a hang
+                    await asyncio.sleep(self._replug_poll_s)
+
+    async def _indicator_watch(self) -> None:
+        """The indicator goes OFF when frames stop leaving (stalled camera, encoder trouble)."""
+        while True:
+            await asyncio.sleep(0.1)
+            quiet_s = max(0.3, 3.0 / self._settings.fps)
+            if self._indicator_on and time.monotonic() - self._last_sent_any > quiet_s:
+                await self._set_indicator(False)
 
     async def _camera_present(self) -> bool:
         return any(d.id == self.camera_id for d in self._inventory.list_devices())
@@ -453,7 +466,7 @@ class MediaPipeline:
         if sealed.keyframe:
             self.stats.keyframes += 1
         self.stats.latencies_ns.append(time.time_ns() - sealed.capture_ns)
-        self._last_sent_mono = time.monotonic()
+        self._last_sent_mono = self._last_sent_any = time.monotonic()
         loop, progress = self._loop, self._progress
         if loop is not None and progress is not None:
             loop.call_soon_threadsafe(progress.beat)
