@@ -30,7 +30,7 @@ def _receive(args: argparse.Namespace) -> int:
     from agent.media.keys import LabReceiver, load_lab_key
     from agent.media.receiver import MediaReceiver, bind_udp
 
-    configure_logging(level="warning")
+    configure_logging(level="warning", stream=sys.stderr)
     key_file = args.key_file
     try:
         if key_file is None and args.config is not None:
@@ -110,8 +110,10 @@ def _lab_key(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
     from agent.media.demo import run_demo
 
+    configure_logging(level="warning", stream=sys.stderr)
     return run_demo(
         seconds=args.seconds,
         width=args.width,
