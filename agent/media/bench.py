@@ -18,11 +18,13 @@ import asyncio
 import resource
 import secrets
 import socket
+import sys
 import time
 from typing import Any
 
 from agent.bench import Result, result
 from agent.e2ee.context import SenderContext
+from agent.logs import configure_logging
 from agent.media.keys import KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import percentile
@@ -131,7 +133,10 @@ def run(argv: list[str]) -> list[Result]:
     parser.add_argument("--sizes", default="720p,1080p,4k")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--bitrate-kbps", type=int, default=4000)
+    # `roomagent bench pipeline --json` hands us --json (argparse REMAINDER); the caller prints.
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    configure_logging(level="warning", stream=sys.stderr)  # stdout carries the results
     out: list[Result] = []
     for size in args.sizes.split(","):
         width, height = SIZES[size.strip().lower()]
