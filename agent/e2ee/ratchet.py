@@ -130,8 +130,9 @@ class SenderKeyReceiver:
         cipher_suite: the sender's suite.
         ratchet_bits: the sender's R.
         keep_steps: how many most recent ratchet steps of a generation stay decryptable
-            (reordering across a ratchet); older step keys are deleted.
-        max_ahead: the most ratchet steps a single frame may move the ratchet forward.
+            (reordering across a ratchet): keys of steps <= newest - keep_steps are deleted.
+        max_ahead: the most ratchet steps a single frame may move the ratchet forward (default
+            ``min(16, 2^R - keep_steps)``); bounds the work a forged header can cause.
         max_generations: generations kept (the previous one survives a key change briefly).
         replay_window: the §9.3 window per KID.
     """
@@ -142,7 +143,7 @@ class SenderKeyReceiver:
         *,
         ratchet_bits: int = 8,
         keep_steps: int = 2,
-        max_ahead: int = 16,
+        max_ahead: int | None = None,
         max_generations: int = 2,
         replay_window: int = 1024,
     ) -> None:
@@ -151,13 +152,15 @@ class SenderKeyReceiver:
         window = 1 << self.ratchet_bits
         if type(keep_steps) is not int or not 1 <= keep_steps < window:
             raise InvalidParameterError("keep_steps", f"must be an integer in 1..{window - 1}")
+        if max_ahead is None:
+            max_ahead = min(16, window - keep_steps)
         if type(max_ahead) is not int or not 1 <= max_ahead <= window - keep_steps:
             raise InvalidParameterError("max_ahead", f"must be an integer in 1..{window - keep_steps}")
         self.keep_steps = keep_steps
         self.max_ahead = max_ahead
         self._context = ReceiverContext(replay_window=replay_window, max_epochs=max_generations)
-        # generation -> (newest step, its base key, KIDs of retained steps oldest first)
-        self._state: dict[int, tuple[int, bytes, list[int]]] = {}
+        # generation -> (newest step, its base key, (step, KID) of retained steps oldest first)
+        self._state: dict[int, tuple[int, bytes, list[tuple[int, int]]]] = {}
 
     @property
     def drops(self) -> Mapping[str, int]:
@@ -167,7 +170,7 @@ class SenderKeyReceiver:
         """Install a newly distributed sender key: step 0 of ``generation``."""
         kid = make_kid(generation, 0, self.ratchet_bits)
         self._context.add_key(kid, base_key, self.suite.value, epoch=generation)
-        self._state[generation] = (0, check_base_key(base_key), [kid])
+        self._state[generation] = (0, check_base_key(base_key), [(0, kid)])
         for gen in [g for g in self._state if g not in self._context.epochs]:
             del self._state[gen]
 
@@ -196,10 +199,11 @@ class SenderKeyReceiver:
             self._trial_open(kid, candidate, metadata, ciphertext)
             # Authentic: adopt the new step, delete step keys beyond keep_steps (§5.1 "promptly").
             self._context.add_key(kid, candidate, self.suite.value, epoch=generation)
-            kids = [*kids, kid]
-            while len(kids) > self.keep_steps:
-                self._context.remove_key(kids.pop(0))
-            self._state[generation] = (step + ahead, candidate, kids)
+            newest = step + ahead
+            kids = [*kids, (newest, kid)]
+            while kids[0][0] <= newest - self.keep_steps:
+                self._context.remove_key(kids.pop(0)[1])
+            self._state[generation] = (newest, candidate, kids)
             _log.info("sframe_receiver_ratcheted", generation=generation, step=step + ahead, kid=kid)
             return self._context.decrypt(metadata, ciphertext)
 
