@@ -108,6 +108,7 @@ class PipelineStats:
     encoder_opens: int = 0
     camera_gone: int = 0
     camera_recovered: int = 0
+    protect_ns: int = 0  # thread time spent sealing (or, with plain_copy, copying) frames
     latencies_ns: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
     def as_dict(self) -> dict[str, int]:
@@ -199,7 +200,7 @@ class MediaPipeline:
         self._last_sent_mono = 0.0  # reset by apply(): healthy() waits for frames after it
         self._last_sent_any = 0.0
         self._encoder_name: str | None = None
-        self._remove_key_listener = keys.add_listener(self.request_keyframe)
+        self._queue_size = queue_size
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class MediaPipeline:
         """Run until cancelled. Camera loss is waited out; other failures raise (to be restarted)."""
         self._loop = asyncio.get_running_loop()
         self._progress = progress
+        self._queue = _DropOldestQueue(self._queue_size)  # fresh per run: a restart starts clean
         worker = threading.Thread(target=self._work, name=f"{self.name}.encode", daemon=True)
         worker.start()
         try:
@@ -294,7 +296,6 @@ class MediaPipeline:
             await asyncio.to_thread(worker.join, 5.0)
             await self._set_indicator(False)
             self._camera = None
-            self._remove_key_listener()
 
     async def _camera_loop(self, progress: Progress) -> None:
         while True:
@@ -450,6 +451,7 @@ class MediaPipeline:
             _log.error("media_seal_failed", camera=self.camera_id, error=str(exc))
             self._indicator_from_worker(False)
             return
+        self.stats.protect_ns += time.thread_time_ns() - started
         self._indicator_from_worker(True)  # lit before the frame leaves
         try:
             self._sink.send(sealed)
@@ -469,7 +471,8 @@ class MediaPipeline:
         self._last_sent_mono = self._last_sent_any = time.monotonic()
         loop, progress = self._loop, self._progress
         if loop is not None and progress is not None:
-            loop.call_soon_threadsafe(progress.beat)
+            with contextlib.suppress(RuntimeError):  # the loop closed while this frame left
+                loop.call_soon_threadsafe(progress.beat)
 
 
 def _settings_log(settings: StreamSettings) -> dict[str, Any]:
