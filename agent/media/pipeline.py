@@ -442,6 +442,7 @@ class MediaPipeline:
         return encoder
 
     def _send_packet(self, packet: Any, sealer: Any) -> None:
+        started = time.thread_time_ns()
         try:
             sealed: ProtectedFrame = (
                 plain_copy_frame(packet) if self._plain_copy else protect_frame(sealer, packet)
