@@ -13,7 +13,7 @@ authentication (§9.4).
 
 from __future__ import annotations
 
-__all__ = ["MAX_VALUE", "decode_header", "encode_header"]
+__all__ = ["MAX_VALUE", "KidHeaders", "decode_header", "encode_header"]
 
 from agent.e2ee.errors import InvalidParameterError, SFrameHeaderError
 
@@ -92,3 +92,37 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     else:
         ctr = config & 0x07
     return kid, ctr, pos
+
+
+class KidHeaders:
+    """Precomputed header pieces of one KID, so that a sender builds each header with int ops only.
+
+    ``short[ctr]`` is the whole header for CTR 0-7; for a CTR of ``clen`` bytes the header is
+    ``(high[clen] | ctr).to_bytes(length[clen], "big")`` (§4.3, identical to :func:`encode_header`).
+    """
+
+    __slots__ = ("high", "length", "short")
+
+    def __init__(self, kid: int) -> None:
+        encode_header(kid, 0)  # validates the KID
+        if kid < 8:
+            config, klen, kid_part = kid << 4, 0, 0
+        else:
+            klen = _length(kid)
+            config, kid_part = 0x80 | (klen - 1) << 4, kid
+        kbits = klen << 3
+        self.short: tuple[bytes, ...] = tuple(
+            ((config | c) << kbits | kid_part).to_bytes(1 + klen, "big") for c in range(8)
+        )
+        self.high: tuple[int, ...] = (
+            0,
+            *(((config | 0x08 | (clen - 1)) << kbits | kid_part) << (clen << 3) for clen in range(1, 9)),
+        )
+        self.length: tuple[int, ...] = (0, *(1 + klen + clen for clen in range(1, 9)))
+
+    def encode(self, ctr: int) -> bytes:
+        """The header for this KID and ``ctr`` (0 <= ctr < 2^64, not checked)."""
+        if ctr < 8:
+            return self.short[ctr]
+        clen = (ctr.bit_length() + 7) >> 3
+        return (self.high[clen] | ctr).to_bytes(self.length[clen], "big")

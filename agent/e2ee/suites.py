@@ -181,6 +181,16 @@ class FrameKey:
         sframe_key, sframe_salt = derive_key_salt(suite, kid, base_key)
         return cls(suite, kid, sframe_key, sframe_salt, usage)
 
+    @property
+    def gcm(self) -> AESGCM | None:
+        """The AES-GCM object of a GCM suite (``None`` for CTR-HMAC), for inlined hot paths."""
+        return self._gcm
+
+    @property
+    def salt(self) -> int:
+        """sframe_salt as an integer (nonce = salt XOR CTR, §4.4.3), for inlined hot paths."""
+        return self._salt
+
     def nonce(self, ctr: int) -> bytes:
         """§4.4.3: the nonce is sframe_salt XOR CTR, as an Nn-byte big-endian string."""
         return (self._salt ^ ctr).to_bytes(12, "big")

@@ -7,9 +7,10 @@ sender and receiver share (never accepted from a pushed document)::
 
     {"format": "roomagent-lab-key/1", "suite": 4, "kid": 7, "key_hex": "<32+ bytes, hex>"}
 
-Nonce safety with a long-lived lab key (RFC 9605 §9.1: never the same key, KID and CTR twice): every
-:class:`LabSender` takes a fresh random 32-bit KID suffix, ``KID = kid << 32 | random``, so a restart
-derives a fresh sframe_key (§4.4.2: the KID is in the derivation label) and CTR may start from 0 again.
+Nonce safety with a long-lived lab key (RFC 9605 §9.1: never the same key, KID and CTR twice):
+every lab sender (:class:`LabSender`) takes a fresh random 32-bit KID suffix,
+``KID = kid << 32 | random``, so a restart derives a fresh sframe_key (§4.4.2: the KID is in the
+derivation label) and CTR may start from 0 again.
 A :class:`LabReceiver` accepts any KID whose high part is the file's ``kid``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "LAB_KEY_FORMAT",
+    "ContextOpener",
     "FrameOpener",
     "FrameSealer",
     "KeySource",
@@ -30,7 +32,6 @@ __all__ = [
 import json
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +39,20 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.e2ee.header import decode_header, encode_header
-from agent.e2ee.sframe import CounterExhaustedError, MalformedCiphertextError, SFrameError, UnknownKidError
-from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
+from agent.e2ee.context import Decrypted, ReceiverContext, SenderContext
+from agent.e2ee.sframe import SFrameError, UnknownKidError
+from agent.e2ee.suites import check_base_key, get_suite
 from agent.errors import StateError
 from agent.media.errors import KeyFileError
 from agent.persist import atomic_write_json
 
 LAB_KEY_FORMAT = "roomagent-lab-key/1"
 _MAX_KEY_FILE = 4096
-_MAX_CTR = (1 << 64) - 1
 _log = structlog.get_logger()
 
 
 class FrameSealer(Protocol):
-    """Encrypts whole frames for one sender key (an SFrame sender context)."""
+    """Encrypts whole frames for one sender key (wraps an :class:`agent.e2ee.context.SenderContext`)."""
 
     @property
     def kid(self) -> int: ...
@@ -67,10 +67,10 @@ class FrameSealer(Protocol):
 
 
 class FrameOpener(Protocol):
-    """Decrypts SFrame ciphertexts (an SFrame receiver context)."""
+    """Decrypts SFrame ciphertexts (wraps an :class:`agent.e2ee.context.ReceiverContext`)."""
 
     def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
-        """The plaintext. Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, ...)."""
+        """The plaintext. Raises agent.e2ee.sframe.SFrameError (unknown KID, bad tag, replay, ...)."""
         ...
 
 
@@ -107,11 +107,13 @@ def load_lab_key(path: Path) -> LabKey:
     if not 0 <= kid < 1 << 31:
         raise KeyFileError(str(path), "kid must be 0..2^31-1")
     try:
-        get_suite(suite)
-        key = check_base_key(bytes.fromhex(key_hex))
+        raw_key = bytes.fromhex(key_hex)
     except ValueError as exc:
         raise KeyFileError(str(path), "key_hex is not hex") from exc
-    except SFrameError as exc:  # unsupported suite, short key
+    try:
+        get_suite(suite)
+        key = check_base_key(raw_key)
+    except SFrameError as exc:  # unsupported suite, short key (the message never holds key bytes)
         raise KeyFileError(str(path), str(exc)) from exc
     return LabKey(suite=suite, kid=kid, key=key)
 
@@ -138,56 +140,65 @@ def write_lab_key(path: Path, *, suite: int = 4, kid: int | None = None) -> LabK
 
 
 class LabSender:
-    """An SFrame sender for a lab key: fresh KID per instance, CTR from 0, never wraps (§9.1)."""
+    """An SFrame sender for a lab key with a KID fresh for this process (see the module docstring).
+
+    A fresh KID derives a fresh sframe_key (§4.4.2), so an in-memory CTR from 0 never repeats a
+    (key, KID, CTR) triple (§9.1) and no counter store is needed.
+    """
+
+    __slots__ = ("context",)
 
     def __init__(self, lab: LabKey) -> None:
-        self._kid = (lab.kid << 32) | secrets.randbits(32)
-        self._key = FrameKey.derive(get_suite(lab.suite), self._kid, lab.key, KeyUsage.ENCRYPT)
-        self._ctr = 0
-        self._lock = threading.Lock()
-        self.suite = lab.suite
+        self.context = SenderContext(lab.suite, lab.key, (lab.kid << 32) | secrets.randbits(32))
 
     @property
     def kid(self) -> int:
-        return self._kid
+        return self.context.kid
 
     def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
-        with self._lock:  # CTR is taken exactly once, even if two threads seal
-            ctr = self._ctr
-            if ctr > _MAX_CTR:
-                raise CounterExhaustedError(self._kid)
-            self._ctr = ctr + 1
-        header = encode_header(self._kid, ctr)  # §4.3
-        return self._key.seal(ctr, header, metadata, plaintext)  # §4.4.3
+        return self.context.encrypt(metadata, plaintext)
 
 
 class LabReceiver:
-    """Opens frames sealed by any :class:`LabSender` of the same lab key (§4.4.4).
+    """Opens frames from any :class:`LabSender` of the same lab key (§4.4.4), with anti-replay (§9.3).
 
-    Derived keys are cached per KID (a bounded LRU); a KID outside the lab namespace is an unknown KID.
+    A KID in the lab namespace (``kid >> 32`` equal to the file's ``kid``) is added to the underlying
+    :class:`ReceiverContext` when first seen, as a new epoch, so only the last few senders' keys are
+    kept; any other KID is an unknown KID.
     """
 
-    def __init__(self, lab: LabKey, *, max_kids: int = 16) -> None:
+    def __init__(self, lab: LabKey, *, max_senders: int = 4) -> None:
         self._lab = lab
-        self._suite = get_suite(lab.suite)
-        self._keys: OrderedDict[int, FrameKey] = OrderedDict()
-        self._max = max_kids
+        self.context = ReceiverContext(max_epochs=max_senders)
+        self._epoch = 0
+        self._lock = threading.Lock()
 
     def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
-        view = memoryview(ciphertext)
-        kid, ctr, hlen = decode_header(view)  # §4.3; raises SFrameHeaderError
-        if kid >> 32 != self._lab.kid:
-            raise UnknownKidError(kid)  # §4.4.4: no key for this KID
-        if len(view) - hlen < self._suite.nt:
-            raise MalformedCiphertextError("shorter than the tag", length=len(view))
-        key = self._keys.get(kid)
-        if key is None:
-            key = FrameKey.derive(self._suite, kid, self._lab.key, KeyUsage.DECRYPT)
-            self._keys[kid] = key
-            if len(self._keys) > self._max:
-                self._keys.popitem(last=False)
-        self._keys.move_to_end(kid)
-        return key.open(ctr, bytes(view[:hlen]), metadata, view[hlen:])
+        return self.decrypt(metadata, ciphertext).plaintext
+
+    def decrypt(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
+        try:
+            return self.context.decrypt(metadata, ciphertext)
+        except UnknownKidError as exc:
+            if exc.kid >> 32 != self._lab.kid:
+                raise
+            with self._lock:
+                if exc.kid not in self.context.kids():
+                    self._epoch += 1
+                    self.context.add_key(exc.kid, self._lab.key, self._lab.suite, epoch=self._epoch)
+        return self.context.decrypt(metadata, ciphertext)
+
+
+class ContextOpener:
+    """A :class:`ReceiverContext` (meeting keys by KID and epoch) as a :class:`FrameOpener`."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ReceiverContext) -> None:
+        self.context = context
+
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        return self.context.decrypt(metadata, ciphertext).plaintext
 
 
 class KeySource:
