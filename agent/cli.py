@@ -54,13 +54,16 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            base = "" if r["baseline"] is None else f"  (baseline {r['baseline']} {r['unit']}, ratio {r['ratio']})"
+            base = ""
+            if r["baseline"] is not None:
+                base = f"  (baseline {r['baseline']} {r['unit']}, ratio {r['ratio']})"
             print(f"{r['metric']}: {r['value']} {r['unit']}{base}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roomagent", description=__doc__.splitlines()[0] if __doc__ else None)
+    description = __doc__.splitlines()[0] if __doc__ else None
+    parser = argparse.ArgumentParser(prog="roomagent", description=description)
     parser.add_argument("--version", action="version", version=f"roomagent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -59,7 +60,7 @@ def test_ready_watchdog_pings_and_graceful_sigterm(tmp_path: Path, agent_env: di
         pings = [n.at for n in window if n.fields.get("WATCHDOG") == "1"]
         # WATCHDOG_USEC 0.4 s -> a ping every 0.2 s: ~10 in 2 s (leave room for a loaded machine).
         assert 7 <= len(pings) <= 12, pings
-        gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
+        gaps = sorted(b - a for a, b in itertools.pairwise(pings))
         assert 0.15 <= gaps[len(gaps) // 2] <= 0.3  # the median gap is half of WATCHDOG_USEC
 
         sent = time.monotonic()

@@ -21,7 +21,11 @@ def test_messages_reach_the_service_manager(abstract: bool) -> None:
         assert notifier.stopping("bye")
         notes = [listener.wait_for(k, 2).fields for k in ("READY", "WATCHDOG", "STOPPING")]
         notifier.close()
-    assert notes == [{"READY": "1", "STATUS": "1/1 up"}, {"WATCHDOG": "1"}, {"STOPPING": "1", "STATUS": "bye"}]
+    assert notes == [
+        {"READY": "1", "STATUS": "1/1 up"},
+        {"WATCHDOG": "1"},
+        {"STOPPING": "1", "STATUS": "bye"},
+    ]
 
 
 def test_status_cannot_inject_extra_assignments() -> None:
