@@ -41,6 +41,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    # REMAINDER swallows everything after NAME, including our own --json (`bench NAME --json`).
+    if "--json" in args.bench_args:
+        args.bench_args = [a for a in args.bench_args if a != "--json"]
+        args.json = True
     results = []
     for name in names:
         target = BENCHMARKS.get(name)

@@ -150,3 +150,22 @@ def test_unusable_state_dir_exits_non_zero_with_a_reason(tmp_path: Path, spawn) 
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert "cannot create state directory" in err
+
+
+def test_startup_benchmark_reports_ready_time_and_rss(agent_env: dict[str, str]) -> None:
+    # A short run of `roomagent bench startup` (the real one idles 30 s over 5 agents).
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "bench", "startup", "--json", "--runs", "1", "--idle-s", "0.2"],
+        env=agent_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    results = {r["metric"]: r for r in json.loads(proc.stdout)}
+    ready = results["startup.exec_to_ready"]
+    assert 0 < ready["baseline"] < ready["value"] < READY_TIMEOUT_S
+    assert ready["ratio"] == pytest.approx(ready["value"] / ready["baseline"], rel=1e-3)
+    assert results["startup.rss_after_idle"]["unit"] == "MB"
+    assert results["startup.rss_after_idle"]["value"] > results["startup.rss_after_idle"]["baseline"]
+    assert results["startup.clean_stops"]["value"] == 1
