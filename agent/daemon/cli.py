@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.daemon.main import run  # lazy: keeps other sub-commands fast
 
     try:
-        return run(config)
+        return run(config, source=str(path) if path is not None else "built-in defaults")
     except StateError as exc:
         print(f"state: {exc.path}: {exc.reason}", file=sys.stderr)
         return 1

@@ -177,11 +177,12 @@ async def serve(
             deadline.arm()  # bounds what is left: asyncio.run() waits for executor threads
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
     """``roomagent run`` after the config was validated: returns the process exit code."""
     runtime = build_runtime(config)
     runtime.logger.info(
         "agent_starting",
+        config=source,
         state_dir=str(runtime.state_dir),
         hal=config.hal.backend,
         mqtt="configured" if config.mqtt.url else "offline",
