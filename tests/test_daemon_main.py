@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.config import parse_config
 from agent.daemon import main
@@ -124,3 +125,20 @@ def test_progress_counts_beats_and_reset_opens_a_fresh_window() -> None:
     now[0] = 120.0
     progress.reset()
     assert (progress.beats, progress.last_beat) == (1, 120.0)
+
+
+def test_a_provider_that_fails_to_build_ends_run_with_exit_1_and_a_log_line(
+    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (provider_dir / "ra_failing_provider.py").write_text(
+        "def services(runtime):\n    raise OSError('sink unreachable')\n"
+    )
+    monkeypatch.setattr(main, "SERVICE_PROVIDERS", (("ra_failing_provider", "services"),))
+    config = parse_config({"state": {"dir": str(tmp_path)}, "log": {"format": "json"}})
+    try:
+        assert main.run(config) == 1
+    finally:
+        structlog.contextvars.clear_contextvars()  # run() binds the device id for the process
+    out = capsys.readouterr().out
+    assert '"event": "service_build_failed"' in out
+    assert '"error": "OSError"' in out

@@ -187,7 +187,11 @@ def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
         hal=config.hal.backend,
         mqtt="configured" if config.mqtt.url else "offline",
     )
-    services = build_services(runtime)
+    try:
+        services = build_services(runtime)
+    except Exception as exc:  # a sub-system that cannot even be built (bad lab key file, sink, ...)
+        runtime.logger.critical("service_build_failed", error=type(exc).__name__, exc_info=exc)
+        return EXIT_GAVE_UP
     deadline = StopDeadline(runtime.logger)
     try:
         return asyncio.run(serve(runtime, services, deadline=deadline))
