@@ -51,6 +51,10 @@ class StateReporter:
             self.writes += 1
 
     async def run(self, progress: Progress) -> None:
+        # Beat well within the stall timeout even when the write interval is longer: idling between
+        # writes is not a hang.
+        turn_s = min(self._interval_s, self._runtime.config.supervisor.stall_timeout_s / 3)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 snapshot = self._runtime.state_snapshot()
@@ -61,7 +65,13 @@ class StateReporter:
                     # A full disk must not stop the agent: the old file stays intact; retry next turn.
                     self._log.error("state_write_failed", path=exc.path, reason=exc.reason)
                 progress.beat()
-                await self._runtime.wait_state_changed(self._interval_s)
+                next_write = loop.time() + self._interval_s
+                while not await self._runtime.wait_state_changed(
+                    max(0.0, min(turn_s, next_write - loop.time()))
+                ):
+                    progress.beat()
+                    if loop.time() >= next_write:
+                        break
         except asyncio.CancelledError:
             # On stop flush the final state, offline, then let the cancellation propagate.
             final = self._runtime.state_snapshot()
