@@ -55,6 +55,7 @@ class StateReporter:
         # writes is not a hang.
         turn_s = min(self._interval_s, self._runtime.config.supervisor.stall_timeout_s / 3)
         loop = asyncio.get_running_loop()
+        progress.beat()  # up: READY=1 need not wait for the first fsync
         try:
             while True:
                 snapshot = self._runtime.state_snapshot()
