@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from agent.config import parse_config
 from agent.daemon import main
@@ -62,6 +63,18 @@ def test_providers_present_are_used_absent_ones_skipped(
     services = main.build_services(make_runtime(tmp_path))
     assert [s.name for s in services] == ["state_reporter", "control", "media[cam0]"]
     assert isinstance(services[0], StateReporter)
+
+
+def test_a_module_without_the_provider_function_is_skipped_with_a_warning(
+    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (provider_dir / "ra_unwired.py").write_text("class ControlService: ...\n")
+    providers = (("ra_unwired", "services"), ("ra_ok_provider", "services"))
+    monkeypatch.setattr(main, "SERVICE_PROVIDERS", providers)
+    with capture_logs() as logs:
+        services = main.build_services(make_runtime(tmp_path))
+    assert [s.name for s in services] == ["state_reporter", "control", "media[cam0]"]
+    assert [(e["event"], e["module"]) for e in logs] == [("service_provider_missing", "ra_unwired")]
 
 
 def test_a_provider_with_a_missing_dependency_is_an_error_not_a_skip(

@@ -99,8 +99,12 @@ def build_services(runtime: Runtime) -> list[Service]:
         if module is None:
             runtime.logger.debug("service_provider_absent", module=module_name)
             continue
-        provider = cast(Callable[[Runtime], list[Service]], getattr(module, function_name))
-        services.extend(provider(runtime))
+        provider = getattr(module, function_name, None)
+        if provider is None:
+            # The sub-system exists but is not wired for the daemon yet: say so, run without it.
+            runtime.logger.warning("service_provider_missing", module=module_name, function=function_name)
+            continue
+        services.extend(cast(Callable[[Runtime], list[Service]], provider)(runtime))
     return services
 
 
