@@ -67,7 +67,8 @@ class Runtime:
 
         ``applied`` is merged per kind (``update_state(applied={"policy": 7})``); any other field replaces
         its old value (``online=True``, ``identity={...}``, ``audit_head={...}``, ``inventory=[...]``).
-        Values must be JSON-serialisable and must never carry keys or personal data.
+        Values must be JSON-serialisable and must never carry keys or personal data. Call it on the
+        event loop (from a worker thread: ``loop.call_soon_threadsafe(runtime.update_state, ...)``).
 
         Raises:
             ValueError: a reserved field (``device``, ``health``, ``agent``, ``updated_at``).
