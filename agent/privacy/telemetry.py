@@ -143,16 +143,29 @@ LOG_FIELDS: dict[str, frozenset[str]] = {
 
 # Retained state document: protocol fields always, then per level.
 PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
-    {"device", "online", "time", "applied", "identity", "audit_head", "privacy.locked", "privacy.state"}
+    {
+        "device",
+        "groups",
+        "online",
+        "time",
+        "updated_at",
+        "applied",
+        "identity",
+        "audit_head",
+        "locked",
+        "privacy.locked",
+        "privacy.state",
+    }
+)
+# minimal: whether the room works (per-service health), and its privacy posture; no media figures.
+_MINIMAL_STATE = frozenset(
+    {"health", "agent_version", "privacy", "e2ee.required", "e2ee.active", "e2ee.epoch", "media.sending"}
 )
 STATE_FIELDS: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "minimal": frozenset(
-        {"health.status", "health.ok", "privacy", "e2ee.active", "e2ee.epoch", "media.sending"}
-    ),
-    "standard": frozenset(
-        {"health", "privacy", "e2ee", "media", "inventory", "groups", "version", "uptime_s"}
-    ),
+    "minimal": _MINIMAL_STATE,
+    "standard": _MINIMAL_STATE
+    | frozenset({"e2ee", "media", "inventory", "agent", "restarts", "version", "uptime_s"}),
 }
 
 
