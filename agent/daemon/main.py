@@ -45,6 +45,7 @@ from agent.logs import configure_logging
 SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
     ("agent.control.service", "services"),  # issue 5: MQTT control link
     ("agent.media.service", "services"),  # issue 7: one pipeline per camera
+    ("agent.privacy.service", "services"),  # issue 6: key expiry, shutter when idle, telemetry filter
 )
 
 # systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.

@@ -17,6 +17,7 @@ from typing import Any
 from agent.persist import read_json
 from agent.privacy.guard import PrivacyGuard
 from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.privacy.telemetry import install_log_filter
 
 _BY_RUNTIME: weakref.WeakKeyDictionary[Any, PrivacyGuard] = weakref.WeakKeyDictionary()
 
@@ -45,6 +46,7 @@ def guard_of(runtime: Any) -> PrivacyGuard:
             state_dir=runtime.state_dir, device_id=runtime.device_id, policy=_last_policy(runtime)
         )
         _BY_RUNTIME[runtime] = guard
+        install_log_filter(guard.telemetry)  # every log line from now on passes the allow-list
         guard.set_state_sink(lambda fragment: runtime.update_state(**fragment))
         publish_identity(runtime, guard)
     media = _media_of(runtime)
