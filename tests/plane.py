@@ -182,11 +182,18 @@ class PlaneClient:
                    timeout: float = 5.0) -> dict[str, Any]:
         """Publish and wait for the ack of this exact message (by count of acks on that kind)."""
         before = len(self.acks)
+        try:
+            import hashlib
+
+            sha: str | None = hashlib.sha256(Envelope.parse(raw).payload).hexdigest()
+        except ValueError:
+            sha = None
         if retain is None:
             retain = kind in ("root", "policy", "config")
         await self.client.publish(self.topic(kind, group), raw, qos=1, retain=retain)
         return await self.wait_for(lambda a: a in self.acks[before:] and a.get("kind") == "ack"
-                                   and a["doc_kind"] == kind, timeout)
+                                   and a["doc_kind"] == kind and (sha is None or a["payload_sha256"] in (sha, None)),
+                                   timeout)
 
 
 class Beat:
