@@ -160,7 +160,7 @@ def run_demo(
             r.sock.close()
     if live:
         print(file=sys.stderr)
-    summary = {
+    summary: dict[str, Any] = {
         f"{room.name}_to_{peer.name}": {
             "sent": room.pipeline.stats.sent if room.pipeline else 0,
             "epoch": room.epoch,
@@ -168,7 +168,7 @@ def run_demo(
         }
         for room, peer in ((rooms[0], rooms[1]), (rooms[1], rooms[0]))
     }
-    summary["policy_version"] = _POLICY_VERSION  # type: ignore[assignment]
+    summary["policy_version"] = _POLICY_VERSION
     if json_out:
         print(json.dumps(summary))
     else:
