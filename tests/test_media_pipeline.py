@@ -384,3 +384,29 @@ async def test_plain_copy_is_refused_by_the_sink_while_e2ee_is_required(rx: Rx) 
     assert room.pipeline.stats.refused > 0
     assert room.sink.stats.packets == 0
     assert room.inventory.device("cam0").indicator is IndicatorState.OFF
+
+
+async def test_the_shutter_closes_when_idle_and_opens_for_a_meeting(lab: LabKey, rx: Rx) -> None:
+    room = make_room(rx.port)
+    device = room.inventory.device("cam0")
+    async with running(room):
+        await asyncio.sleep(0.4)
+        assert device.shutter_closed  # no meeting key: idle, policy says close
+        room.keys.use_lab_key(lab)
+        assert await room.pipeline.healthy(5.0)
+        assert not device.shutter_closed
+        room.keys.set_sender(None, 1)
+        await asyncio.sleep(0.3)
+        assert device.shutter_closed
+        assert device.indicator is IndicatorState.OFF
+
+
+async def test_a_shutter_closed_by_someone_else_is_never_opened_by_the_pipeline(lab: LabKey, rx: Rx) -> None:
+    room = make_room(rx.port, shutter_when_idle=False)
+    room.keys.use_lab_key(lab)
+    device = room.inventory.device("cam0")
+    device.shutter_closed = True  # e.g. the privacy controller's lock, or a physical switch
+    async with running(room):
+        assert await room.pipeline.healthy(5.0)
+        await asyncio.sleep(0.3)
+        assert device.shutter_closed
