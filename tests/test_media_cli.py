@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from agent.config import parse_config
 from agent.media.frame import split_frame
 from agent.media.keys import LabReceiver, load_lab_key
+from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.service import build_media
 from agent.media.sink import read_records
 
@@ -90,8 +94,6 @@ async def test_roomagent_receive_json_verifies_what_the_configured_sender_sends(
 ) -> None:
     key = tmp_path / "lab.json"
     assert _agent(agent_env, "lab-key", str(key)).returncode == 0
-    import socket
-
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -171,3 +173,57 @@ def test_demo_two_rooms_exchange_e2ee_video_with_key_rotation(agent_env: dict[st
         assert r["stamps_missing"] == 0
         assert r["stamps_out_of_order"] == 0
     assert time.monotonic() - t0 < 30
+
+
+async def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_cleanly(
+    agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    key = tmp_path / "lab.json"
+    assert _agent(agent_env, "lab-key", str(key)).returncode == 0
+    sock = bind_udp("127.0.0.1", 0)
+    receiver = MediaReceiver(LabReceiver(load_lab_key(key)))
+    stop = threading.Event()
+    thread = threading.Thread(target=receiver.serve, args=(sock, stop), daemon=True)
+    thread.start()
+    state_dir = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "room-7"\n[state]\ndir = "{state_dir}"\n'
+        f'[media]\nsink = "rtp://127.0.0.1:{sock.getsockname()[1]}"\n'
+        f'[e2ee]\nlab_key_file = "{key}"\n'
+        '[hal.encoder]\ncodecs = ["libx264"]\nbitrate_kbps = 600\n'
+        '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        env=agent_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while receiver.stats.frames_decoded < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stop.set()
+        thread.join(2)
+        sock.close()
+    assert proc.returncode == 0, err
+    report = receiver.report()
+    assert report["frames_decoded"] >= 30
+    assert report["stamps_missing"] == 0
+    assert report["decrypt_failures"] == 0
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    lab_warnings = [e for e in events if e["event"] == "media_lab_key_in_use"]
+    assert lab_warnings
+    assert lab_warnings[0]["level"] == "warning"
+    assert load_lab_key(key).key.hex() not in out + err  # never a key byte in the logs
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["media"]["key"]["origin"] == "lab"  # the lab key is shown in the state
+    assert state["media"]["pipelines"][0]["stats"]["sent"] >= 30
