@@ -175,7 +175,7 @@ def test_demo_two_rooms_exchange_e2ee_video_with_key_rotation(agent_env: dict[st
     assert time.monotonic() - t0 < 30
 
 
-async def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_cleanly(
+def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_cleanly(
     agent_env: dict[str, str], tmp_path: Path
 ) -> None:
     key = tmp_path / "lab.json"
@@ -204,7 +204,7 @@ async def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_c
     try:
         deadline = time.monotonic() + 20
         while receiver.stats.frames_decoded < 30 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:
