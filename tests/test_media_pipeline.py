@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+# These scenarios run on the HAL's sim backend and PyAV codecs (issue 3); skip only while it is absent.
+pytest.importorskip("hal.sim", reason="the sim HAL (hal.sim, hal.codecs) has not landed on this branch")
+
 from agent.e2ee.sframe import decrypt
 from agent.media.frame import split_frame
 from agent.media.keys import KeySource, LabKey, LabReceiver, LabSender
