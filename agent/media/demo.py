@@ -25,6 +25,7 @@ from agent.media.keys import ContextOpener, KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.sink import RtpSink
+from hal.types import CameraSpec
 from agent.privacy.policy import DEFAULT_POLICY
 
 _POLICY_VERSION = 0  # the first-boot default policy (no signed policy applied)
@@ -116,8 +117,6 @@ def run_demo(
 ) -> int:
     from hal.codecs import PyAvEncoderFactory
     from hal.sim import SimInventory
-
-    from hal.types import CameraSpec
 
     suite = DEFAULT_POLICY.e2ee.suites[0]
     rooms = []
