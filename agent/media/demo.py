@@ -25,8 +25,8 @@ from agent.media.keys import ContextOpener, KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.sink import RtpSink
-from hal.types import CameraSpec
 from agent.privacy.policy import DEFAULT_POLICY
+from hal.types import CameraSpec
 
 _POLICY_VERSION = 0  # the first-boot default policy (no signed policy applied)
 
