@@ -234,3 +234,49 @@ def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_cleanly
     state = json.loads((state_dir / "state.json").read_text())
     assert state["media"]["key"]["origin"] == "lab"  # the lab key is shown in the state
     assert state["media"]["pipelines"][0]["stats"]["sent"] >= 30
+
+
+async def test_a_config_document_body_changes_the_running_media_live_or_not_at_all(
+    sim_hal: None, tmp_path: Path
+) -> None:
+    from agent.media.keys import write_lab_key
+
+    key = tmp_path / "lab.json"
+    write_lab_key(key)
+    drain = bind_udp("127.0.0.1", 0)
+    media = build_media(parse_config(_config(tmp_path, f"rtp://127.0.0.1:{drain.getsockname()[1]}", key)))
+    (pipeline,) = media.pipelines
+    task = asyncio.create_task(pipeline.run(Beat()), name="test.media")
+    try:
+        assert await media.healthy(5.0)
+        before = pipeline.settings
+        for bad in (
+            {"cameras": [{"id": "cam9", "width": 640}]},
+            {"encoder": {"bitrate_kbps": 10}},
+            {"cameras": [{"id": "cam0", "width": 641}]},
+            {"media": {"sink": "rtp://127.0.0.1"}},
+        ):
+            with pytest.raises(ValueError, match=r"cam9|bitrate|641|rtp"):
+                media.apply_config(bad)
+            assert pipeline.settings == before
+        recording = tmp_path / "switched.ramf"
+        changed = media.apply_config(
+            {
+                "cameras": [{"id": "cam0", "width": 640, "height": 480, "fps": 15}],
+                "encoder": {"bitrate_kbps": 900, "keyframe_interval": 30},
+                "media": {"sink": f"file://{recording}"},
+            }
+        )
+        assert changed == [pipeline.name]
+        assert await media.healthy(3.0)
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        drain.close()
+    assert pipeline.settings.width == 640
+    assert pipeline.settings.bitrate_kbps == 900
+    records = list(read_records(recording))
+    assert records
+    assert records[0].keyframe  # the new destination starts with a picture

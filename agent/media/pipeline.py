@@ -220,19 +220,29 @@ class MediaPipeline:
         self._e2ee_required = required
         self._sink.e2ee_required = required
 
+    def set_sink(self, sink: Sink) -> None:
+        """Send to another sink from the next frame on (a pushed ``[media] sink``); closes the old one.
+
+        Any sink is safe to point anywhere: it only ever carries SFrame-protected frames.
+        """
+        old, self._sink = self._sink, sink
+        sink.e2ee_required = self._e2ee_required
+        old.close()
+        self.request_keyframe()  # the new destination needs a picture to start from
+        _log.info("media_sink_changed", camera=self.camera_id, sink=sink.url)
+
     def set_shutter_when_idle(self, enabled: bool) -> None:
         """Follow policy ``camera.shutter_when_idle``: closed while no meeting key is set."""
         self._shutter_when_idle = enabled
 
-    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
-        """Change size, frame rate, codec, bitrate or keyframe interval live.
+    def check(self, body: Mapping[str, Any]) -> StreamSettings:
+        """The settings ``body`` would give, validated, without applying them.
 
         ``body`` holds any of ``width``, ``height``, ``fps``, ``codec``, ``bitrate_kbps``,
-        ``keyframe_interval``, ``codecs`` (the encoder preference list). The encoder is reopened on
-        the next frame and starts with a keyframe; use :meth:`healthy` to wait for sealed frames.
+        ``keyframe_interval``, ``codecs`` (the encoder preference list).
 
         Raises:
-            ValueError: an unknown key or an invalid value; nothing changed.
+            ValueError: an unknown key or an invalid value.
         """
         allowed = {"width", "height", "fps", "codec", "bitrate_kbps", "keyframe_interval", "codecs"}
         unknown = set(body) - allowed
@@ -253,7 +263,18 @@ class MediaPipeline:
                 raise ValueError(f"{key} must be an integer")
         if "codec" in changes and not isinstance(changes["codec"], str):
             raise ValueError("codec must be a string")
-        new = replace(self._settings, **changes)  # __post_init__ validates
+        return replace(self._settings, **changes)  # __post_init__ validates
+
+    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
+        """Change size, frame rate, codec, bitrate or keyframe interval live (keys as :meth:`check`).
+
+        The encoder is reopened on the next frame and starts with a keyframe; use :meth:`healthy` to
+        wait for sealed frames.
+
+        Raises:
+            ValueError: an unknown key or an invalid value; nothing changed.
+        """
+        new = self.check(body)
         if new != self._settings:
             self._settings = new
             self._settings_gen += 1
@@ -487,8 +508,9 @@ class MediaPipeline:
             return
         self.stats.protect_ns += time.thread_time_ns() - started
         self._indicator_from_worker(True)  # lit before the frame leaves
+        sink = self._sink
         try:
-            self._sink.send(sealed)
+            sink.send(sealed)
         except PlaintextRefusedError as exc:
             self.stats.refused += 1
             _log.error("media_plaintext_refused", camera=self.camera_id, sink=exc.sink)
