@@ -86,14 +86,16 @@ class Room:
         return self.inventory.device("cam0")
 
 
-def make_room(port: int, *, keyframe_interval: int = 60, **kw: object) -> Room:
+def make_room(
+    port: int, *, keyframe_interval: int = 60, encoders: PyAvEncoderFactory | None = None, **kw: object
+) -> Room:
     inventory = SimInventory([CameraSpec(id="cam0", width=W, height=H, fps=FPS)])
     keys = KeySource()
     sink = RtpSink("127.0.0.1", port)
     pipeline = MediaPipeline(
         camera_id="cam0",
         inventory=inventory,
-        encoders=PyAvEncoderFactory(),
+        encoders=encoders if encoders is not None else PyAvEncoderFactory(),
         keys=keys,
         sink=sink,
         settings=StreamSettings(
@@ -413,3 +415,29 @@ async def test_a_shutter_closed_by_someone_else_is_never_opened_by_the_pipeline(
         assert await room.pipeline.healthy(5.0)
         await asyncio.sleep(0.3)
         assert device.shutter_closed
+
+
+async def test_a_failing_encoder_is_reopened_and_a_slow_one_drops_the_oldest_frames(
+    lab: LabKey, rx: Rx
+) -> None:
+    encoders = PyAvEncoderFactory()
+    room = make_room(rx.port, encoders=encoders)
+    room.keys.use_lab_key(lab)
+    async with running(room):
+        assert await room.pipeline.healthy(5.0)
+        encoders.faults.fail()
+        await asyncio.sleep(0.1)
+        assert await room.pipeline.healthy(2.0)
+        encoders.faults.slow(150)  # ~6 fps of encoding for a 30 fps camera
+        await asyncio.sleep(1.0)
+        encoders.faults.clear()
+        await asyncio.sleep(0.5)
+    await settle()
+    stats = room.pipeline.stats
+    assert stats.encoder_errors == 1
+    assert stats.encoder_opens == 2
+    assert stats.dropped_queue > 10  # counted, and the queue stayed bounded
+    r = rx.receiver.report()
+    assert r["stamps_out_of_order"] == 0
+    assert r["stamps_missing"] == 0
+    assert r["frames_decoded"] == stats.sent
