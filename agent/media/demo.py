@@ -74,19 +74,22 @@ def _rotate(sender: _Room, peer: _Room, suite: int) -> None:
     sender.keys.set_sender(_Sealer(SenderContext(suite, base_key, kid)), sender.epoch, origin="meeting")
 
 
-def _status(rooms: list[_Room]) -> str:
+def _status(rooms: list[_Room], last: dict[str, tuple[float, int]]) -> str:
+    """One line: per direction the fps of the last interval, encrypted frames sent, key epoch, ..."""
     parts = []
+    now = time.monotonic()
     for room, peer in ((rooms[0], rooms[1]), (rooms[1], rooms[0])):
         assert room.pipeline is not None
         r = peer.receiver.report()
+        then, decoded = last.get(room.name, (now, r["frames_decoded"]))
+        fps = (r["frames_decoded"] - decoded) / (now - then) if now > then else 0.0
+        last[room.name] = (now, r["frames_decoded"])
         parts.append(
-            f"{room.name}→{peer.name} {r['fps']:5.1f} fps  enc {room.pipeline.stats.sent:6d}  "
+            f"{room.name}→{peer.name} {fps:5.1f} fps  enc {room.pipeline.stats.sent:6d}  "
             f"epoch {room.epoch}  stamps ok {r['stamps_read']}  lost {r['packets_lost']}"
         )
-    return (
-        " | ".join(parts)
-        + f" | policy v{_POLICY_VERSION} e2ee={'on' if DEFAULT_POLICY.e2ee.required else 'off'}"
-    )
+    e2ee = "on" if DEFAULT_POLICY.e2ee.required else "off"
+    return " | ".join(parts) + f" | policy v{_POLICY_VERSION} e2ee={e2ee}"
 
 
 async def _main(rooms: list[_Room], seconds: float | None, rotate_s: float, suite: int, live: bool) -> None:
@@ -98,6 +101,7 @@ async def _main(rooms: list[_Room], seconds: float | None, rotate_s: float, suit
             if room.pipeline is not None
         ]
         next_rotation = time.monotonic() + rotate_s
+        last: dict[str, tuple[float, int]] = {}
         try:
             while deadline is None or time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
@@ -106,7 +110,7 @@ async def _main(rooms: list[_Room], seconds: float | None, rotate_s: float, suit
                     _rotate(rooms[0], rooms[1], suite)
                     _rotate(rooms[1], rooms[0], suite)
                 if live:
-                    print("\r" + _status(rooms), end="", file=sys.stderr, flush=True)
+                    print("\r" + _status(rooms, last), end="", file=sys.stderr, flush=True)
         finally:
             for task in tasks:  # the demo ends: stop the pipelines (they clean up in finally)
                 task.cancel()
