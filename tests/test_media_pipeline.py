@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+# These scenarios run on the HAL's sim backend and PyAV codecs (issue 3); skip only while it is absent.
+pytest.importorskip("hal.sim", reason="the sim HAL (hal.sim, hal.codecs) has not landed on this branch")
+
 from agent.e2ee.sframe import decrypt
 from agent.media.frame import split_frame
 from agent.media.keys import KeySource, LabKey, LabReceiver, LabSender
@@ -83,14 +86,16 @@ class Room:
         return self.inventory.device("cam0")
 
 
-def make_room(port: int, *, keyframe_interval: int = 60, **kw: object) -> Room:
+def make_room(
+    port: int, *, keyframe_interval: int = 60, encoders: PyAvEncoderFactory | None = None, **kw: object
+) -> Room:
     inventory = SimInventory([CameraSpec(id="cam0", width=W, height=H, fps=FPS)])
     keys = KeySource()
     sink = RtpSink("127.0.0.1", port)
     pipeline = MediaPipeline(
         camera_id="cam0",
         inventory=inventory,
-        encoders=PyAvEncoderFactory(),
+        encoders=encoders if encoders is not None else PyAvEncoderFactory(),
         keys=keys,
         sink=sink,
         settings=StreamSettings(
@@ -363,7 +368,7 @@ async def test_live_settings_change_is_healthy_again_quickly_and_bad_changes_cha
             {"colour": "red"},
             {"bitrate_kbps": "fast"},
         ):
-            with pytest.raises(ValueError, match="must|unknown"):
+            with pytest.raises(ValueError, match=r"must|unknown"):
                 room.pipeline.apply(bad)
             assert room.pipeline.settings == before
         room.pipeline.apply({"width": 640, "height": 480, "fps": 15, "bitrate_kbps": 900})
@@ -384,3 +389,55 @@ async def test_plain_copy_is_refused_by_the_sink_while_e2ee_is_required(rx: Rx) 
     assert room.pipeline.stats.refused > 0
     assert room.sink.stats.packets == 0
     assert room.inventory.device("cam0").indicator is IndicatorState.OFF
+
+
+async def test_the_shutter_closes_when_idle_and_opens_for_a_meeting(lab: LabKey, rx: Rx) -> None:
+    room = make_room(rx.port)
+    device = room.inventory.device("cam0")
+    async with running(room):
+        await asyncio.sleep(0.4)
+        assert device.shutter_closed  # no meeting key: idle, policy says close
+        room.keys.use_lab_key(lab)
+        assert await room.pipeline.healthy(5.0)
+        assert not device.shutter_closed
+        room.keys.set_sender(None, 1)
+        await asyncio.sleep(0.3)
+        assert device.shutter_closed
+        assert device.indicator is IndicatorState.OFF
+
+
+async def test_a_shutter_closed_by_someone_else_is_never_opened_by_the_pipeline(lab: LabKey, rx: Rx) -> None:
+    room = make_room(rx.port, shutter_when_idle=False)
+    room.keys.use_lab_key(lab)
+    device = room.inventory.device("cam0")
+    device.shutter_closed = True  # e.g. the privacy controller's lock, or a physical switch
+    async with running(room):
+        assert await room.pipeline.healthy(5.0)
+        await asyncio.sleep(0.3)
+        assert device.shutter_closed
+
+
+async def test_a_failing_encoder_is_reopened_and_a_slow_one_drops_the_oldest_frames(
+    lab: LabKey, rx: Rx
+) -> None:
+    encoders = PyAvEncoderFactory()
+    room = make_room(rx.port, encoders=encoders)
+    room.keys.use_lab_key(lab)
+    async with running(room):
+        assert await room.pipeline.healthy(5.0)
+        encoders.faults.fail()
+        await asyncio.sleep(0.1)
+        assert await room.pipeline.healthy(2.0)
+        encoders.faults.slow(150)  # ~6 fps of encoding for a 30 fps camera
+        await asyncio.sleep(1.0)
+        encoders.faults.clear()
+        await asyncio.sleep(0.5)
+    await settle()
+    stats = room.pipeline.stats
+    assert stats.encoder_errors == 1
+    assert stats.encoder_opens == 2
+    assert stats.dropped_queue > 10  # counted, and the queue stayed bounded
+    r = rx.receiver.report()
+    assert r["stamps_out_of_order"] == 0
+    assert r["stamps_missing"] == 0
+    assert r["frames_decoded"] == stats.sent

@@ -29,6 +29,7 @@ from agent.media.keys import KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import percentile
 from agent.media.sink import RtpSink
+from hal.types import CameraSpec
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 
@@ -62,8 +63,6 @@ async def _one_run(
 ) -> dict[str, Any]:
     from hal.codecs import PyAvEncoderFactory
     from hal.sim import SimInventory
-
-    from hal.types import CameraSpec
 
     drain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     drain.bind(("127.0.0.1", 0))

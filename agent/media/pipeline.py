@@ -175,6 +175,7 @@ class MediaPipeline:
         plain_copy: bool = False,
         queue_size: int = 3,
         replug_poll_s: float = 0.05,
+        shutter_when_idle: bool = True,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -201,6 +202,8 @@ class MediaPipeline:
         self._last_sent_any = 0.0
         self._encoder_name: str | None = None
         self._queue_size = queue_size
+        self._shutter_when_idle = shutter_when_idle
+        self._shutter_ours: bool | None = None  # what this pipeline last set on the camera
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -217,15 +220,29 @@ class MediaPipeline:
         self._e2ee_required = required
         self._sink.e2ee_required = required
 
-    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
-        """Change size, frame rate, codec, bitrate or keyframe interval live.
+    def set_sink(self, sink: Sink) -> None:
+        """Send to another sink from the next frame on (a pushed ``[media] sink``); closes the old one.
+
+        Any sink is safe to point anywhere: it only ever carries SFrame-protected frames.
+        """
+        old, self._sink = self._sink, sink
+        sink.e2ee_required = self._e2ee_required
+        old.close()
+        self.request_keyframe()  # the new destination needs a picture to start from
+        _log.info("media_sink_changed", camera=self.camera_id, sink=sink.url)
+
+    def set_shutter_when_idle(self, enabled: bool) -> None:
+        """Follow policy ``camera.shutter_when_idle``: closed while no meeting key is set."""
+        self._shutter_when_idle = enabled
+
+    def check(self, body: Mapping[str, Any]) -> StreamSettings:
+        """The settings ``body`` would give, validated, without applying them.
 
         ``body`` holds any of ``width``, ``height``, ``fps``, ``codec``, ``bitrate_kbps``,
-        ``keyframe_interval``, ``codecs`` (the encoder preference list). The encoder is reopened on
-        the next frame and starts with a keyframe; use :meth:`healthy` to wait for sealed frames.
+        ``keyframe_interval``, ``codecs`` (the encoder preference list).
 
         Raises:
-            ValueError: an unknown key or an invalid value; nothing changed.
+            ValueError: an unknown key or an invalid value.
         """
         allowed = {"width", "height", "fps", "codec", "bitrate_kbps", "keyframe_interval", "codecs"}
         unknown = set(body) - allowed
@@ -246,7 +263,18 @@ class MediaPipeline:
                 raise ValueError(f"{key} must be an integer")
         if "codec" in changes and not isinstance(changes["codec"], str):
             raise ValueError("codec must be a string")
-        new = replace(self._settings, **changes)  # __post_init__ validates
+        return replace(self._settings, **changes)  # __post_init__ validates
+
+    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
+        """Change size, frame rate, codec, bitrate or keyframe interval live (keys as :meth:`check`).
+
+        The encoder is reopened on the next frame and starts with a keyframe; use :meth:`healthy` to
+        wait for sealed frames.
+
+        Raises:
+            ValueError: an unknown key or an invalid value; nothing changed.
+        """
+        new = self.check(body)
         if new != self._settings:
             self._settings = new
             self._settings_gen += 1
@@ -275,6 +303,7 @@ class MediaPipeline:
             "plain_copy": self._plain_copy,
             "key": self._keys.describe(),
             "indicator_on": self._indicator_on,
+            "shutter_closed_idle": bool(self._shutter_ours),
             "stats": self.stats.as_dict(),
         }
 
@@ -339,7 +368,10 @@ class MediaPipeline:
                 continue
             next_due = max(next_due + interval_ns, frame.capture_ns + interval_ns / 2)
             sealer, _, _ = self._keys.current()
-            if sealer is None and not self._plain_copy:
+            idle = sealer is None and not self._plain_copy
+            if await self._follow_shutter(camera, closed=idle and self._shutter_when_idle) and not idle:
+                continue  # captured while the shutter was still closed: a black picture, skip it
+            if idle:
                 # No key: nothing may leave. Do not encode; wait (an idle turn, not a hang).
                 self.stats.dropped_no_key += 1
                 progress.beat()
@@ -348,6 +380,28 @@ class MediaPipeline:
                 continue
             if self._queue.put(frame):
                 self.stats.dropped_queue += 1
+
+    async def _follow_shutter(self, camera: Camera, *, closed: bool) -> bool:
+        """Close the privacy shutter when idle (policy), open it again when a meeting starts.
+
+        Only a shutter this pipeline closed is opened again by it; it never overrides someone else's.
+        Returns True when it changed the shutter.
+        """
+        if closed == self._shutter_ours:
+            return False
+        if not closed and self._shutter_ours is None:
+            self._shutter_ours = False
+            return False
+        try:
+            await camera.set_shutter(closed)
+        except HalError as exc:
+            _log.warning("media_shutter_failed", camera=self.camera_id, error=str(exc))
+            return False
+        self._shutter_ours = closed
+        _log.info(
+            "media_shutter", camera=self.camera_id, closed=closed, reason="idle" if closed else "in_meeting"
+        )
+        return True
 
     # --- indicator -------------------------------------------------------------------------------
 
@@ -454,8 +508,9 @@ class MediaPipeline:
             return
         self.stats.protect_ns += time.thread_time_ns() - started
         self._indicator_from_worker(True)  # lit before the frame leaves
+        sink = self._sink
         try:
-            self._sink.send(sealed)
+            sink.send(sealed)
         except PlaintextRefusedError as exc:
             self.stats.refused += 1
             _log.error("media_plaintext_refused", camera=self.camera_id, sink=exc.sink)
