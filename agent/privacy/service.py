@@ -53,8 +53,10 @@ def guard_of(runtime: Any) -> PrivacyGuard:
     if media is not None and guard.key_source is not media.keys:
         guard.sframe.bind_key_source(media.keys)
         guard.key_source = media.keys
-        # Policy e2ee.required reaches every pipeline and sink (they refuse plaintext while it holds).
+        # Policy e2ee.required reaches every pipeline and sink (they refuse plaintext while it holds);
+        # camera.shutter_when_idle makes each pipeline close its camera's shutter while no key is set.
         guard.add_policy_listener(lambda policy: media.set_e2ee_required(policy.e2ee.required))
+        guard.add_policy_listener(lambda policy: media.set_shutter_when_idle(policy.camera.shutter_when_idle))
         for pipeline in media.pipelines:
             # Pipelines that expose the camera's shutter follow shutter_when_idle and announce.
             if (
