@@ -19,7 +19,7 @@ Hooks for other subsystems:
 
 from __future__ import annotations
 
-__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress"]
+__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress", "services"]
 
 import asyncio
 import datetime as dt
@@ -105,6 +105,7 @@ class ControlService:
         *,
         state_dir: Path | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        runtime: Any = None,
     ) -> None:
         self.config = config
         self.device = config.device.id
@@ -122,6 +123,7 @@ class ControlService:
         self.state_providers: dict[str, Callable[[], Any]] = {}
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
+        self._runtime = runtime  # agent.daemon.runtime.Runtime when run by the daemon
         self._tg: asyncio.TaskGroup | None = None
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
@@ -142,13 +144,15 @@ class ControlService:
         identity: dict[str, Any] = {"ed25519": self.identity.public_dict, "keyid": self.identity.keyid}
         for name, provider in self.identity_providers.items():
             identity[name] = provider()
+        base: dict[str, Any] = self._runtime.state_snapshot() if self._runtime is not None else {}
         doc: dict[str, Any] = {
+            **base,
             "device": self.device,
             "groups": list(self.groups),
             "online": online,
             "agent_version": __version__,
             "applied": applied,
-            "health": dict(self.health),
+            "health": {**base.get("health", {}), **self.health},
             "identity": identity,
             "audit_head": self.audit.head_summary(),
             "locked": self.lock_state(),
@@ -161,6 +165,14 @@ class ControlService:
         return json.dumps(self.state_document(online), sort_keys=True, separators=(",", ":")).encode()
 
     def _publish_state(self) -> None:
+        if self._runtime is not None:
+            # The daemon's state reporter writes the same fields to <state>/state.json.
+            applied = {"root": self.trust.version, **self.state.applied_versions()}
+            self._runtime.update_state(
+                applied=applied,
+                identity=self.state_document(True)["identity"],
+                audit_head=self.audit.head_summary(),
+            )
         if self.link is not None:
             self.link.publish_nowait(self.topics.state, self._state_bytes(True), retain=True)
 
@@ -341,6 +353,7 @@ class ControlService:
     async def run(self, progress: Progress) -> None:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
         self.health["control"] = "ok"
+        self._publish_state()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
@@ -358,3 +371,18 @@ class ControlService:
                     await asyncio.sleep(1.0)
             finally:
                 self._tg = None
+
+
+def services(runtime: Any) -> list[ControlService]:
+    """The daemon's provider hook (``agent.daemon.main.SERVICE_PROVIDERS``).
+
+    The apply target is ``runtime.apply_target`` when the running system set one, else the file
+    target (``<state>/running/<kind>.json``) until media/privacy provide theirs. The service is
+    exposed as ``runtime.control`` so later providers can register command handlers and hooks.
+    """
+    from agent.control.standalone import FileApplyTarget
+
+    target = getattr(runtime, "apply_target", None) or FileApplyTarget(runtime.state_dir / "running")
+    service = ControlService(runtime.config, target, state_dir=runtime.state_dir, runtime=runtime)
+    runtime.control = service
+    return [service]
