@@ -20,7 +20,6 @@ __all__ = [
 ]
 
 import asyncio
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import BaseModel
 
+from agent.control.ack import Status
 from agent.control.documents import ConfigBody, body_model
 from agent.control.errors import ControlError, Reason
 from agent.control.verify import VerifiedDocument
@@ -64,7 +64,7 @@ class HealthCheckFailed(ControlError):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str  # applied | rolled_back | superseded
+    status: Status
     reason: Reason | None
     message: str
 
@@ -93,7 +93,9 @@ class ControlState:
 
     def outcome(self, kind: str, sha: str) -> Outcome | None:
         found = self._data["outcomes"].get(kind, {}).get(sha)
-        return None if found is None else Outcome(found["status"], found.get("reason"), found["message"])
+        if found is None:
+            return None
+        return Outcome(found["status"], found.get("reason"), found["message"])
 
     def pending(self) -> dict[str, Any]:
         return dict(self._data["pending"])
@@ -159,10 +161,14 @@ class ControlState:
         interrupted = list(self._data["pending"].items())
         for kind, pending in interrupted:
             if pending["attempts"] >= _MAX_CRASHES:
-                self._data["last_versions"][kind] = max(self._data["last_versions"].get(kind, 0),
-                                                        pending["version"])
-                self._record(kind, pending["sha"], Outcome("rolled_back", "apply_failed",
-                                                           "apply interrupted by agent crashes twice"))
+                self._data["last_versions"][kind] = max(
+                    self._data["last_versions"].get(kind, 0), pending["version"]
+                )
+                self._record(
+                    kind,
+                    pending["sha"],
+                    Outcome("rolled_back", "apply_failed", "apply interrupted by agent crashes twice"),
+                )
                 self._data["pending"].pop(kind)
         if interrupted:
             self._save()

@@ -63,7 +63,6 @@ class AuditLog:
             return 0, GENESIS
         data = self.path.read_bytes()
         lines = data.split(b"\n")
-        good = 0
         seq, last = 0, GENESIS
         offset = 0
         for raw in lines[:-1]:  # the part after the last newline is incomplete by construction
@@ -74,7 +73,6 @@ class AuditLog:
                 break
             last = hashlib.sha256(raw).hexdigest()
             offset += len(raw) + 1
-            good += 1
         if offset != len(data):
             with self.path.open("r+b") as f:
                 f.truncate(offset)
