@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 import hmac
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from agent.e2ee.errors import (
     SFrameError,
     UnknownKidError,
 )
-from agent.e2ee.header import MAX_VALUE, KidHeaders, decode_header
+from agent.e2ee.header import MAX_HEADER_LENGTH, MAX_VALUE, KidHeaders, decode_header
 from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
 
 _log = structlog.get_logger()
@@ -75,13 +76,13 @@ class SenderContext:
     """
 
     __slots__ = (
+        "_counter",
         "_gcm",
         "_headers",
         "_key",
         "_key_id",
         "_limit",
         "_lock",
-        "_next",
         "_salt",
         "_store",
         "cipher_suite",
@@ -109,19 +110,21 @@ class SenderContext:
         self._lock = threading.Lock()
         if counter_store is None:
             self._key_id = ""
-            self._next = 0
+            first = 0
             self._limit = MAX_VALUE + 1
         else:
             self._key_id = counter_key_id(suite.value, key, kid)
             # Every CTR below the high-water mark may have been used before a restart or crash.
-            self._next = counter_store.high_water(self._key_id)
-            self._limit = self._next  # nothing reserved yet in this process
-        _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=self._next)
+            first = counter_store.high_water(self._key_id)
+            self._limit = first  # nothing reserved yet in this process
+        self._counter = itertools.count(first)
+        _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=first)
 
     @property
     def next_ctr(self) -> int:
-        """The CTR the next :meth:`encrypt` will use."""
-        return self._next
+        """The CTR the next :meth:`encrypt` will use (``2^64`` or more once exhausted)."""
+        # repr(itertools.count(n)) is "count(n)"; peeking any other way would consume a CTR.
+        return int(repr(self._counter)[6:-1])
 
     def encrypt(self, metadata: bytes, plaintext: bytes) -> bytes:
         """Encrypt one frame and return the whole SFrame ciphertext (header + ciphertext + tag).
@@ -133,11 +136,10 @@ class SenderContext:
         """
         # This is the per-frame hot path (4K30 in Python): int ops and one AEAD call, no copies
         # beyond the one that puts the header in front of the ciphertext.
-        with self._lock:
-            ctr = self._next
-            if ctr >= self._limit:
-                self._reserve(ctr)
-            self._next = ctr + 1
+        # next() on itertools.count is atomic: each call gets its own CTR without a lock.
+        ctr = next(self._counter)
+        if ctr >= self._limit:
+            self._reserve(ctr)
         headers = self._headers
         if ctr < 8:
             header = headers.short[ctr]
@@ -154,13 +156,15 @@ class SenderContext:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
 
     def _reserve(self, ctr: int) -> None:
-        # Called with the lock held, before ``ctr`` is used.
-        if ctr > MAX_VALUE:
+        # Slow path, before ``ctr`` is used. Invariant: every CTR handed out is below a persisted
+        # high-water mark. Threads that race here reserve in any order; the mark only grows, and
+        # each reserve(ctr) persists a mark above its own ctr before that ctr is used.
+        if ctr > MAX_VALUE or self._store is None:  # without a store the limit is 2^64
             raise CounterExhaustedError(self.kid)
-        if self._store is None:  # pragma: no cover - the limit is 2^64 without a store
-            raise CounterExhaustedError(self.kid)
-        # §9.1: store the CTR high-water mark before using the CTR.
-        self._limit = self._store.reserve(self._key_id, ctr)
+        with self._lock:
+            if ctr >= self._limit:
+                # §9.1: store the CTR high-water mark before using the CTR.
+                self._limit = self._store.reserve(self._key_id, ctr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,14 +326,16 @@ class ReceiverContext:
         except TypeError as exc:
             raise InvalidParameterError("metadata/ciphertext", f"must be bytes: {exc}") from exc
         try:
-            kid, ctr, hlen = decode_header(view)
+            # A bytes copy of the header only (at most 17 bytes); parsing bytes is fastest.
+            head = bytes(view[:MAX_HEADER_LENGTH]) if type(ciphertext) is not bytes else ciphertext[:17]
+            kid, ctr, hlen = decode_header(head)
             entry = self._keys.get(kid)
             if entry is None:
                 raise UnknownKidError(kid)
             if ctr <= entry.top:
                 # Cheap pre-check on the (public) header before spending an AEAD call on a replay.
                 self._check_replay(entry, kid, ctr)
-            header = bytes(view[:hlen])
+            header = head[:hlen]
             gcm = entry.gcm
             if gcm is not None:
                 if len(view) - hlen < 16:
