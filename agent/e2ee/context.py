@@ -176,6 +176,22 @@ class Decrypted:
     plaintext: bytes
 
 
+_new_decrypted = object.__new__
+_set_kid = Decrypted.kid.__set__  # type: ignore[attr-defined,misc]
+_set_ctr = Decrypted.ctr.__set__  # type: ignore[attr-defined,misc]
+_set_plaintext = Decrypted.plaintext.__set__  # type: ignore[attr-defined,misc]
+
+
+def _decrypted(kid: int, ctr: int, plaintext: bytes) -> Decrypted:
+    # Same object as Decrypted(kid, ctr, plaintext), built through the slot descriptors: the frozen
+    # dataclass __init__ (object.__setattr__ per field) costs about as much as a 1 KB AES-GCM call.
+    d: Decrypted = _new_decrypted(Decrypted)
+    _set_kid(d, kid)
+    _set_ctr(d, ctr)
+    _set_plaintext(d, plaintext)
+    return d
+
+
 class _ReceiverKey:
     """A decrypt-only key with its epoch and anti-replay window (§9.3)."""
 
@@ -318,16 +334,23 @@ class ReceiverContext:
         """
         # Per-frame hot path: one header parse, one dict lookup, one AEAD call, int ops for the
         # window; the ciphertext is passed to the AEAD as a memoryview (no copy).
-        try:
+        if type(ciphertext) is bytes:
             view = memoryview(ciphertext)
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
-            aad_tail = bytes(metadata) if type(metadata) is not bytes else metadata
-        except TypeError as exc:
-            raise InvalidParameterError("metadata/ciphertext", f"must be bytes: {exc}") from exc
+            head = ciphertext[:MAX_HEADER_LENGTH]
+        else:
+            try:
+                view = memoryview(ciphertext).cast("B")
+            except TypeError as exc:
+                raise InvalidParameterError("ciphertext", f"must be bytes: {exc}") from exc
+            head = bytes(view[:MAX_HEADER_LENGTH])
+        if type(metadata) is bytes:
+            aad_tail = metadata
+        else:
+            try:
+                aad_tail = bytes(memoryview(metadata))
+            except TypeError as exc:
+                raise InvalidParameterError("metadata", f"must be bytes: {exc}") from exc
         try:
-            # A bytes copy of the header only (at most 17 bytes); parsing bytes is fastest.
-            head = bytes(view[:MAX_HEADER_LENGTH]) if type(ciphertext) is not bytes else ciphertext[:17]
             kid, ctr, hlen = decode_header(head)
             entry = self._keys.get(kid)
             if entry is None:
@@ -351,8 +374,16 @@ class ReceiverContext:
             else:
                 plaintext = entry.frame_key.open(ctr, header, aad_tail, view[hlen:])
             with self._lock:
-                # Decided under the lock: two threads may race with the same CTR.
-                replay = self._accept(entry, ctr)
+                # Decided under the lock: two threads may race with the same CTR. (§9.3 window,
+                # inlined: this runs once per frame.)
+                top = entry.top
+                if ctr > top:
+                    shift = ctr - top
+                    entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < self.replay_window else 1
+                    entry.top = ctr
+                    replay = None
+                else:
+                    replay = self._accept_old(entry, top - ctr)
             if replay is not None:
                 raise ReplayError(kid, ctr, too_old=replay)
         except SFrameError as exc:
@@ -361,7 +392,7 @@ class ReceiverContext:
                 with self._lock:
                     self._drops[reason] += 1
             raise
-        return Decrypted(kid, ctr, plaintext)
+        return _decrypted(kid, ctr, plaintext)
 
     def _check_replay(self, entry: _ReceiverKey, kid: int, ctr: int) -> None:
         # §9.3 / RFC 3711 §3.3.2: newer than the top is fresh; within the window only if unseen.
@@ -373,15 +404,8 @@ class ReceiverContext:
         if (entry.bits >> delta) & 1:
             raise ReplayError(kid, ctr, too_old=False)
 
-    def _accept(self, entry: _ReceiverKey, ctr: int) -> bool | None:
-        """Record ``ctr`` as received; return ``None``, or whether the replay was "too old"."""
-        top = entry.top
-        if ctr > top:
-            shift = ctr - top
-            entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < self.replay_window else 1
-            entry.top = ctr
-            return None
-        delta = top - ctr
+    def _accept_old(self, entry: _ReceiverKey, delta: int) -> bool | None:
+        """Record the CTR ``delta`` below the top; ``None`` if fresh, else whether it is too old."""
         if delta >= self.replay_window:
             return True
         if (entry.bits >> delta) & 1:
