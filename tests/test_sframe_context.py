@@ -225,3 +225,12 @@ def test_receiver_rejects_bad_arguments() -> None:
         receiver.add_key(1, KEY, 4, epoch=-1)
     with pytest.raises(sframe.UnsupportedCipherSuiteError):
         receiver.add_key(1, KEY, 0)
+
+
+def test_decrypted_is_a_frozen_value() -> None:
+    sender, receiver = _pair()
+    result = receiver.decrypt(b"", sender.encrypt(b"", b"x"))
+    assert result == Decrypted(7, 0, b"x")
+    assert hash(result) == hash(Decrypted(7, 0, b"x"))
+    with pytest.raises(AttributeError):
+        result.ctr = 5  # type: ignore[misc]

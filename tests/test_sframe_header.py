@@ -35,7 +35,7 @@ def test_minimal_encoding(kid: int, ctr: int, encoded: str) -> None:
         ("0805", "extended CTR holding 5, which fits in C"),
         ("900010", "two-byte KID with a leading zero byte (0x10 fits in one)"),
         ("09000a", "two-byte CTR with a leading zero byte"),
-        ("f8" + "00" * 7 + "ff", "eight-byte KID holding 255"),
+        ("f0" + "00" * 7 + "ff", "eight-byte KID holding 255"),
     ],
 )
 def test_non_minimal_encoding_is_rejected(encoded: str, why: str) -> None:

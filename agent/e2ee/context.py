@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 import hmac
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from agent.e2ee.errors import (
     SFrameError,
     UnknownKidError,
 )
-from agent.e2ee.header import MAX_VALUE, KidHeaders, decode_header
+from agent.e2ee.header import MAX_HEADER_LENGTH, MAX_VALUE, KidHeaders, decode_header
 from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
 
 _log = structlog.get_logger()
@@ -75,13 +76,13 @@ class SenderContext:
     """
 
     __slots__ = (
+        "_counter",
         "_gcm",
         "_headers",
         "_key",
         "_key_id",
         "_limit",
         "_lock",
-        "_next",
         "_salt",
         "_store",
         "cipher_suite",
@@ -109,19 +110,21 @@ class SenderContext:
         self._lock = threading.Lock()
         if counter_store is None:
             self._key_id = ""
-            self._next = 0
+            first = 0
             self._limit = MAX_VALUE + 1
         else:
             self._key_id = counter_key_id(suite.value, key, kid)
             # Every CTR below the high-water mark may have been used before a restart or crash.
-            self._next = counter_store.high_water(self._key_id)
-            self._limit = self._next  # nothing reserved yet in this process
-        _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=self._next)
+            first = counter_store.high_water(self._key_id)
+            self._limit = first  # nothing reserved yet in this process
+        self._counter = itertools.count(first)
+        _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=first)
 
     @property
     def next_ctr(self) -> int:
-        """The CTR the next :meth:`encrypt` will use."""
-        return self._next
+        """The CTR the next :meth:`encrypt` will use (``2^64`` or more once exhausted)."""
+        # repr(itertools.count(n)) is "count(n)"; peeking any other way would consume a CTR.
+        return int(repr(self._counter)[6:-1])
 
     def encrypt(self, metadata: bytes, plaintext: bytes) -> bytes:
         """Encrypt one frame and return the whole SFrame ciphertext (header + ciphertext + tag).
@@ -133,11 +136,10 @@ class SenderContext:
         """
         # This is the per-frame hot path (4K30 in Python): int ops and one AEAD call, no copies
         # beyond the one that puts the header in front of the ciphertext.
-        with self._lock:
-            ctr = self._next
-            if ctr >= self._limit:
-                self._reserve(ctr)
-            self._next = ctr + 1
+        # next() on itertools.count is atomic: each call gets its own CTR without a lock.
+        ctr = next(self._counter)
+        if ctr >= self._limit:
+            self._reserve(ctr)
         headers = self._headers
         if ctr < 8:
             header = headers.short[ctr]
@@ -154,13 +156,15 @@ class SenderContext:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
 
     def _reserve(self, ctr: int) -> None:
-        # Called with the lock held, before ``ctr`` is used.
-        if ctr > MAX_VALUE:
+        # Slow path, before ``ctr`` is used. Invariant: every CTR handed out is below a persisted
+        # high-water mark. Threads that race here reserve in any order; the mark only grows, and
+        # each reserve(ctr) persists a mark above its own ctr before that ctr is used.
+        if ctr > MAX_VALUE or self._store is None:  # without a store the limit is 2^64
             raise CounterExhaustedError(self.kid)
-        if self._store is None:  # pragma: no cover - the limit is 2^64 without a store
-            raise CounterExhaustedError(self.kid)
-        # §9.1: store the CTR high-water mark before using the CTR.
-        self._limit = self._store.reserve(self._key_id, ctr)
+        with self._lock:
+            if ctr >= self._limit:
+                # §9.1: store the CTR high-water mark before using the CTR.
+                self._limit = self._store.reserve(self._key_id, ctr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,22 @@ class Decrypted:
     kid: int
     ctr: int
     plaintext: bytes
+
+
+_new_decrypted = object.__new__
+_set_kid = Decrypted.kid.__set__  # type: ignore[attr-defined,misc]
+_set_ctr = Decrypted.ctr.__set__  # type: ignore[attr-defined,misc]
+_set_plaintext = Decrypted.plaintext.__set__  # type: ignore[attr-defined,misc]
+
+
+def _decrypted(kid: int, ctr: int, plaintext: bytes) -> Decrypted:
+    # Same object as Decrypted(kid, ctr, plaintext), built through the slot descriptors: the frozen
+    # dataclass __init__ (object.__setattr__ per field) costs about as much as a 1 KB AES-GCM call.
+    d: Decrypted = _new_decrypted(Decrypted)
+    _set_kid(d, kid)
+    _set_ctr(d, ctr)
+    _set_plaintext(d, plaintext)
+    return d
 
 
 class _ReceiverKey:
@@ -314,22 +334,31 @@ class ReceiverContext:
         """
         # Per-frame hot path: one header parse, one dict lookup, one AEAD call, int ops for the
         # window; the ciphertext is passed to the AEAD as a memoryview (no copy).
-        try:
+        if type(ciphertext) is bytes:
             view = memoryview(ciphertext)
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
-            aad_tail = bytes(metadata) if type(metadata) is not bytes else metadata
-        except TypeError as exc:
-            raise InvalidParameterError("metadata/ciphertext", f"must be bytes: {exc}") from exc
+            head = ciphertext[:MAX_HEADER_LENGTH]
+        else:
+            try:
+                view = memoryview(ciphertext).cast("B")
+            except TypeError as exc:
+                raise InvalidParameterError("ciphertext", f"must be bytes: {exc}") from exc
+            head = bytes(view[:MAX_HEADER_LENGTH])
+        if type(metadata) is bytes:
+            aad_tail = metadata
+        else:
+            try:
+                aad_tail = bytes(memoryview(metadata))
+            except TypeError as exc:
+                raise InvalidParameterError("metadata", f"must be bytes: {exc}") from exc
         try:
-            kid, ctr, hlen = decode_header(view)
+            kid, ctr, hlen = decode_header(head)
             entry = self._keys.get(kid)
             if entry is None:
                 raise UnknownKidError(kid)
             if ctr <= entry.top:
                 # Cheap pre-check on the (public) header before spending an AEAD call on a replay.
                 self._check_replay(entry, kid, ctr)
-            header = bytes(view[:hlen])
+            header = head[:hlen]
             gcm = entry.gcm
             if gcm is not None:
                 if len(view) - hlen < 16:
@@ -345,8 +374,16 @@ class ReceiverContext:
             else:
                 plaintext = entry.frame_key.open(ctr, header, aad_tail, view[hlen:])
             with self._lock:
-                # Decided under the lock: two threads may race with the same CTR.
-                replay = self._accept(entry, ctr)
+                # Decided under the lock: two threads may race with the same CTR. (§9.3 window,
+                # inlined: this runs once per frame.)
+                top = entry.top
+                if ctr > top:
+                    shift = ctr - top
+                    entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < self.replay_window else 1
+                    entry.top = ctr
+                    replay = None
+                else:
+                    replay = self._accept_old(entry, top - ctr)
             if replay is not None:
                 raise ReplayError(kid, ctr, too_old=replay)
         except SFrameError as exc:
@@ -355,7 +392,7 @@ class ReceiverContext:
                 with self._lock:
                     self._drops[reason] += 1
             raise
-        return Decrypted(kid, ctr, plaintext)
+        return _decrypted(kid, ctr, plaintext)
 
     def _check_replay(self, entry: _ReceiverKey, kid: int, ctr: int) -> None:
         # §9.3 / RFC 3711 §3.3.2: newer than the top is fresh; within the window only if unseen.
@@ -367,15 +404,8 @@ class ReceiverContext:
         if (entry.bits >> delta) & 1:
             raise ReplayError(kid, ctr, too_old=False)
 
-    def _accept(self, entry: _ReceiverKey, ctr: int) -> bool | None:
-        """Record ``ctr`` as received; return ``None``, or whether the replay was "too old"."""
-        top = entry.top
-        if ctr > top:
-            shift = ctr - top
-            entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < self.replay_window else 1
-            entry.top = ctr
-            return None
-        delta = top - ctr
+    def _accept_old(self, entry: _ReceiverKey, delta: int) -> bool | None:
+        """Record the CTR ``delta`` below the top; ``None`` if fresh, else whether it is too old."""
         if delta >= self.replay_window:
             return True
         if (entry.bits >> delta) & 1:

@@ -13,12 +13,15 @@ authentication (§9.4).
 
 from __future__ import annotations
 
-__all__ = ["MAX_VALUE", "KidHeaders", "decode_header", "encode_header"]
+__all__ = ["MAX_HEADER_LENGTH", "MAX_VALUE", "KidHeaders", "decode_header", "encode_header"]
 
 from agent.e2ee.errors import InvalidParameterError, SFrameHeaderError
 
 MAX_VALUE = (1 << 64) - 1
 """KID and CTR are unsigned 64-bit integers (at most 8 bytes each, §4.3)."""
+
+MAX_HEADER_LENGTH = 17
+"""Config byte + 8-byte KID + 8-byte CTR."""
 
 # The 64 headers with KID < 8 and CTR < 8 are one config byte; prebuilt to skip int packing.
 _SHORT = tuple(bytes((k << 4 | c,)) for k in range(8) for c in range(8))
@@ -54,6 +57,11 @@ def encode_header(kid: int, ctr: int) -> bytes:
     return ((config << (klen << 3) | kid) << (clen << 3) | ctr).to_bytes(1 + klen + clen, "big")
 
 
+# Smallest value allowed in an extended field of n bytes: 8 for one byte (0-7 fit in the config
+# byte), otherwise no leading zero byte (§4.3 "minimum number of bytes").
+_MIN_EXTENDED = (0, 8, *(1 << ((n - 1) << 3) for n in range(2, 9)))
+
+
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """Parse the SFrame header at the start of ``data`` (§4.3).
 
@@ -67,31 +75,31 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     n = len(data)
     if n == 0:
         raise SFrameHeaderError("empty input, no config byte", length=0)
+    if type(data) is not bytes:
+        data = bytes(data[:MAX_HEADER_LENGTH])  # int.from_bytes is several times slower on views
     config = data[0]
-    pos = 1
-    if config & 0x80:
-        klen = ((config >> 4) & 0x07) + 1
-        end = pos + klen
-        if end > n:
-            raise SFrameHeaderError(f"header announces a {klen}-byte KID, input ends first", length=n)
-        kid = int.from_bytes(data[pos:end], "big")
-        if kid < 8 or kid.bit_length() <= (klen - 1) << 3:
+    klen = ((config >> 4) & 0x07) + 1 if config & 0x80 else 0
+    clen = (config & 0x07) + 1 if config & 0x08 else 0
+    hlen = 1 + klen + clen
+    if hlen == 1:
+        return config >> 4, config & 0x07, 1
+    if hlen > n:
+        raise SFrameHeaderError(f"header announces {hlen} bytes, input ends first", length=n)
+    # One int for the KID and CTR bytes together, split with shifts.
+    fields = int.from_bytes(data[1:hlen], "big")
+    if klen:
+        kid = fields >> (clen << 3)
+        if kid < _MIN_EXTENDED[klen]:
             raise SFrameHeaderError("KID is not minimally encoded (§4.3)", length=n)
-        pos = end
     else:
-        kid = (config >> 4) & 0x07
-    if config & 0x08:
-        clen = (config & 0x07) + 1
-        end = pos + clen
-        if end > n:
-            raise SFrameHeaderError(f"header announces a {clen}-byte CTR, input ends first", length=n)
-        ctr = int.from_bytes(data[pos:end], "big")
-        if ctr < 8 or ctr.bit_length() <= (clen - 1) << 3:
+        kid = config >> 4
+    if clen:
+        ctr = fields & ((1 << (clen << 3)) - 1)
+        if ctr < _MIN_EXTENDED[clen]:
             raise SFrameHeaderError("CTR is not minimally encoded (§4.3)", length=n)
-        pos = end
     else:
         ctr = config & 0x07
-    return kid, ctr, pos
+    return kid, ctr, hlen
 
 
 class KidHeaders:
