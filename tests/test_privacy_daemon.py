@@ -12,20 +12,26 @@ from agent.config import parse_config
 from agent.daemon import main
 from agent.daemon.runtime import Runtime
 from agent.logs import configure_logging
-from agent.privacy.service import guard_of
+from agent.privacy.service import SystemApplyTarget, guard_of
 
 
 def _runtime(tmp_path: Path) -> Runtime:
     return Runtime(parse_config({"state": {"dir": str(tmp_path)}, "device": {"id": "room-9"}}), tmp_path)
 
 
-def test_provider_publishes_hpke_identity_and_privacy_state(tmp_path: Path) -> None:
+def test_providers_wire_the_guard_into_control_and_publish_identity_and_privacy_state(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path)
-    runtime.update_state(identity={"ed25519": {"keytype": "ed25519"}})
     services = main.build_services(runtime)
     assert "privacy" in [s.name for s in services]
+    control = runtime.control  # type: ignore[attr-defined]
+    assert isinstance(control.target, SystemApplyTarget)  # policies reach the guard
+    for name in ("keys", "lock", "unlock", "deprovision", "snapshot"):
+        assert control.commands.get(name) is not None
+    assert control.lock_state() is False
+    doc = control.state_document(True)
+    assert set(doc["identity"]["hpke"]) == {"x25519", "mlkem768-x25519"}
+    assert doc["privacy"]["locked"] is False
     state = runtime.state_snapshot()
-    assert state["identity"]["ed25519"] == {"keytype": "ed25519"}  # kept
     assert set(state["identity"]["hpke"]) == {"x25519", "mlkem768-x25519"}
     assert state["privacy"]["state"] == "active"
     assert state["e2ee"]["active"] is False
