@@ -144,3 +144,20 @@ async def test_intervention_lands_in_the_hash_chained_audit_log(tmp_path: Path) 
         log.path.read_bytes(), log.head_path.read_bytes(), parse_public_key(identity.public_dict)
     )
     assert report.entries == len(entries)
+
+
+async def test_lock_stops_a_lab_key_too_and_a_restart_keeps_the_room_dark(tmp_path: Path) -> None:
+    from agent.media.keys import KeySource, write_lab_key
+
+    lab = write_lab_key(tmp_path / "lab.json")
+    source = KeySource()
+    source.use_lab_key(lab)
+    g = PrivacyGuard(state_dir=tmp_path, device_id="room-a", key_source=source)
+    await g.intervene("lock", {}, roles_met={"customer"})
+    assert source.current()[0] is None
+    # After a restart the media path loads the lab key again; the guard, bound to it, stops it.
+    restarted = KeySource()
+    restarted.use_lab_key(lab)
+    g2 = PrivacyGuard(state_dir=tmp_path, device_id="room-a", key_source=restarted)
+    g2.enforce_lock()
+    assert restarted.current()[0] is None

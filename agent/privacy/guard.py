@@ -233,8 +233,15 @@ class PrivacyGuard:
     async def _on_intervention(self, record: InterventionRecord) -> None:
         if record.state is not RoomState.ACTIVE:
             self.keys.clear(record.state.value)  # media stops: no sender key, nothing leaves
+            self.enforce_lock()
         await self.enforce_camera()
         self._publish_state()
+
+    def enforce_lock(self) -> None:
+        """While locked or deprovisioned no sender key of any origin (meeting or lab) stays set."""
+        if not self.interventions.media_allowed and self.key_source.current()[0] is not None:
+            self.key_source.set_sender(None, 0)
+            self._log.warning("privacy_media_stopped", reason=self.interventions.state.value)
 
     def _on_keys(self, keys: KeySet) -> None:
         self._camera_dirty.set()

@@ -57,6 +57,7 @@ def guard_of(runtime: Any) -> PrivacyGuard:
         # camera.shutter_when_idle makes each pipeline close its camera's shutter while no key is set.
         guard.add_policy_listener(lambda policy: media.set_e2ee_required(policy.e2ee.required))
         guard.add_policy_listener(lambda policy: media.set_shutter_when_idle(policy.camera.shutter_when_idle))
+        guard.enforce_lock()  # a room locked before a restart stays dark (a lab key included)
     return guard
 
 
