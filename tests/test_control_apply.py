@@ -166,8 +166,11 @@ async def test_commands_reach_their_handlers_with_the_right_signers(
                 "policy", plane.sign("policy", plane.policy(), signers=[plane.fleet, plane.customer])
             )
         )["status"] == "applied"
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "keyframe", "args": {}}))
+        keyframe = plane.sign("command", {"name": "keyframe", "args": {}})
+        ack = await dev.plane.push("command", keyframe)
         assert (ack["status"], ack["message"]) == ("applied", "keyframe done")
+        again = await dev.plane.push("command", keyframe)  # a QoS 1 duplicate: acked again, not re-run
+        assert (again["status"], again["message"]) == ("applied", "keyframe done")
         ack = await dev.plane.push("command", plane.sign("command", {"name": "snapshot", "args": {}}))
         assert ack["reason"] == "needs_customer"
         ack = await dev.plane.push(

@@ -119,6 +119,11 @@ class ControlState:
         while len(outcomes) > _MAX_OUTCOMES:
             outcomes.pop(next(iter(outcomes)))
 
+    def record(self, doc: VerifiedDocument, outcome: Outcome) -> None:
+        """Remember a command's or key package's outcome so a redelivery is acked, not re-run."""
+        self._record(doc.kind, doc.payload_sha256, outcome)
+        self._save()
+
     def accept(self, doc: VerifiedDocument) -> None:
         """Raise the rollback floor of a non-transactional kind (command, keys, root)."""
         self._data["last_versions"][doc.kind] = doc.version

@@ -302,6 +302,8 @@ class ControlService:
         self._tg.create_task(coro, name=name)
 
     def _finish(self, doc: VerifiedDocument, outcome: Outcome, audit_event: str | None = None) -> None:
+        if doc.kind not in TRANSACTIONAL:  # transactions record their outcome in the same atomic write
+            self.state.record(doc, outcome)
         self._audit(
             audit_event or outcome.status,
             kind=doc.kind,
