@@ -182,6 +182,11 @@ class ControlService:
         assert isinstance(policy, PolicyBody)
         last = self.state.last_versions()
         last["root"] = self.trust.version
+        for kind in TRANSACTIONAL:
+            # Only a newer version may supersede the transaction in progress.
+            running = self.transactions.running(kind)
+            if running is not None:
+                last[kind] = max(last.get(kind, 0), running.version)
         return VerifyContext(
             self.device,
             self.groups,
@@ -252,7 +257,7 @@ class ControlService:
                         )
                     )
                     return
-            if running is not None and running.payload_sha256 == sha:
+            if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
             self._audit(
                 "rejected",
@@ -265,9 +270,6 @@ class ControlService:
             )
             self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
             log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
-            return
-        running = self.transactions.running(kind)
-        if running is not None and running.payload_sha256 == doc.payload_sha256:
             return
         self._audit(
             "accepted",
