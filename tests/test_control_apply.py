@@ -114,6 +114,14 @@ async def test_newer_version_supersedes_apply_in_progress(mosquitto: Broker, tmp
         assert acks[1]["status"] == "superseded"
         assert (ack2["status"], ack2["doc_version"]) == ("applied", 2)
         assert running(tmp_path)["encoder"]["bitrate_kbps"] == 1200
+        # An older version arriving during an apply does not supersede it.
+        target.apply_delay_s = 0.5
+        await dev.plane.client.publish(dev.plane.topic("config"), bitrate(plane, 1400, version=5), qos=1)
+        await asyncio.sleep(0.2)
+        older = await dev.plane.push("config", bitrate(plane, 1300, version=4), retain=False)
+        assert (older["status"], older["reason"]) == ("rejected", "rollback")
+        v5 = await dev.plane.wait_for(lambda a: a.get("doc_version") == 5 and a.get("kind") == "ack")
+        assert v5["status"] == "applied"
     finally:
         await stop_device(dev)
 
@@ -166,8 +174,11 @@ async def test_commands_reach_their_handlers_with_the_right_signers(
                 "policy", plane.sign("policy", plane.policy(), signers=[plane.fleet, plane.customer])
             )
         )["status"] == "applied"
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "keyframe", "args": {}}))
+        keyframe = plane.sign("command", {"name": "keyframe", "args": {}})
+        ack = await dev.plane.push("command", keyframe)
         assert (ack["status"], ack["message"]) == ("applied", "keyframe done")
+        again = await dev.plane.push("command", keyframe)  # a QoS 1 duplicate: acked again, not re-run
+        assert (again["status"], again["message"]) == ("applied", "keyframe done")
         ack = await dev.plane.push("command", plane.sign("command", {"name": "snapshot", "args": {}}))
         assert ack["reason"] == "needs_customer"
         ack = await dev.plane.push(
@@ -290,3 +301,30 @@ async def test_mqtts_with_client_certificate(mosquitto_tls: TlsBroker, tmp_path:
                 t.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await t
+
+
+async def test_rotated_root_survives_restart(mosquitto: Broker, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    plane = Plane()
+    config = cfg(plane, tmp_path, mosquitto.url)
+    target = FileApplyTarget(tmp_path / "state" / "running")
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    old_fleet = plane.fleet
+    try:
+        plane.fleet = ed25519.Ed25519PrivateKey.generate()
+        assert (await dev.plane.push("root", plane.root()))["status"] == "applied"
+    finally:
+        await stop_device(dev)
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    try:
+        assert dev.service.trust.version == 2  # persisted, not the image's root v1
+        ack = await dev.plane.push(
+            "config",
+            bitrate(plane, 1500, version=2),
+        )
+        assert ack["status"] == "applied"
+        ack = await dev.plane.push("config", bitrate(plane, 1600, version=3, signers=[old_fleet]))
+        assert ack["reason"] == "bad_signature"
+    finally:
+        await stop_device(dev)

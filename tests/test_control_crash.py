@@ -95,6 +95,13 @@ async def test_kill_9_during_apply_converges(
         assert json.loads(state.read_text())["pending"]["config"]["version"] == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        # The broker publishes the last will: the retained state now says offline.
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(f"{PREFIX}/devices/room-101/state", qos=1)
+            async with asyncio.timeout(5):
+                async for m in c.messages:
+                    if json.loads(bytes(m.payload))["online"] is False:  # type: ignore[arg-type]
+                        break
         # Old or new, never torn: both files parse, the running system is still v1.
         assert json.loads(running.read_text())["encoder"]["bitrate_kbps"] == 1000
         assert json.loads(state.read_text())["applied"]["config"]["version"] == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from agent.control.service import ControlService, services
 from agent.daemon.runtime import Runtime
 from tests.plane import Beat, Plane, device_config
@@ -29,8 +31,5 @@ async def test_services_hook_publishes_identity_into_runtime_state(tmp_path: Pat
     key = (tmp_path / "state" / "identity" / "ed25519.pem").stat()
     assert key.st_mode & 0o777 == 0o600
     task.cancel()
-    try:
+    with pytest.raises(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
-    assert task.cancelled()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["GENESIS", "HEAD_TYPE", "AuditLog", "ChainBroken", "ChainReport", "verify_chain"]
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -24,6 +25,7 @@ from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import ControlError
 from agent.control.identity import DeviceIdentity
 from agent.control.keys import PublicKey
+from agent.errors import StateError
 from agent.persist import atomic_write_bytes
 
 GENESIS = "0" * 64
@@ -109,15 +111,29 @@ class AuditLog:
             "prev": self.hash,
         }
         raw = _canonical(entry)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, raw + b"\n")
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(str(self.path), f"cannot open audit log: {exc.strerror or exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(raw + b"\n")
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                # Keep the chain whole: cut off whatever part of this entry reached the file.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise StateError(str(self.path), f"audit append failed: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
         self.seq += 1
         self.hash = hashlib.sha256(raw).hexdigest()
-        atomic_write_bytes(self.head_path, self.head().to_json())
+        # The head may lag after a failed write; it is re-signed with the next entry.
+        with contextlib.suppress(StateError):
+            atomic_write_bytes(self.head_path, self.head().to_json())
         return entry
 
     def head(self) -> Envelope:

@@ -51,6 +51,7 @@ from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
 from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
+from agent.errors import StateError
 from agent.privacy.policy import PolicyBody
 
 log = structlog.get_logger()
@@ -192,6 +193,11 @@ class ControlService:
         assert isinstance(policy, PolicyBody)
         last = self.state.last_versions()
         last["root"] = self.trust.version
+        for kind in TRANSACTIONAL:
+            # Only a newer version may supersede the transaction in progress.
+            running = self.transactions.running(kind)
+            if running is not None:
+                last[kind] = max(last.get(kind, 0), running.version)
         return VerifyContext(
             self.device,
             self.groups,
@@ -219,20 +225,32 @@ class ControlService:
         outcome: str,
         reason: str | None = None,
         message: str | None = None,
-    ) -> None:
-        entry = self.audit.append(
-            event,
-            kind=kind,
-            version=version,
-            digest=digest,
-            signers=signers,
-            outcome=outcome,
-            reason=reason,
-            message=message,
-            now=self._clock(),
-        )
+    ) -> bool:
+        """Append an audit entry and publish it; False (logged) when the disk refuses it."""
+        try:
+            entry = self.audit.append(
+                event,
+                kind=kind,
+                version=version,
+                digest=digest,
+                signers=signers,
+                outcome=outcome,
+                reason=reason,
+                message=message,
+                now=self._clock(),
+            )
+        except StateError as exc:
+            log.error("control_audit_write_failed", audit_event=event, kind=kind, reason=exc.reason)
+            return False
         if self.link is not None:
             self.link.publish_nowait(self.topics.audit, json.dumps(entry, sort_keys=True).encode())
+        return True
+
+    def _refuse_unrecorded(self, doc: VerifiedDocument, what: str, exc: StateError | None = None) -> None:
+        # Fail closed: a document whose acceptance cannot be recorded is not acted on.
+        message = f"cannot persist {what}: {exc.reason if exc else 'audit log write failed'}"[:300]
+        self._ack(Ack(doc.kind, doc.version, doc.payload_sha256, "rejected", "state_error", message))
+        log.error("control_state_error", kind=doc.kind, version=doc.version, what=what)
 
     async def handle(self, kind: str, raw: bytes) -> None:
         """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it."""
@@ -262,7 +280,7 @@ class ControlService:
                         )
                     )
                     return
-            if running is not None and running.payload_sha256 == sha:
+            if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
             self._audit(
                 "rejected",
@@ -276,10 +294,7 @@ class ControlService:
             self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
             log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
             return
-        running = self.transactions.running(kind)
-        if running is not None and running.payload_sha256 == doc.payload_sha256:
-            return
-        self._audit(
+        if not self._audit(
             "accepted",
             kind=kind,
             version=doc.version,
@@ -287,9 +302,15 @@ class ControlService:
             signers=doc.signer_keyids,
             outcome="accepted",
             message="+".join(sorted(doc.roles)),
-        )
+        ):
+            self._refuse_unrecorded(doc, "the audit entry")
+            return
         if kind == "root":
-            self.trust.rotate(doc, raw)
+            try:
+                self.trust.rotate(doc, raw)
+            except StateError as exc:
+                self._refuse_unrecorded(doc, "the new root", exc)
+                return
             self._finish(doc, Outcome("applied", None, f"root v{doc.version} trusted"))
             self._publish_state()
             return
@@ -303,7 +324,11 @@ class ControlService:
                 )
             self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}")
             return
-        self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
+        try:
+            self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
+        except StateError as exc:
+            self._refuse_unrecorded(doc, "the command version", exc)
+            return
         self._spawn(self._command(doc), f"control.{kind}.v{doc.version}")
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -312,6 +337,11 @@ class ControlService:
         self._tg.create_task(coro, name=name)
 
     def _finish(self, doc: VerifiedDocument, outcome: Outcome, audit_event: str | None = None) -> None:
+        if doc.kind not in TRANSACTIONAL:  # transactions record their outcome in the same atomic write
+            try:
+                self.state.record(doc, outcome)
+            except StateError as exc:
+                log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
         self._audit(
             audit_event or outcome.status,
             kind=doc.kind,
