@@ -15,7 +15,7 @@ A handler's refusal raises a ``PrivacyError`` whose ``reason`` is an ack reason 
 
 from __future__ import annotations
 
-__all__ = ["PrivacyApplyTarget", "wire_control"]
+__all__ = ["HPKE_ATTESTATION_KIND", "PrivacyApplyTarget", "wire_control"]
 
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -27,6 +27,9 @@ from agent.privacy.guard import AuditAppender, PrivacyGuard, audit_to
 from agent.privacy.interventions import INTERVENTIONS
 from agent.privacy.keys import KeysBody
 from agent.privacy.policy import PolicyBody
+
+HPKE_ATTESTATION_KIND = "hpke-identity"
+"""DSSE payloadType ``application/vnd.roomagent.hpke-identity+json``: ``{"device", "hpke"}``."""
 
 
 class _ApplyTarget(Protocol):
@@ -50,7 +53,13 @@ class _Registry(Protocol):
     def register(self, name: str, handler: Any) -> None: ...
 
 
+class _Signer(Protocol):
+    def sign_envelope(self, kind: str, payload: dict[str, Any]) -> Any: ...
+
+
 class _ControlService(Protocol):
+    device: str
+    identity: _Signer
     commands: _Registry
     audit: AuditAppender
     identity_providers: dict[str, Any]
@@ -114,6 +123,12 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
     service.commands.register("snapshot", snapshot)
     service.lock_state = lambda: not guard.interventions.media_allowed
     service.identity_providers["hpke"] = guard.identity.public_keys
+    # The HPKE keys signed by the device's Ed25519 identity: the broker (the vendor's) cannot swap in
+    # its own key without the customer's tool noticing (roomctl meeting start checks it, with pins).
+    attestation = service.identity.sign_envelope(
+        HPKE_ATTESTATION_KIND, {"device": service.device, "hpke": guard.identity.public_keys()}
+    ).to_dict()
+    service.identity_providers["hpke_attestation"] = lambda: attestation
     service.state_providers["privacy"] = lambda: guard.state_fragment()["privacy"]
     service.state_providers["e2ee"] = lambda: guard.state_fragment()["e2ee"]
     service.state_filter = guard.filter_state
