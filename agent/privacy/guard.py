@@ -134,7 +134,7 @@ class PrivacyGuard:
         self._camera_dirty = asyncio.Event()
         self._camera_dirty.set()  # enforce once at start
         self.shutter_closed: bool | None = None
-        self._state_sink: Callable[[dict[str, Any]], None] | None = None
+        self._state_sinks: list[Callable[[dict[str, Any]], None]] = []
         self._policy_listeners: list[Callable[[PolicyBody], None]] = []
 
     def add_policy_listener(self, listener: Callable[[PolicyBody], None]) -> None:
@@ -142,14 +142,17 @@ class PrivacyGuard:
         self._policy_listeners.append(listener)
         listener(self._policy)
 
-    def set_state_sink(self, sink: Callable[[dict[str, Any]], None] | None) -> None:
-        """Where :meth:`state_fragment` goes whenever it changes (the daemon's ``update_state``)."""
-        self._state_sink = sink
-        self._publish_state()
+    def add_state_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        """Also send :meth:`state_fragment` to ``sink`` now and whenever it changes (the daemon's
+        ``update_state``, the control plane's state publisher)."""
+        self._state_sinks.append(sink)
+        sink(self.state_fragment())
 
     def _publish_state(self) -> None:
-        if self._state_sink is not None:
-            self._state_sink(self.state_fragment())
+        if self._state_sinks:
+            fragment = self.state_fragment()
+            for sink in self._state_sinks:
+                sink(fragment)
 
     # --- what the device publishes -------------------------------------------------------------------
     @property

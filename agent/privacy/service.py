@@ -47,7 +47,7 @@ def guard_of(runtime: Any) -> PrivacyGuard:
         guard = PrivacyGuard(state_dir=runtime.state_dir, device_id=runtime.device_id, policy=DEFAULT_POLICY)
         _BY_RUNTIME[runtime] = guard
         install_log_filter(guard.telemetry)  # every log line from now on passes the allow-list
-        guard.set_state_sink(lambda fragment: runtime.update_state(**fragment))
+        guard.add_state_sink(lambda fragment: runtime.update_state(**fragment))
         publish_identity(runtime, guard)
     media = _media_of(runtime)
     if media is not None and guard.key_source is not media.keys:

@@ -133,4 +133,4 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
     service.state_providers["e2ee"] = lambda: guard.state_fragment()["e2ee"]
     service.state_filter = guard.filter_state
     guard.interventions.set_audit(audit_to(service.audit))
-    guard.set_state_sink(lambda fragment: service.publish_state())
+    guard.add_state_sink(lambda fragment: service.publish_state())
