@@ -42,7 +42,7 @@ from agent.e2ee.errors import (
     UnknownKidError,
 )
 from agent.e2ee.header import MAX_HEADER_LENGTH, MAX_VALUE, KidHeaders, decode_header
-from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
+from agent.e2ee.suites import MAX_FRAME_BYTES, FrameKey, KeyUsage, check_base_key, get_suite
 
 _log = structlog.get_logger()
 
@@ -147,6 +147,8 @@ class SenderContext:
             clen = (ctr.bit_length() + 7) >> 3
             header = (headers.high[clen] | ctr).to_bytes(headers.length[clen], "big")
         try:
+            if len(plaintext) > MAX_FRAME_BYTES:
+                raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
             if self._gcm is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
@@ -361,9 +363,11 @@ class ReceiverContext:
             header = head[:hlen]
             gcm = entry.gcm
             if gcm is not None:
-                if len(view) - hlen < 16:
+                if not 16 <= len(view) - hlen <= MAX_FRAME_BYTES + 16:
                     raise MalformedCiphertextError(
-                        f"{len(view) - hlen} bytes after the header, the tag alone is 16", length=len(view)
+                        f"{len(view) - hlen} bytes after the header: not in 16 (the tag) .. "
+                        f"{MAX_FRAME_BYTES + 16}",
+                        length=len(view),
                     )
                 try:
                     # §4.4.4: nonce = salt XOR CTR, AAD = header + metadata.
