@@ -77,7 +77,7 @@ class SenderContext:
 
     __slots__ = (
         "_counter",
-        "_gcm",
+        "_gcm_encrypt",
         "_headers",
         "_key",
         "_key_id",
@@ -103,7 +103,8 @@ class SenderContext:
         self.cipher_suite = suite.value
         # §4.4.1: a sender key is marked encrypt-only.
         self._key = FrameKey.derive(suite, kid, key, KeyUsage.ENCRYPT)
-        self._gcm = self._key.gcm
+        gcm = self._key.gcm
+        self._gcm_encrypt = None if gcm is None else gcm.encrypt  # bound once: per-frame hot path
         self._salt = self._key.salt
         self._headers = KidHeaders(kid)
         self._store = counter_store
@@ -149,10 +150,11 @@ class SenderContext:
         try:
             if len(plaintext) > MAX_FRAME_BYTES:
                 raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
-            if self._gcm is not None:
+            gcm_encrypt = self._gcm_encrypt
+            if gcm_encrypt is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
-                return header + self._gcm.encrypt(nonce, plaintext, header + metadata)
+                return header + gcm_encrypt(nonce, plaintext, header + metadata)
             return self._key.seal(ctr, header, metadata, plaintext)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
