@@ -78,6 +78,7 @@ class SenderContext:
     __slots__ = (
         "_counter",
         "_gcm_encrypt",
+        "_gcm_encrypt_into",
         "_headers",
         "_key",
         "_key_id",
@@ -87,6 +88,7 @@ class SenderContext:
         "_store",
         "cipher_suite",
         "kid",
+        "max_overhead",
     )
 
     def __init__(
@@ -105,6 +107,8 @@ class SenderContext:
         self._key = FrameKey.derive(suite, kid, key, KeyUsage.ENCRYPT)
         gcm = self._key.gcm
         self._gcm_encrypt = None if gcm is None else gcm.encrypt  # bound once: per-frame hot path
+        self._gcm_encrypt_into = None if gcm is None else gcm.encrypt_into
+        self.max_overhead = MAX_HEADER_LENGTH + suite.nt
         self._salt = self._key.salt
         self._headers = KidHeaders(kid)
         self._store = counter_store
@@ -156,6 +160,49 @@ class SenderContext:
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
                 return header + gcm_encrypt(nonce, plaintext, header + metadata)
             return self._key.seal(ctr, header, metadata, plaintext)
+        except TypeError as exc:
+            raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
+
+    def encrypt_into(self, metadata: bytes, plaintext: bytes, out: bytearray | memoryview) -> int:
+        """Like :meth:`encrypt`, but write the SFrame ciphertext into ``out`` and return its length.
+
+        Zero-copy for the GCM suites (the ciphertext is written in place after the header): for
+        large video frames this saves the copy that :meth:`encrypt` makes to put the header in front.
+        ``out`` must be writable and hold ``len(plaintext) + max_overhead`` bytes.
+
+        Raises:
+            InvalidParameterError: ``out`` is too small or read-only (checked before a CTR is used),
+                or the arguments are not bytes.
+            CounterExhaustedError, CounterStoreError: as :meth:`encrypt`.
+        """
+        try:
+            view = memoryview(out).cast("B")
+            size = len(plaintext)
+        except TypeError as exc:
+            raise InvalidParameterError("out/plaintext", f"must be buffers: {exc}") from exc
+        if view.readonly or len(view) < size + self.max_overhead:
+            raise InvalidParameterError(
+                "out", f"needs a writable buffer of at least {size + self.max_overhead} bytes"
+            )
+        if size > MAX_FRAME_BYTES:
+            raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
+        ctr = next(self._counter)
+        if ctr >= self._limit:
+            self._reserve(ctr)
+        header = self._headers.encode(ctr)
+        hlen = len(header)
+        try:
+            gcm_encrypt_into = self._gcm_encrypt_into
+            if gcm_encrypt_into is not None:
+                view[:hlen] = header
+                end = hlen + size + 16
+                # §4.4.3, written in place: nonce = salt XOR CTR; AAD = header + metadata.
+                nonce = (self._salt ^ ctr).to_bytes(12, "big")
+                gcm_encrypt_into(nonce, plaintext, header + metadata, view[hlen:end])
+                return end
+            sealed = self._key.seal(ctr, header, metadata, plaintext)
+            view[: len(sealed)] = sealed
+            return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
 
