@@ -55,20 +55,13 @@ def _check_kid(kid: object) -> int:
     return kid
 
 
-def _as_bytes(name: str, value: object) -> bytes:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise InvalidParameterError(name, f"must be bytes, got {type(value).__name__}")
-
-
 class SenderContext:
     """Encrypts frames with one sender key (KID) and a strictly increasing CTR.
 
     With a ``counter_store`` the CTR survives restarts and crashes: CTR values are reserved in blocks
     persisted before use (§9.1; ADR 0001). Without one the CTR starts at 0 and lives only in memory,
-    which is safe only for a key that is fresh for this process (e.g. a key generated at start).
+    which is safe only when (base_key, KID) is fresh for this process: a key generated at start, or
+    a KID never used with this key before (KID is part of the key derivation, §4.4.2).
 
     Raises:
         InvalidParameterError / UnsupportedCipherSuiteError: bad suite, key or KID.
