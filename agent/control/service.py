@@ -15,6 +15,8 @@ Hooks for other subsystems:
   are then rejected with ``locked``.
 - ``identity_providers`` / ``state_providers``: extra fields for the retained state (e.g.
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
+- ``state_filter``: applied to the state document before it is published (privacy's telemetry
+  allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class ControlService:
         self.lock_state: Callable[[], bool] = lambda: False
         self.identity_providers: dict[str, Callable[[], Any]] = {}
         self.state_providers: dict[str, Callable[[], Any]] = {}
+        self.state_filter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
         self._runtime = runtime  # agent.daemon.runtime.Runtime when run by the daemon
@@ -163,7 +166,14 @@ class ControlService:
         return doc
 
     def _state_bytes(self, online: bool) -> bytes:
-        return json.dumps(self.state_document(online), sort_keys=True, separators=(",", ":")).encode()
+        doc = self.state_document(online)
+        if self.state_filter is not None:
+            doc = self.state_filter(doc)
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def publish_state(self) -> None:
+        """Publish the retained state now (another subsystem's part of it changed)."""
+        self._publish_state()
 
     def _publish_state(self) -> None:
         if self._runtime is not None:
