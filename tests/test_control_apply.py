@@ -328,3 +328,43 @@ async def test_rotated_root_survives_restart(mosquitto: Broker, tmp_path: Path) 
         assert ack["reason"] == "bad_signature"
     finally:
         await stop_device(dev)
+
+
+async def test_persistent_session_delivers_command_sent_while_offline(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    import aiomqtt
+
+    plane = Plane()
+    config = cfg(plane, tmp_path, mosquitto.url)
+    target = FileApplyTarget(tmp_path / "state" / "running")
+    calls: list[str] = []
+
+    async def handler(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
+        calls.append(name)
+        return "ok"
+
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    await stop_device(dev)  # the session (subscriptions, QoS 1 queue) stays on the broker
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        await c.publish(
+            "roomagent/v1/devices/room-101/cmd",
+            plane.sign("command", {"name": "keyframe", "args": {}}),
+            qos=1,
+            retain=False,
+        )
+    from agent.control.service import ControlService
+    from tests.plane import Beat
+
+    service = ControlService(config, target)
+    service.commands.register("keyframe", handler)
+    task = asyncio.create_task(service.run(Beat()))
+    try:
+        async with asyncio.timeout(5):
+            while not calls:  # noqa: ASYNC110 - the handler list is filled by the service
+                await asyncio.sleep(0.02)
+        assert calls == ["keyframe"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

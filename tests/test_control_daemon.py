@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
+from agent.control.dsse import Envelope
+from agent.control.keys import parse_public_key
 from agent.control.service import ControlService, services
 from agent.daemon.runtime import Runtime
 from tests.plane import Beat, Plane, device_config
@@ -27,6 +30,9 @@ async def test_services_hook_publishes_identity_into_runtime_state(tmp_path: Pat
     assert snapshot["applied"]["root"] == 1
     assert snapshot["identity"]["ed25519"]["keytype"] == "ed25519"
     assert snapshot["audit_head"]["seq"] == 0
+    head = Envelope.parse(json.dumps(snapshot["audit_head"]["signed"]).encode())
+    key = parse_public_key(snapshot["identity"]["ed25519"])
+    assert key.verify(head.signatures[0].sig, head.pae())
     assert service.link is None
     key = (tmp_path / "state" / "identity" / "ed25519.pem").stat()
     assert key.st_mode & 0o777 == 0o600

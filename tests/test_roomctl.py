@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from securesystemslib.dsse import Envelope as SslEnvelope
 from securesystemslib.signer import SSlibKey
 
 from agent.control.standalone import FileApplyTarget
+from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.fleet.cli import main as roomctl
 from tests.broker import Broker
 from tests.plane import device_config, start_device, stop_device
@@ -169,6 +171,11 @@ def test_root_init_template_sign_countersign(
         == 0
     )
     assert roomctl(["sign", "config", str(tmp_path / "policy.json"), "--key", str(keys["fleet"])]) == 2
+    # The device accepts the rotation (threshold of old AND new root keys, version N+1).
+    trusted = verify_initial_root(root.read_bytes())
+    ctx = VerifyContext("room-101", (), dt.datetime.now(dt.UTC), {"root": 1})
+    rotated = verify_document((tmp_path / "root2.json").read_bytes(), "root", trusted, ctx)
+    assert rotated.version == 2
 
 
 async def test_push_status_and_audit_verify(

@@ -142,7 +142,8 @@ class AuditLog:
         )
 
     def head_summary(self) -> dict[str, Any]:
-        return {"seq": self.seq, "hash": self.hash}
+        """For the retained state: seq, hash and the device-signed head envelope (verifiable offline)."""
+        return {"seq": self.seq, "hash": self.hash, "signed": self.head().to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
