@@ -58,7 +58,22 @@ def guard_of(runtime: Any) -> PrivacyGuard:
         guard.add_policy_listener(lambda policy: media.set_e2ee_required(policy.e2ee.required))
         guard.add_policy_listener(lambda policy: media.set_shutter_when_idle(policy.camera.shutter_when_idle))
         guard.enforce_lock()  # a room locked before a restart stays dark (a lab key included)
+        if media.inventory is not None:
+            # Interventions are announced by every camera (the sim shows a NOTICE on its indicator).
+            for pipeline in media.pipelines:
+                guard.interventions.add_announcer(_CameraAnnouncer(media.inventory, pipeline.camera_id))
     return guard
+
+
+class _CameraAnnouncer:
+    """Announces through the HAL camera of ``camera_id`` (the pipeline keeps the capture handle)."""
+
+    def __init__(self, inventory: Any, camera_id: str) -> None:
+        self._inventory = inventory
+        self.camera_id = camera_id
+
+    async def announce(self, message: str) -> None:
+        await self._inventory.open_camera(self.camera_id).announce(message)
 
 
 def publish_identity(runtime: Any, guard: PrivacyGuard) -> None:
