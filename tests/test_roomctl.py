@@ -176,6 +176,29 @@ def test_root_init_template_sign_countersign(
     ctx = VerifyContext("room-101", (), dt.datetime.now(dt.UTC), {"root": 1})
     rotated = verify_document((tmp_path / "root2.json").read_bytes(), "root", trusted, ctx)
     assert rotated.version == 2
+    # TOML in, with native TOML datetimes: the payload carries RFC 3339 "Z" strings the device accepts.
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    (tmp_path / "config.toml").write_text(
+        f'kind = "config"\nversion = 1\nissued_at = {soon.isoformat().replace("+00:00", "Z")}\n'
+        f"expires = {(soon + dt.timedelta(days=1)).isoformat().replace('+00:00', 'Z')}\n"
+        '[targets]\ndevices = ["room-101"]\ngroups = []\n[body.encoder]\nbitrate_kbps = 1800\n'
+    )
+    assert (
+        roomctl(
+            [
+                "sign",
+                "config",
+                str(tmp_path / "config.toml"),
+                "--key",
+                str(keys["fleet"]),
+                "--out",
+                str(tmp_path / "config.env"),
+            ]
+        )
+        == 0
+    )
+    doc = verify_document((tmp_path / "config.env").read_bytes(), "config", trusted, ctx)
+    assert doc.body.model_dump()["encoder"]["bitrate_kbps"] == 1800
 
 
 async def test_push_status_and_audit_verify(

@@ -72,10 +72,25 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
     return payload
 
 
+def _toml_to_json(value: Any) -> Any:
+    """TOML has native datetimes; the payload carries RFC 3339 UTC strings (``...Z``)."""
+    if isinstance(value, dict):
+        return {k: _toml_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_toml_to_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise CliError(f"timestamp {value.isoformat()} has no offset: write it in UTC with a trailing Z")
+        return _ts(value)
+    if isinstance(value, dt.date | dt.time):
+        raise CliError(f"{value.isoformat()}: timestamps need a full date and time in UTC")
+    return value
+
+
 def _load_payload(path: Path) -> tuple[dict[str, Any] | None, Envelope | None]:
     data = path.read_bytes()
     if path.suffix == ".toml":
-        return tomllib.loads(data.decode()), None
+        return _toml_to_json(tomllib.loads(data.decode())), None
     obj = strict_json(data)
     if isinstance(obj, dict) and "payloadType" in obj:
         return None, Envelope.parse(data)
