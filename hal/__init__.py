@@ -25,10 +25,9 @@ if TYPE_CHECKING:
 def open_inventory(cameras: Sequence[CameraSpec], *, backend: str, presets_dir: Path | None) -> Inventory:
     """The inventory of ``backend`` ("sim", "v4l2" or "auto") for the configured ``cameras``.
 
-    ``sim`` simulates every camera in ``cameras`` (whatever its own backend says is ignored only for
-    "sim" specs; v4l2 specs are refused). ``v4l2`` enumerates ``/sys/class/video4linux`` and
-    maps configured cameras onto their device nodes. ``auto`` is v4l2 when real cameras are
-    configured, else sim.
+    ``sim`` simulates every camera in ``cameras`` (all must be sim specs). ``v4l2`` enumerates
+    ``/sys/class/video4linux`` and maps configured cameras (v4l2 specs) onto their device nodes.
+    ``auto`` is v4l2 when real cameras are configured, else sim.
 
     Raises:
         UnsupportedError: unknown backend or a camera spec the backend cannot serve.
