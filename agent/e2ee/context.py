@@ -42,7 +42,7 @@ from agent.e2ee.errors import (
     UnknownKidError,
 )
 from agent.e2ee.header import MAX_HEADER_LENGTH, MAX_VALUE, KidHeaders, decode_header
-from agent.e2ee.suites import FrameKey, KeyUsage, check_base_key, get_suite
+from agent.e2ee.suites import MAX_FRAME_BYTES, FrameKey, KeyUsage, check_base_key, get_suite
 
 _log = structlog.get_logger()
 
@@ -55,20 +55,13 @@ def _check_kid(kid: object) -> int:
     return kid
 
 
-def _as_bytes(name: str, value: object) -> bytes:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise InvalidParameterError(name, f"must be bytes, got {type(value).__name__}")
-
-
 class SenderContext:
     """Encrypts frames with one sender key (KID) and a strictly increasing CTR.
 
     With a ``counter_store`` the CTR survives restarts and crashes: CTR values are reserved in blocks
     persisted before use (§9.1; ADR 0001). Without one the CTR starts at 0 and lives only in memory,
-    which is safe only for a key that is fresh for this process (e.g. a key generated at start).
+    which is safe only when (base_key, KID) is fresh for this process: a key generated at start, or
+    a KID never used with this key before (KID is part of the key derivation, §4.4.2).
 
     Raises:
         InvalidParameterError / UnsupportedCipherSuiteError: bad suite, key or KID.
@@ -77,7 +70,8 @@ class SenderContext:
 
     __slots__ = (
         "_counter",
-        "_gcm",
+        "_gcm_encrypt",
+        "_gcm_encrypt_into",
         "_headers",
         "_key",
         "_key_id",
@@ -87,6 +81,7 @@ class SenderContext:
         "_store",
         "cipher_suite",
         "kid",
+        "max_overhead",
     )
 
     def __init__(
@@ -103,7 +98,10 @@ class SenderContext:
         self.cipher_suite = suite.value
         # §4.4.1: a sender key is marked encrypt-only.
         self._key = FrameKey.derive(suite, kid, key, KeyUsage.ENCRYPT)
-        self._gcm = self._key.gcm
+        gcm = self._key.gcm
+        self._gcm_encrypt = None if gcm is None else gcm.encrypt  # bound once: per-frame hot path
+        self._gcm_encrypt_into = None if gcm is None else gcm.encrypt_into
+        self.max_overhead = MAX_HEADER_LENGTH + suite.nt
         self._salt = self._key.salt
         self._headers = KidHeaders(kid)
         self._store = counter_store
@@ -147,11 +145,57 @@ class SenderContext:
             clen = (ctr.bit_length() + 7) >> 3
             header = (headers.high[clen] | ctr).to_bytes(headers.length[clen], "big")
         try:
-            if self._gcm is not None:
+            if len(plaintext) > MAX_FRAME_BYTES:
+                raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
+            gcm_encrypt = self._gcm_encrypt
+            if gcm_encrypt is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
-                return header + self._gcm.encrypt(nonce, plaintext, header + metadata)
+                return header + gcm_encrypt(nonce, plaintext, header + metadata)
             return self._key.seal(ctr, header, metadata, plaintext)
+        except TypeError as exc:
+            raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
+
+    def encrypt_into(self, metadata: bytes, plaintext: bytes, out: bytearray | memoryview) -> int:
+        """Like :meth:`encrypt`, but write the SFrame ciphertext into ``out`` and return its length.
+
+        Zero-copy for the GCM suites (the ciphertext is written in place after the header): for
+        large video frames this saves the copy that :meth:`encrypt` makes to put the header in front.
+        ``out`` must be writable and hold ``len(plaintext) + max_overhead`` bytes.
+
+        Raises:
+            InvalidParameterError: ``out`` is too small or read-only (checked before a CTR is used),
+                or the arguments are not bytes.
+            CounterExhaustedError, CounterStoreError: as :meth:`encrypt`.
+        """
+        try:
+            view = memoryview(out).cast("B")
+            size = len(plaintext)
+        except TypeError as exc:
+            raise InvalidParameterError("out/plaintext", f"must be buffers: {exc}") from exc
+        if view.readonly or len(view) < size + self.max_overhead:
+            raise InvalidParameterError(
+                "out", f"needs a writable buffer of at least {size + self.max_overhead} bytes"
+            )
+        if size > MAX_FRAME_BYTES:
+            raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
+        ctr = next(self._counter)
+        if ctr >= self._limit:
+            self._reserve(ctr)
+        header = self._headers.encode(ctr)
+        hlen = len(header)
+        try:
+            gcm_encrypt_into = self._gcm_encrypt_into
+            if gcm_encrypt_into is not None:
+                view[:hlen] = header
+                end = hlen + size + 16
+                # §4.4.3, written in place: nonce = salt XOR CTR; AAD = header + metadata.
+                nonce = (self._salt ^ ctr).to_bytes(12, "big")
+                gcm_encrypt_into(nonce, plaintext, header + metadata, view[hlen:end])
+                return end
+            sealed = self._key.seal(ctr, header, metadata, plaintext)
+            view[: len(sealed)] = sealed
+            return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
 
@@ -361,9 +405,11 @@ class ReceiverContext:
             header = head[:hlen]
             gcm = entry.gcm
             if gcm is not None:
-                if len(view) - hlen < 16:
+                if not 16 <= len(view) - hlen <= MAX_FRAME_BYTES + 16:
                     raise MalformedCiphertextError(
-                        f"{len(view) - hlen} bytes after the header, the tag alone is 16", length=len(view)
+                        f"{len(view) - hlen} bytes after the header: not in 16 (the tag) .. "
+                        f"{MAX_FRAME_BYTES + 16}",
+                        length=len(view),
                     )
                 try:
                     # §4.4.4: nonce = salt XOR CTR, AAD = header + metadata.

@@ -62,6 +62,26 @@ def encode_header(kid: int, ctr: int) -> bytes:
 _MIN_EXTENDED = (0, 8, *(1 << ((n - 1) << 3) for n in range(2, 9)))
 
 
+def _config_entry(config: int) -> tuple[int, int, int, int, int, int, int, int]:
+    # X (0x80) / K (0x70) / Y (0x08) / C (0x07), §4.3 Figure 3.
+    klen = ((config >> 4) & 0x07) + 1 if config & 0x80 else 0
+    clen = (config & 0x07) + 1 if config & 0x08 else 0
+    return (
+        1 + klen + clen,  # header length
+        klen,
+        clen << 3,  # CTR bits: the KID sits above them in the extended bytes
+        _MIN_EXTENDED[klen],
+        (1 << (clen << 3)) - 1,
+        _MIN_EXTENDED[clen],
+        (config >> 4) & 0x07,  # KID when X = 0
+        config & 0x07,  # CTR when Y = 0
+    )
+
+
+# Everything the config byte determines, for each of its 256 values: one lookup per frame.
+_CONFIG = tuple(_config_entry(c) for c in range(256))
+
+
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """Parse the SFrame header at the start of ``data`` (§4.3).
 
@@ -77,28 +97,21 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
         raise SFrameHeaderError("empty input, no config byte", length=0)
     if type(data) is not bytes:
         data = bytes(data[:MAX_HEADER_LENGTH])  # int.from_bytes is several times slower on views
-    config = data[0]
-    klen = ((config >> 4) & 0x07) + 1 if config & 0x80 else 0
-    clen = (config & 0x07) + 1 if config & 0x08 else 0
-    hlen = 1 + klen + clen
+    hlen, klen, cbits, kmin, cmask, cmin, kid, ctr = _CONFIG[data[0]]
     if hlen == 1:
-        return config >> 4, config & 0x07, 1
+        return kid, ctr, 1
     if hlen > n:
         raise SFrameHeaderError(f"header announces {hlen} bytes, input ends first", length=n)
     # One int for the KID and CTR bytes together, split with shifts.
     fields = int.from_bytes(data[1:hlen], "big")
     if klen:
-        kid = fields >> (clen << 3)
-        if kid < _MIN_EXTENDED[klen]:
+        kid = fields >> cbits
+        if kid < kmin:
             raise SFrameHeaderError("KID is not minimally encoded (§4.3)", length=n)
-    else:
-        kid = config >> 4
-    if clen:
-        ctr = fields & ((1 << (clen << 3)) - 1)
-        if ctr < _MIN_EXTENDED[clen]:
+    if cbits:
+        ctr = fields & cmask
+        if ctr < cmin:
             raise SFrameHeaderError("CTR is not minimally encoded (§4.3)", length=n)
-    else:
-        ctr = config & 0x07
     return kid, ctr, hlen
 
 
