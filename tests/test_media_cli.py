@@ -151,6 +151,14 @@ async def test_the_file_sink_service_records_frames_a_lab_receiver_decrypts(
     for record in records:
         _, metadata, body = split_frame(record.payload)
         assert receiver.open(metadata, body)
+    # The tester's way: roomagent receive reads the file back and verifies every stamped frame.
+    done = _agent(agent_env, "receive", "--file", str(out), "--key-file", str(key), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["frames_decoded"] == sent
+    assert report["stamps_missing"] == 0
+    assert report["stamps_out_of_order"] == 0
+    assert report["stamps_skipped"] == 0
 
 
 def test_receive_rejects_bad_arguments_with_exit_2(agent_env: dict[str, str], tmp_path: Path) -> None:

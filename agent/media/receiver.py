@@ -28,6 +28,7 @@ from agent.media.errors import MalformedFrameError
 from agent.media.frame import split_frame
 from agent.media.keys import FrameOpener
 from agent.media.rtp import AssembledFrame, Depacketizer
+from agent.media.sink import FileRecord
 from hal.errors import HalError
 
 _log = structlog.get_logger()
@@ -119,6 +120,20 @@ class MediaReceiver:
     def poll(self, now: float | None = None) -> None:
         for frame in self.depacketizer.poll(time.monotonic() if now is None else now):
             self.handle_frame(frame)
+
+    def handle_record(self, record: FileRecord) -> None:
+        """One record of a file sink (``agent.media.sink.read_records``): a whole frame, no loss."""
+        self.handle_frame(
+            AssembledFrame(
+                ssrc=record.ssrc,
+                timestamp=record.timestamp,
+                keyframe=record.keyframe,
+                payload=record.payload,
+                first_seq=0,
+                packets=1,
+                after_loss=False,
+            )
+        )
 
     def handle_frame(self, frame: AssembledFrame) -> None:
         self.stats.frames_received += 1
