@@ -87,7 +87,7 @@ async def test_legal_lock_needs_the_rooms_jurisdiction_then_locks_audits_and_sto
         ack = await room.plane.push("command", plane.sign("command", order, [plane.legal]))
         assert ack["status"] == "applied", ack
         assert room.guard.key_source.current()[0] is None  # media stopped: no sender key
-        assert room.guard.shutter_closed is True
+        assert room.guard.shutter_should_close()
         state = await room.plane.wait_for(lambda s: s.get("device") == "room-101" and s.get("locked") is True)
         assert state["privacy"]["state"] == "locked"
         audit = [json.loads(line) for line in (room.service.audit.path).read_text().splitlines()]

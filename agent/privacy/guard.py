@@ -264,11 +264,11 @@ class PrivacyGuard:
                 await camera.set_shutter(closed)
             except Exception as exc:  # one broken camera must not keep the others open
                 self._log.error("privacy_shutter_failed", error=type(exc).__name__)
+        if not self.cameras:
+            return  # the media pipelines own the shutters (they follow shutter_when_idle themselves)
         if closed != self.shutter_closed:
             self._log.info("privacy_shutter", state="closed" if closed else "open")
-        changed = closed != self.shutter_closed
-        self.shutter_closed = closed
-        if changed:
+            self.shutter_closed = closed
             self._publish_state()
 
     async def run(self, progress: _Progress) -> None:
