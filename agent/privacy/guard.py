@@ -43,6 +43,10 @@ from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 from agent.privacy.sframe_keys import SFrameKeyTarget
 from agent.privacy.telemetry import TelemetryFilter
 
+# An idle wait beats this often, so the supervisor's stall detection (as low as ~0.5 s in tests) never
+# mistakes a quiet room for a hung service.
+_IDLE_TURN_S = 0.2
+
 
 class ShutterControl(Protocol):
     """A privacy shutter and an in-room announcer: ``hal.protocols.Camera`` (or the media pipeline)."""
@@ -278,7 +282,7 @@ class PrivacyGuard:
             while True:
                 progress.beat()
                 try:
-                    async with asyncio.timeout(5.0):
+                    async with asyncio.timeout(_IDLE_TURN_S):
                         await self._camera_dirty.wait()
                 except TimeoutError:
                     continue  # an idle turn: beat and wait again
