@@ -221,3 +221,32 @@ def test_failing_ioctls_become_typed_errors(
     assert "VIDIOC_S_CTRL" in str(err.value)
     fake.fail = None
     assert controls.get("pan_absolute") == 0  # the failed write changed nothing
+
+
+async def test_auto_serves_sim_and_real_cameras_together(sysfs: Path, tmp_path: Path) -> None:
+    from hal.composite import CompositeInventory
+    from hal.sim import SimInventory
+
+    sim = SimInventory([CameraSpec(id="sim0", width=320, height=240)])
+    real = V4l2Inventory(
+        [CameraSpec(id="front", backend="v4l2", device=Path("/dev/video2"))],
+        sysfs_root=sysfs,
+        poll_s=0.05,
+        use_udev=False,
+    )
+    inv = CompositeInventory([sim, real])
+    assert {d.id for d in inv.list_devices()} == {"sim0", "video0", "front", "video10"}
+    assert inv.open_camera("sim0").info.backend == "sim"
+    assert inv.open_camera("front").info.backend == "v4l2"
+    with pytest.raises(DeviceGoneError):
+        inv.open_camera("nowhere")
+    events = inv.events()
+    sim.faults("sim0").unplug()
+    first = await asyncio.wait_for(anext(events), 2)
+    assert (first.action, first.device.id) == ("removed", "sim0")
+    _add_node(sysfs, "video5", "USB cam", bus="usb4/4-1/4-1:1.0")
+    second = await asyncio.wait_for(anext(events), 2)
+    assert (second.action, second.device.id) == ("added", "video5")
+    await events.aclose()  # type: ignore[attr-defined]
+    mixed = [CameraSpec(id="sim0"), CameraSpec(id="front", backend="v4l2", device=Path("/dev/video2"))]
+    assert isinstance(open_inventory(mixed, backend="auto", presets_dir=None), CompositeInventory)
