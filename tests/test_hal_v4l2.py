@@ -13,6 +13,7 @@ from typing import Any
 import linuxpy.ioctl
 import pytest
 from linuxpy.video import raw
+from linuxpy.video.device import PixelFormat
 
 from hal import open_inventory
 from hal.errors import DeviceBusyError, DeviceGoneError, DeviceIOError, UnsupportedError
@@ -129,6 +130,9 @@ class _FakeKernel:
             0x00980900: [b"Brightness", 0, 255, 1, 128, 128],
         }
         self.fail: OSError | None = None
+        self.formats = [PixelFormat.YUYV, PixelFormat.MJPEG]
+        self.sizes = [(640, 480), (1280, 720)]
+        self.rates = [15, 30]
 
     def ioctl(self, fd: int, request: int, arg: Any = None, *rest: Any) -> Any:
         if self.fail is not None:
@@ -150,6 +154,20 @@ class _FakeKernel:
         elif request == raw.IOC.S_EXT_CTRLS:
             for i in range(arg.count):
                 self._set(arg.controls[i].id, arg.controls[i].value)
+        elif request == raw.IOC.ENUM_FMT:
+            if arg.index >= len(self.formats):
+                raise OSError(errno.EINVAL, "no more")
+            arg.pixelformat, arg.description, arg.flags = int(self.formats[arg.index]), b"fmt", 0
+        elif request == raw.IOC.ENUM_FRAMESIZES:
+            if arg.index >= len(self.sizes):
+                raise OSError(errno.EINVAL, "no more")
+            arg.type = 1  # V4L2_FRMSIZE_TYPE_DISCRETE
+            arg.discrete.width, arg.discrete.height = self.sizes[arg.index]
+        elif request == raw.IOC.ENUM_FRAMEINTERVALS:
+            if arg.index >= len(self.rates):
+                raise OSError(errno.EINVAL, "no more")
+            arg.type = 1  # V4L2_FRMIVAL_TYPE_DISCRETE
+            arg.discrete.numerator, arg.discrete.denominator = 1, self.rates[arg.index]
         else:
             raise OSError(errno.ENOTTY, "unexpected ioctl")
         return 0
@@ -250,3 +268,16 @@ async def test_auto_serves_sim_and_real_cameras_together(sysfs: Path, tmp_path: 
     await events.aclose()  # type: ignore[attr-defined]
     mixed = [CameraSpec(id="sim0"), CameraSpec(id="front", backend="v4l2", device=Path("/dev/video2"))]
     assert isinstance(open_inventory(mixed, backend="auto", presets_dir=None), CompositeInventory)
+
+
+def test_capture_modes_are_enumerated(kernel: tuple[_FakeKernel, Path]) -> None:
+    from hal.types import DeviceInfo, FrameMode
+    from hal.v4l2 import V4l2Camera
+
+    _, node = kernel
+    spec = CameraSpec(id="ptz", backend="v4l2", device=node)
+    cam = V4l2Camera(spec, DeviceInfo(id="ptz", kind="camera", backend="v4l2", name="x"), None)
+    modes = cam.capabilities().modes
+    assert FrameMode("yuyv422", 1280, 720, 30.0) in modes
+    assert FrameMode("mjpeg", 640, 480, 30.0) in modes
+    assert len(modes) == 4

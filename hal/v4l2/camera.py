@@ -126,8 +126,14 @@ class V4l2Camera:
             log.warning("controls_unavailable", camera=self._spec.id, error=str(exc))
         names = {c.name for c in controls}
         s = self._spec
+        modes: tuple[FrameMode, ...] = ()
+        try:
+            modes = tuple(self.controls.modes())
+        except HalError as exc:
+            log.warning("modes_unavailable", camera=s.id, error=str(exc))
         return CameraCapabilities(
-            modes=(FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
+            # the device's modes; the configured one when it cannot say
+            modes=modes or (FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
             controls=controls,
             ptz=bool(names & {"pan_absolute", "tilt_absolute", "zoom_absolute"}),
             privacy_shutter=True,  # enforced in software; V4L2_CID_PRIVACY too when present
