@@ -441,3 +441,20 @@ async def test_a_failing_encoder_is_reopened_and_a_slow_one_drops_the_oldest_fra
     assert r["stamps_out_of_order"] == 0
     assert r["stamps_missing"] == 0
     assert r["frames_decoded"] == stats.sent
+
+
+async def test_a_live_codec_change_reaches_the_receiver_as_the_new_codec(lab: LabKey, rx: Rx) -> None:
+    room = make_room(rx.port)
+    room.keys.use_lab_key(lab)
+    async with running(room):
+        assert await room.pipeline.healthy(5.0)
+        await asyncio.sleep(0.3)
+        room.pipeline.apply({"codec": "vp8", "codecs": ["libvpx"]})
+        assert await room.pipeline.healthy(3.0)
+        await asyncio.sleep(0.7)
+    await settle()
+    assert room.pipeline.describe()["encoder"] == "libvpx"
+    r = rx.receiver.report()
+    assert r["frames_decoded"] == room.pipeline.stats.sent  # both codecs decoded, switch included
+    assert r["stamps_missing"] == 0
+    assert r["stamps_out_of_order"] == 0

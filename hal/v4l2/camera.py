@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["V4l2Camera"]
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from hal.v4l2.controls import V4l2Controls, translate_oserror
 
 log = structlog.get_logger()
 
+_CLOSE_WAIT_S = 2.0
 _RELATIVE = {"pan": "pan_relative", "tilt": "tilt_relative", "zoom": "zoom_relative"}
 _ABSOLUTE = {"pan": "pan_absolute", "tilt": "tilt_absolute", "zoom": "zoom_absolute"}
 
@@ -59,6 +61,9 @@ class V4l2Camera:
         self.controls = V4l2Controls(spec.device, spec.id)
         self._presets = PresetStore(spec.id, presets_dir)
         self._container: Any = None
+        # Held while a worker thread reads from the container: closing it under a read would free
+        # FFmpeg state that the read still uses.
+        self._reading = threading.Lock()
         self._seq = 0
         self._shutter = False
         self._indicator = IndicatorState.OFF
@@ -100,8 +105,18 @@ class V4l2Camera:
     ) -> None:
         container, self._container = self._container, None
         if container is not None:
-            await asyncio.to_thread(container.close)
+            await asyncio.to_thread(self._close_container, container)
         self._indicator = IndicatorState.OFF
+
+    def _close_container(self, container: Any) -> None:
+        if self._reading.acquire(timeout=_CLOSE_WAIT_S):
+            try:
+                container.close()
+            finally:
+                self._reading.release()
+        else:
+            # A read is stuck in the driver (a wedged camera): leaking the handle beats a crash.
+            log.warning("camera_close_abandoned", camera=self._spec.id, waited_s=_CLOSE_WAIT_S)
 
     def capabilities(self) -> CameraCapabilities:
         controls: tuple[Any, ...] = ()
@@ -111,8 +126,14 @@ class V4l2Camera:
             log.warning("controls_unavailable", camera=self._spec.id, error=str(exc))
         names = {c.name for c in controls}
         s = self._spec
+        modes: tuple[FrameMode, ...] = ()
+        try:
+            modes = tuple(self.controls.modes())
+        except HalError as exc:
+            log.warning("modes_unavailable", camera=s.id, error=str(exc))
         return CameraCapabilities(
-            modes=(FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
+            # the device's modes; the configured one when it cannot say
+            modes=modes or (FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
             controls=controls,
             ptz=bool(names & {"pan_absolute", "tilt_absolute", "zoom_absolute"}),
             privacy_shutter=True,  # enforced in software; V4L2_CID_PRIVACY too when present
@@ -128,7 +149,10 @@ class V4l2Camera:
 
     def _next_frame(self, it: Iterator[Any]) -> Any:
         try:
-            return next(it)
+            with self._reading:
+                if self._container is None:
+                    raise DeviceGoneError("camera closed", device=self._spec.id)
+                return next(it)
         except StopIteration:
             raise DeviceGoneError("capture stream ended", device=self._spec.id) from None
         except av.error.FFmpegError as exc:
