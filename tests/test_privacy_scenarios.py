@@ -215,3 +215,19 @@ async def test_telemetry_minimal_fields_outside_the_allow_list_never_reach_the_b
             assert key in allowed or any(p.startswith(key + ".") for p in allowed), key
             if key == "media":
                 assert value == {"sending": False}
+
+
+async def test_customer_key_package_outside_the_policy_changes_nothing(
+    plane: Plane, mosquitto: Broker, tmp_path: Path
+) -> None:
+    async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
+        strict = plane.policy(e2ee__suites=[5], e2ee__kem="mlkem768-x25519")
+        ack = await room.plane.push("policy", plane.sign("policy", strict, [plane.fleet, plane.customer]))
+        assert ack["status"] == "applied", ack
+        # Suite 4 and the X25519 KEM are below what this room's policy allows.
+        package = _package(plane, room.guard, "room-101").model_dump()
+        ack = await room.plane.push("keys", plane.sign("keys", package, [plane.customer]))
+        assert ack["status"] != "applied"
+        assert "suite_forbidden" in ack["message"]
+        assert room.guard.keys.keys.idle
+        assert room.guard.key_source.current()[0] is None
