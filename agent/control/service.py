@@ -10,7 +10,10 @@ Hooks for other subsystems:
 
 - ``commands.register(name, handler)``: media registers ``keyframe``/``restart_pipeline``/
   ``ptz_preset``/``ptz``; privacy registers ``lock``/``unlock``/``deprovision``/``snapshot`` and
-  ``keys`` (called with name ``"keys"`` and the key package body as ``args``).
+  ``keys`` (called with name ``"keys"`` and the key package body as ``args``). A handler that
+  declines in the device's current state raises :class:`~agent.control.errors.Refused` (acked
+  ``rejected`` with its reason, audited as a rejection); any other exception is ``rolled_back``/
+  ``apply_failed``.
 - ``lock_state``: a callable returning True while the device is locked; media-affecting documents
   are then rejected with ``locked``.
 - ``identity_providers`` / ``state_providers``: extra fields for the retained state (e.g.
@@ -46,7 +49,7 @@ from agent.control.apply import (
 from agent.control.audit import AuditLog
 from agent.control.documents import CommandBody
 from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import LinkError, Rejected
+from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
@@ -380,6 +383,11 @@ class ControlService:
             return
         try:
             message = await handler(name, args, doc)
+        except Refused as exc:  # declined in the device's current state: a rejection, nothing changed
+            reason: Reason = exc.reason if exc.reason in REASONS else "invalid_body"  # type: ignore[assignment]
+            self._finish(doc, Outcome("rejected", reason, exc.message[:300]))
+            log.info("control_refused", kind=doc.kind, command=name, reason=reason, version=doc.version)
+            return
         except Exception as exc:  # a handler may fail in any way; the command simply did not happen
             self._finish(doc, Outcome("rolled_back", "apply_failed", f"{type(exc).__name__}: {exc}"[:300]))
             return
