@@ -18,6 +18,7 @@ Hooks for other subsystems:
   are then rejected with ``locked``.
 - ``identity_providers`` / ``state_providers``: extra fields for the retained state (e.g.
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
+- ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
   allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
 """
@@ -177,6 +178,16 @@ class ControlService:
     def publish_state(self) -> None:
         """Publish the retained state now (another subsystem's part of it changed)."""
         self._publish_state()
+
+    def publish_device(self, name: str, payload: bytes) -> None:
+        """Publish ``payload`` on ``{prefix}/devices/{id}/{name}`` (QoS 1, not retained), e.g. a
+        sealed snapshot. Dropped (logged) while the device runs offline."""
+        if "/" in name or name in ("state", "ack", "audit", "cmd", "keys", "desired"):
+            raise ValueError(f"not a free device topic: {name!r}")
+        if self.link is None:
+            log.warning("control_publish_offline", topic_name=name, size=len(payload))
+            return
+        self.link.publish_nowait(f"{self.topics.base}/{name}", payload)
 
     def _publish_state(self) -> None:
         if self._runtime is not None:

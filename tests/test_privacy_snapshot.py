@@ -1,0 +1,166 @@
+"""Remote snapshots over a real Mosquitto: sealed to the requester, never in clear on the broker.
+
+The customer asks one room for a picture with its own HPKE public key; an MQTT sniffer subscribed to
+everything sees only the sealed image. The vendor alone, a forbidding policy, a weak KEM, a closed
+shutter or a locked room each get a typed rejection and no image leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from agent.control.dsse import Envelope
+from agent.privacy.hpke import HpkeIdentity
+from agent.privacy.snapshot import InventoryFrameSource, open_snapshot
+from hal.images import decode_png
+from hal.sim.camera import SimInventory
+from hal.stamps import read_stamp
+from hal.types import CameraSpec
+from tests.broker import Broker
+from tests.plane import PREFIX, Plane
+from tests.privacy_rooms import Room, running_rooms
+
+pytestmark = pytest.mark.broker
+
+PNG_MAGIC = b"\x89PNG"
+PNG_MAGIC_B64 = b"iVBORw0KGgo"  # base64 of the PNG signature: not even encoded may it pass
+
+
+@pytest.fixture
+def plane() -> Plane:
+    return Plane()
+
+
+@contextlib.asynccontextmanager
+async def sniffer(broker: Broker) -> AsyncIterator[list[tuple[str, bytes]]]:
+    """Every message the broker carries (the vendor's view), as (topic, payload)."""
+    seen: list[tuple[str, bytes]] = []
+    async with aiomqtt.Client(broker.host, broker.port, identifier="sniffer") as client:
+        await client.subscribe("#", qos=1)
+
+        async def collect() -> None:
+            async for message in client.messages:
+                seen.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+
+        task = asyncio.create_task(collect(), name="sniffer")
+        await asyncio.sleep(0.05)
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _with_camera(room: Room) -> SimInventory:
+    inventory = SimInventory([CameraSpec(id="cam0", width=320, height=180, fps=30)])
+    room.guard.snapshot_source = InventoryFrameSource(inventory)
+    return inventory
+
+
+def _request(plane: Plane, requester: HpkeIdentity, kem: str, signers: list[Any]) -> tuple[bytes, int, str]:
+    args = {"camera": "cam0", "recipient": {"kem": kem, "public_key": requester.public_keys()[kem]}}
+    raw = plane.sign("command", {"name": "snapshot", "args": args}, signers)
+    payload = Envelope.parse(raw).payload
+    return raw, json.loads(payload)["version"], hashlib.sha256(payload).hexdigest()
+
+
+async def _allow_snapshots(room: Room, plane: Plane, **extra: Any) -> None:
+    policy = plane.policy(
+        camera={"shutter_when_idle": False, "remote_snapshot": True, "remote_ptz": True}, **extra
+    )
+    ack = await room.plane.push("policy", plane.sign("policy", policy, [plane.fleet, plane.customer]))
+    assert ack["status"] == "applied", ack
+
+
+async def _snapshot_message(seen: list[tuple[str, bytes]], wait_s: float = 5.0) -> bytes:
+    async with asyncio.timeout(wait_s):
+        while True:
+            for topic, payload in seen:
+                if topic == f"{PREFIX}/devices/room-101/snapshot":
+                    return payload
+            await asyncio.sleep(0.02)
+
+
+async def test_customer_snapshot_arrives_sealed_opens_to_a_stamped_png_and_never_in_clear(
+    plane: Plane, mosquitto: Broker, tmp_path: Path
+) -> None:
+    async with sniffer(mosquitto) as seen, running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
+        inventory = _with_camera(room)
+        await _allow_snapshots(
+            room, plane, e2ee={"required": True, "suites": [4, 5], "kem": "mlkem768-x25519"}
+        )
+        requester = HpkeIdentity.generate()
+        raw, version, sha = _request(plane, requester, "mlkem768-x25519", [plane.customer])
+        ack = await room.plane.push("command", raw)
+        assert ack["status"] == "applied", ack
+        message = await _snapshot_message(seen)
+        png = open_snapshot(requester, message, device="room-101", doc_version=version, payload_sha256=sha)
+        assert png.startswith(PNG_MAGIC)
+        stamp = read_stamp(decode_png(png))
+        assert stamp is not None  # a real captured frame of the sim camera
+        # Someone else's key (e.g. the vendor's) does not open it.
+        with pytest.raises(Exception, match="bad_seal"):
+            open_snapshot(
+                HpkeIdentity.generate(), message, device="room-101", doc_version=version, payload_sha256=sha
+            )
+        # Announced in the room; audited with size and digest only.
+        assert any("snapshot" in n.message for n in inventory.device("cam0").notices)
+        audit = [json.loads(line) for line in room.service.audit.path.read_text().splitlines()]
+        assert any(
+            e["event"] == "snapshot" and hashlib.sha256(png).hexdigest() in e["message"] for e in audit
+        )
+        await asyncio.sleep(0.2)  # let the ack and audit messages reach the sniffer too
+    assert any(topic.endswith("/snapshot") for topic, _ in seen)
+    for topic, payload in seen:
+        assert PNG_MAGIC not in payload, topic
+        assert PNG_MAGIC_B64 not in payload, topic
+
+
+async def test_snapshot_refusals_each_with_its_reason_and_no_image_published(
+    plane: Plane, mosquitto: Broker, tmp_path: Path
+) -> None:
+    async with sniffer(mosquitto) as seen, running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
+        inventory = _with_camera(room)
+        requester = HpkeIdentity.generate()
+        # The default policy forbids remote snapshots: the customer is refused too.
+        ack = await room.plane.push("command", _request(plane, requester, "x25519", [plane.customer])[0])
+        assert (ack["status"], ack["reason"]) == ("rejected", "forbidden_by_policy"), ack
+        await _allow_snapshots(
+            room, plane, e2ee={"required": True, "suites": [4, 5], "kem": "mlkem768-x25519"}
+        )
+        # The vendor alone cannot look into the room.
+        ack = await room.plane.push(
+            "command", _request(plane, requester, "mlkem768-x25519", [plane.fleet])[0]
+        )
+        assert (ack["status"], ack["reason"]) == ("rejected", "needs_customer"), ack
+        # A recipient KEM below the policy's floor.
+        ack = await room.plane.push("command", _request(plane, requester, "x25519", [plane.customer])[0])
+        assert (ack["status"], ack["reason"]) == ("rejected", "kem_too_weak"), ack
+        # The privacy shutter wins over the customer's request.
+        inventory.device("cam0").shutter_closed = True
+        ack = await room.plane.push(
+            "command", _request(plane, requester, "mlkem768-x25519", [plane.customer])[0]
+        )
+        assert (ack["status"], ack["reason"]) == ("rejected", "shutter_closed"), ack
+        inventory.device("cam0").shutter_closed = False
+        # A locked room takes no pictures.
+        ack = await room.plane.push(
+            "command", plane.sign("command", {"name": "lock", "args": {}}, [plane.customer])
+        )
+        assert ack["status"] == "applied", ack
+        ack = await room.plane.push(
+            "command", _request(plane, requester, "mlkem768-x25519", [plane.customer])[0]
+        )
+        assert (ack["status"], ack["reason"]) == ("rejected", "locked"), ack
+        await asyncio.sleep(0.1)
+    assert not any(topic.endswith("/snapshot") for topic, _ in seen)
