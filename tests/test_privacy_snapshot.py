@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sys
+import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import aiomqtt
 import pytest
 
 from agent.control.dsse import Envelope
+from agent.control.keys import private_key_pem
 from agent.privacy.hpke import HpkeIdentity
 from agent.privacy.snapshot import InventoryFrameSource, open_snapshot
 from hal.images import decode_png
@@ -164,3 +168,52 @@ async def test_snapshot_refusals_each_with_its_reason_and_no_image_published(
         assert (ack["status"], ack["reason"]) == ("rejected", "locked"), ack
         await asyncio.sleep(0.1)
     assert not any(topic.endswith("/snapshot") for topic, _ in seen)
+
+
+async def _roomctl(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.fleet", *argv, env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_roomctl_snapshot_writes_the_png_and_reports_a_refusal(
+    plane: Plane, mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    customer = tmp_path / "customer.pem"
+    customer.write_bytes(private_key_pem(plane.customer))
+    fleet = tmp_path / "fleet.pem"
+    fleet.write_bytes(private_key_pem(plane.fleet))
+    hpke_key = tmp_path / "requester-hpke.json"
+    code, out, _ = await _roomctl(agent_env, "hpke-keygen", "--out", str(hpke_key))
+    assert code == 0
+    assert set(json.loads(out)) == {"x25519", "mlkem768-x25519"}
+    assert hpke_key.stat().st_mode & 0o077 == 0
+    async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
+        _with_camera(room)
+        await _allow_snapshots(room, plane)
+        common = ["--device", "room-101", "--broker", mosquitto.url, "--recipient-key", str(hpke_key)]
+        out_png = tmp_path / "room.png"
+        code, out, err = await _roomctl(
+            agent_env, "snapshot", *common, "--customer-key", str(customer), "--out", str(out_png)
+        )
+        assert code == 0, err
+        assert read_stamp(decode_png(out_png.read_bytes())) is not None
+        # Signed by the vendor's key instead: the room refuses, roomctl says why and writes nothing.
+        other = tmp_path / "other.png"
+        code, _, err = await _roomctl(
+            agent_env,
+            "snapshot",
+            *common,
+            "--customer-key",
+            str(fleet),
+            "--out",
+            str(other),
+            "--version",
+            str(int(time.time()) + 10),
+        )
+        assert code == 1
+        assert "needs_customer" in err
+        assert not other.exists()

@@ -203,6 +203,17 @@ class HpkeIdentity:
             log.warning("hpke_identity_mode_tightened", path=str(path), was=oct(mode))
         return cls._from_json(data, path)
 
+    def save(self, path: Path) -> None:
+        """Write the private keys to ``path`` (mode 0600, atomically; e.g. ``roomctl hpke-keygen``).
+
+        Raises:
+            IdentityError: the file cannot be written.
+        """
+        try:
+            atomic_write_json(Path(path), self._to_json(), mode=0o600)
+        except Exception as exc:
+            raise IdentityError("identity_unwritable", f"{path}: {exc}") from exc
+
     def _to_json(self) -> dict[str, Any]:
         seed, hx = self._hybrid
         return {
