@@ -8,6 +8,7 @@ shutter or a locked room each get a typed rejection and no image leaves.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -22,9 +23,9 @@ import aiomqtt
 import pytest
 
 from agent.control.dsse import Envelope
-from agent.control.keys import private_key_pem
-from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.snapshot import InventoryFrameSource, open_snapshot
+from agent.control.keys import parse_public_key, private_key_pem
+from agent.privacy.hpke import HpkeIdentity, seal_to
+from agent.privacy.snapshot import InventoryFrameSource, open_snapshot, snapshot_info, snapshot_signed_by
 from hal.images import decode_png
 from hal.sim.camera import SimInventory
 from hal.stamps import read_stamp
@@ -112,6 +113,19 @@ async def test_customer_snapshot_arrives_sealed_opens_to_a_stamped_png_and_never
         assert png.startswith(PNG_MAGIC)
         stamp = read_stamp(decode_png(png))
         assert stamp is not None  # a real captured frame of the sim camera
+        # Signed by the room's identity; a picture the broker seals to our (public) key is not.
+        device_key = parse_public_key(room.service.identity.public_dict)
+        assert snapshot_signed_by(message, device_key)
+        forged = json.loads(message)
+        forged["sealed"] = base64.b64encode(
+            seal_to(
+                "mlkem768-x25519",
+                requester.public_keys()["mlkem768-x25519"],
+                png,
+                snapshot_info("room-101", version, sha),
+            )
+        ).decode()
+        assert not snapshot_signed_by(json.dumps(forged).encode(), device_key)
         # Someone else's key (e.g. the vendor's) does not open it.
         with pytest.raises(Exception, match="bad_seal"):
             open_snapshot(

@@ -9,7 +9,10 @@ device identity's file format, mode 0600) and prints the public keys.
    ``--kem``) targeting that device only, signs it with the customer key (DSSE) and publishes it on
    ``{p}/devices/{id}/cmd`` (QoS 1);
 2. waits for the device's ack of that document and its sealed image on ``{p}/devices/{id}/snapshot``;
-3. opens the image with our HPKE private key (``info`` binds device, version and payload digest:
+3. checks the image message is signed by the device's Ed25519 identity (``--device-key``, else the
+   key in its retained state): HPKE base mode does not authenticate the sender, so without this the
+   broker, which saw our public key in the request, could answer with a picture of its own;
+4. opens the image with our HPKE private key (``info`` binds device, version and payload digest:
    :func:`agent.privacy.snapshot.snapshot_info`), checks its sha256 and writes ``OUT.png`` atomically.
 
 Exit codes: 0 written, 1 the device refused (reason printed), 2 usage, 3 no answer in time or an
@@ -22,6 +25,7 @@ __all__ = ["register"]
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -34,13 +38,13 @@ import aiomqtt
 
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import PrivateKey
+from agent.control.keys import PrivateKey, PublicKey, parse_public_key
 from agent.errors import AgentError
-from agent.fleet.common import load_signing_keys, mqtt_client
+from agent.fleet.common import load_public_key_file, load_signing_keys, mqtt_client
 from agent.persist import atomic_write_bytes
 from agent.privacy.errors import PrivacyError
 from agent.privacy.hpke import KEM_NAMES, HpkeIdentity
-from agent.privacy.snapshot import open_snapshot
+from agent.privacy.snapshot import open_snapshot, snapshot_signed_by
 
 
 class _Exit(AgentError):
@@ -115,10 +119,16 @@ async def _snapshot(args: argparse.Namespace, identity: HpkeIdentity, customer: 
         env = env.signed_by(key)
     sha = hashlib.sha256(data).hexdigest()
     base = f"{args.prefix}/devices/{args.device}"
+    device_key = (
+        None if args.device_key is None else parse_public_key(load_public_key_file(Path(args.device_key)))
+    )
+    state_key: PublicKey | None = None
     ack: dict[str, Any] | None = None
     sealed: bytes | None = None
     try:
         async with mqtt_client(args) as client:
+            if device_key is None:
+                await client.subscribe(f"{base}/state", qos=1)  # retained: the identity key first
             await client.subscribe(f"{base}/ack", qos=1)
             await client.subscribe(f"{base}/snapshot", qos=1)
             await client.publish(f"{base}/cmd", env.to_json(), qos=1)
@@ -126,6 +136,10 @@ async def _snapshot(args: argparse.Namespace, identity: HpkeIdentity, customer: 
                 async with asyncio.timeout(args.timeout):
                     async for message in client.messages:
                         body = bytes(message.payload)
+                        if str(message.topic) == f"{base}/state":
+                            with contextlib.suppress(ValueError, KeyError, TypeError):
+                                state_key = parse_public_key(json.loads(body)["identity"]["ed25519"])
+                            continue
                         if str(message.topic) == f"{base}/ack":
                             try:
                                 got = json.loads(Envelope.parse(body).payload)
@@ -151,6 +165,13 @@ async def _snapshot(args: argparse.Namespace, identity: HpkeIdentity, customer: 
         raise _Exit(f"{args.device}: {ack.get('status')} {ack.get('reason')}: {ack.get('message')}", 1)
     if sealed is None:
         raise _Exit(f"{args.device}: applied, but no sealed image arrived within {args.timeout:g} s", 3)
+    identity_key = device_key or state_key
+    if identity_key is None:
+        raise _Exit(
+            f"{args.device}: no identity key (--device-key, or its retained state) to check the image", 3
+        )
+    if not snapshot_signed_by(sealed, identity_key):
+        raise _Exit(f"{args.device}: the image is not signed by the device's identity key", 3)
     try:
         png = open_snapshot(identity, sealed, device=args.device, doc_version=version, payload_sha256=sha)
     except PrivacyError as exc:
@@ -192,6 +213,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--recipient-key", required=True, help="HPKE private key file (roomctl hpke-keygen)")
     p.add_argument("--kem", default="mlkem768-x25519", choices=KEM_NAMES, help="HPKE KEM to seal with")
     p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument(
+        "--device-key",
+        help="the device's identity public key (key dict or saved state JSON); default: its retained state",
+    )
     p.add_argument("--version", type=int, help="command version (default: current Unix time)")
     p.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid (default 300)")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ack and image")

@@ -15,7 +15,8 @@ hpke-keygen``) and optionally the camera id. The device:
    payload sha256 (RFC 9180 §8.1), so a sealed image cannot be passed off as another request's;
 4. announces it in the room (``Camera.announce``), and returns the message to publish on
    ``{prefix}/devices/{id}/snapshot``: ``{device, doc_version, kem, sealed, sha256}`` (sha256 of
-   the PNG, so the requester can check what it opened).
+   the PNG, so the requester can check what it opened) plus ``signature`` by the device's Ed25519
+   identity (:meth:`SealedSnapshot.message`, checked by :func:`snapshot_signed_by`).
 
 Only the image's size and digest are logged and audited; never its bytes.
 """
@@ -23,12 +24,14 @@ Only the image's size and digest are logged and audited; never its bytes.
 from __future__ import annotations
 
 __all__ = [
+    "SNAPSHOT_KIND",
     "SNAPSHOT_TIMEOUT_S",
     "FrameSource",
     "InventoryFrameSource",
     "SealedSnapshot",
     "open_snapshot",
     "snapshot_info",
+    "snapshot_signed_by",
     "take_snapshot",
 ]
 
@@ -45,6 +48,8 @@ import structlog
 from pydantic import ValidationError
 
 from agent.control.documents import SnapshotArgs
+from agent.control.dsse import pae
+from agent.control.keys import PublicKey
 from agent.privacy.errors import InterventionError
 from agent.privacy.hpke import HpkeIdentity, kem_at_least, seal_to
 from agent.privacy.policy import PolicyBody
@@ -54,6 +59,7 @@ from hal.protocols import Camera, Inventory
 from hal.types import Frame
 
 SNAPSHOT_TIMEOUT_S = 5.0
+SNAPSHOT_KIND = "snapshot"
 _INFO_LABEL = b"roomagent/v1 snapshot"
 
 
@@ -133,13 +139,44 @@ class InventoryFrameSource:
 
 @dataclass(frozen=True, slots=True)
 class SealedSnapshot:
-    """What the device publishes; ``message`` is the JSON body (no image in clear)."""
+    """What the device publishes (no image in clear): ``fields``, signed by :meth:`message`."""
 
     camera: str
     kem: str
     png_size: int
     png_sha256: str
-    message: bytes
+    fields: dict[str, Any]
+
+    def message(self, signer: _Signer) -> bytes:
+        """The JSON message with ``signature`` = the device identity's DSSE signature (keyid, sig)
+        over PAE(``application/vnd.roomagent.snapshot+json``, canonical JSON of the other fields): the
+        requester checks the image came from the room, not from whoever relays it (HPKE base mode
+        does not authenticate the sender, RFC 9180 §5.1.1)."""
+        env = signer.sign_envelope(SNAPSHOT_KIND, self.fields)
+        sig = env.signatures[0]
+        signature = {"keyid": sig.keyid, "sig": base64.b64encode(sig.sig).decode("ascii")}
+        return json.dumps(
+            {**self.fields, "signature": signature}, sort_keys=True, separators=(",", ":")
+        ).encode()
+
+
+class _Signer(Protocol):
+    def sign_envelope(self, kind: str, payload: dict[str, Any]) -> Any: ...
+
+
+def snapshot_signed_by(message: bytes, key: PublicKey) -> bool:
+    """True when ``message`` carries a valid signature of ``key`` (the device's identity key)."""
+    try:
+        data = json.loads(message)
+        signature = data.pop("signature")
+        sig = base64.b64decode(signature["sig"], validate=True)
+        keyid = signature["keyid"]
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        return False
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return keyid == key.keyid and key.verify(
+        sig, pae(f"application/vnd.roomagent.{SNAPSHOT_KIND}+json", payload)
+    )
 
 
 def _camera_name(camera: Camera) -> str:
@@ -198,13 +235,7 @@ async def take_snapshot(
         "sha256": digest,
     }
     structlog.get_logger().info("snapshot_sealed", camera=name, kem=kem, png_size=len(png))
-    return SealedSnapshot(
-        camera=name,
-        kem=kem,
-        png_size=len(png),
-        png_sha256=digest,
-        message=json.dumps(message, sort_keys=True, separators=(",", ":")).encode(),
-    )
+    return SealedSnapshot(camera=name, kem=kem, png_size=len(png), png_sha256=digest, fields=message)
 
 
 def open_snapshot(

@@ -130,7 +130,7 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
             payload_sha256=doc.payload_sha256,
             policy=guard.policy,
         )
-        service.publish_device("snapshot", snap.message)
+        service.publish_device("snapshot", snap.message(service.identity))
         service.audit.append(
             "snapshot",
             kind="command",
