@@ -54,7 +54,7 @@ async def sniffer(broker: Broker) -> AsyncIterator[list[tuple[str, bytes]]]:
 
         async def collect() -> None:
             async for message in client.messages:
-                seen.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+                seen.append((str(message.topic), bytes(message.payload)))
 
         task = asyncio.create_task(collect(), name="sniffer")
         await asyncio.sleep(0.05)
@@ -231,3 +231,58 @@ async def test_roomctl_snapshot_writes_the_png_and_reports_a_refusal(
         assert code == 1
         assert "needs_customer" in err
         assert not other.exists()
+
+
+async def test_snapshot_during_running_media_comes_from_the_pipelines_camera_and_obeys_its_shutter() -> None:
+    """The pipeline holds the camera (a second open would fail busy): the frame comes from its capture
+    loop. While idle with shutter_when_idle the pipeline closed the shutter: refused, no picture."""
+    from agent.media.keys import KeySource
+    from agent.media.pipeline import MediaPipeline, StreamSettings
+    from agent.media.sink import RtpSink
+    from agent.privacy.errors import InterventionError
+    from agent.privacy.policy import PolicyBody
+    from agent.privacy.snapshot import take_snapshot
+    from hal.codecs import PyAvEncoderFactory
+    from tests.plane import Beat
+
+    requester = HpkeIdentity.generate()
+    args = {"camera": "cam0", "recipient": {"kem": "x25519", "public_key": requester.public_keys()["x25519"]}}
+    policy = PolicyBody.model_validate(
+        Plane().policy(camera={"shutter_when_idle": False, "remote_snapshot": True, "remote_ptz": True})
+    )
+    for shutter_when_idle in (False, True):
+        inventory = SimInventory([CameraSpec(id="cam0", width=320, height=180, fps=30)])
+        sink = RtpSink("127.0.0.1", 9)  # no meeting key: nothing is ever sent
+        pipeline = MediaPipeline(
+            camera_id="cam0",
+            inventory=inventory,
+            encoders=PyAvEncoderFactory(),
+            keys=KeySource(),
+            sink=sink,
+            settings=StreamSettings(width=320, height=180, fps=30, bitrate_kbps=300, keyframe_interval=30),
+            shutter_when_idle=shutter_when_idle,
+        )
+        source = InventoryFrameSource(inventory, lambda p=pipeline: [p])  # type: ignore[misc]
+        task = asyncio.create_task(pipeline.run(Beat()), name="test.pipeline")
+        try:
+            await asyncio.sleep(0.4)  # the pipeline opened the camera (and closed the shutter if idle)
+            assert inventory.device("cam0").in_use
+            if shutter_when_idle:
+                with pytest.raises(InterventionError) as refused:
+                    await take_snapshot(
+                        source, args, device="room-101", doc_version=7, payload_sha256="ab", policy=policy
+                    )
+                assert refused.value.reason == "shutter_closed"
+            else:
+                snap = await take_snapshot(
+                    source, args, device="room-101", doc_version=7, payload_sha256="ab", policy=policy
+                )
+                png = requester.open_sealed(
+                    "x25519", base64.b64decode(snap.fields["sealed"]), snapshot_info("room-101", 7, "ab")
+                )
+                assert read_stamp(decode_png(png)) is not None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            sink.close()
