@@ -23,7 +23,7 @@ __all__ = [
 import hmac
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -47,6 +47,7 @@ from agent.e2ee.suites import MAX_FRAME_BYTES, FrameKey, KeyUsage, check_base_ke
 _log = structlog.get_logger()
 
 _DROP_REASONS = ("unknown_kid", "auth_failed", "replay", "malformed")
+_SLICE_MAX = 4096  # frames up to this size are sliced (copied) for the AEAD, larger ones viewed
 
 
 def _check_kid(kid: object) -> int:
@@ -251,6 +252,27 @@ class _ReceiverKey:
         self.bits = 0  # bit i set: CTR top - i accepted
 
 
+_AeadDecrypt = Callable[[bytes, bytes | memoryview, bytes], bytes]
+_FastConfig = tuple[_ReceiverKey, _AeadDecrypt, int, int, int, int, int, int, int]
+
+
+def _fast_config(entry: _ReceiverKey, gcm_decrypt: _AeadDecrypt, config: int) -> _FastConfig:
+    # (entry, its AES-GCM decrypt, salt, KID, header length, header base, smallest CTR, shortest
+    # and longest frame) for a config byte with X=0. The header read as one big-endian int is
+    # base + CTR (§4.3); a CTR below the smallest one is not minimally encoded, and lengths outside
+    # the range are malformed: the fast path leaves both to the general path, which raises the
+    # typed error.
+    kid = config >> 4
+    if config & 0x08:  # Y=1: CTR in the clen bytes after the config byte
+        clen = (config & 0x07) + 1
+        hlen = 1 + clen
+        base = config << (clen << 3)
+        smallest = 8 if clen == 1 else 1 << ((clen - 1) << 3)
+    else:  # Y=0: CTR 0-7 in the config byte
+        hlen, base, smallest = 1, config & 0xF8, 0
+    return entry, gcm_decrypt, entry.salt, kid, hlen, base, smallest, hlen + 16, hlen + 16 + MAX_FRAME_BYTES
+
+
 class ReceiverContext:
     """Decrypts frames from any sender whose key was added, by the KID in the header (§4.4.4).
 
@@ -275,6 +297,7 @@ class ReceiverContext:
         self._drops: dict[str, int] = dict.fromkeys(_DROP_REASONS, 0)
         self.drops: Mapping[str, int] = MappingProxyType(self._drops)
         self._lock = threading.Lock()
+        self._fast: tuple[_FastConfig | None, ...] = (None,) * 256
 
     # --- key management -------------------------------------------------------------------------
 
@@ -326,7 +349,21 @@ class ReceiverContext:
                 oldest = min(self._epochs)
                 self._retire_locked(oldest)
                 retired.append(oldest)
+            self._rebuild_fast_locked()
         _log.info("sframe_key_added", kid=kid, epoch=epoch, cipher_suite=suite.value, retired_epochs=retired)
+
+    def _rebuild_fast_locked(self) -> None:
+        # The fast-path table of decrypt: for each config byte of a GCM key with KID 0-7 (§4.3: X=0),
+        # the key and everything the config byte fixes. Replaced whole (one atomic store), so a
+        # concurrent decrypt sees either the old table or the new one.
+        fast: list[_FastConfig | None] = [None] * 256
+        for kid in range(8):
+            entry = self._keys.get(kid)
+            if entry is None or entry.gcm is None:
+                continue
+            for config in range(kid << 4, (kid << 4) + 16):
+                fast[config] = _fast_config(entry, entry.gcm.decrypt, config)
+        self._fast = tuple(fast)
 
     def _retire_locked(self, epoch: int) -> int:
         kids = self._epochs.pop(epoch, set())
@@ -340,6 +377,7 @@ class ReceiverContext:
         """Forget every key of ``epoch`` (no-op for an unknown epoch)."""
         with self._lock:
             count = self._retire_locked(epoch)
+            self._rebuild_fast_locked()
         _log.info("sframe_epoch_retired", epoch=epoch, keys=count)
 
     def remove_key(self, kid: int) -> None:
@@ -352,6 +390,7 @@ class ReceiverContext:
                     kids.discard(kid)
                     if not kids:
                         del self._epochs[entry.epoch]
+            self._rebuild_fast_locked()
         _log.info("sframe_key_removed", kid=kid, known=entry is not None)
 
     @property
@@ -376,8 +415,63 @@ class ReceiverContext:
                 :class:`AuthenticationError` (``auth_failed``), :class:`ReplayError` (``replay``),
                 :class:`InvalidParameterError` for non-bytes arguments (not counted).
         """
-        # Per-frame hot path: one header parse, one dict lookup, one AEAD call, int ops for the
-        # window; the ciphertext is passed to the AEAD as a memoryview (no copy).
+        # Fast path, the common case of a media stream: bytes in, a GCM key with KID 0-7, a
+        # minimally encoded header, a CTR above every CTR accepted so far. One table lookup by the
+        # config byte gives the key and the header layout; anything else (and every error) takes
+        # the general path below, which raises the same typed errors and counts the same drops.
+        if type(ciphertext) is bytes and type(metadata) is bytes and ciphertext:
+            fast = self._fast[ciphertext[0]]
+            if fast is not None:
+                entry, gcm_decrypt, salt, kid, hlen, base, smallest, shortest, longest = fast
+                header = ciphertext[:hlen]
+                ctr = int.from_bytes(header, "big") - base
+                n = len(ciphertext)
+                if shortest <= n <= longest and ctr >= smallest and ctr > entry.top:
+                    try:
+                        # §4.4.4: nonce = salt XOR CTR, AAD = header + metadata. Small frames are
+                        # sliced (a copy is cheaper than a memoryview), large ones are not copied.
+                        plaintext = gcm_decrypt(
+                            (salt ^ ctr).to_bytes(12, "big"),
+                            ciphertext[hlen:] if n <= _SLICE_MAX else memoryview(ciphertext)[hlen:],
+                            header + metadata,
+                        )
+                    except InvalidTag:
+                        self._count_drop("auth_failed")
+                        raise AuthenticationError(kid, ctr) from None
+                    # §9.3 window, decided under the lock: another thread may have accepted this
+                    # CTR or a higher one since the check above. (acquire/release in try/finally is
+                    # the `with` statement without its two extra method lookups and calls.)
+                    lock = self._lock
+                    lock.acquire()
+                    try:
+                        top = entry.top
+                        if ctr > top:
+                            shift = ctr - top
+                            window = self.replay_window
+                            entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < window else 1
+                            entry.top = ctr
+                            replay = None
+                        else:
+                            replay = self._accept_old(entry, top - ctr)
+                    finally:
+                        lock.release()
+                    if replay is not None:
+                        self._count_drop("replay")
+                        raise ReplayError(kid, ctr, too_old=replay)
+                    d: Decrypted = _new_decrypted(Decrypted)
+                    _set_kid(d, kid)
+                    _set_ctr(d, ctr)
+                    _set_plaintext(d, plaintext)
+                    return d
+        return self._decrypt_general(metadata, ciphertext)
+
+    def _count_drop(self, reason: str) -> None:
+        with self._lock:
+            self._drops[reason] += 1
+
+    def _decrypt_general(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
+        # One header parse, one dict lookup, one AEAD call, int ops for the window; the ciphertext
+        # is passed to the AEAD as a memoryview (no copy).
         if type(ciphertext) is bytes:
             view = memoryview(ciphertext)
             head = ciphertext[:MAX_HEADER_LENGTH]
