@@ -11,7 +11,7 @@ import pytest
 from agent.e2ee import sframe
 from agent.e2ee.context import CounterStore, Decrypted, KeyUsage, ReceiverContext, SenderContext
 from agent.e2ee.counter import counter_key_id
-from agent.e2ee.header import decode_header
+from agent.e2ee.header import decode_header, encode_header
 from agent.e2ee.sframe import (
     AuthenticationError,
     InvalidParameterError,
@@ -341,3 +341,22 @@ def test_concurrent_decrypts_accept_each_frame_once() -> None:
         t.join()
     assert sorted(accepted) == list(range(500))
     assert receiver.drops["replay"] == 3 * 500
+
+
+@pytest.mark.parametrize("kid", [3, 300])
+@pytest.mark.parametrize("start", [250, 65_530, (1 << 24) - 3, (1 << 56) - 3])
+def test_sender_headers_stay_minimal_across_ctr_length_boundaries(
+    tmp_path: Path, kid: int, start: int
+) -> None:
+    """The cached header span of the sender switches length exactly where §4.3 says, with a store too."""
+    store = tmp_path / "ctr.json"
+    atomic_write_json(store, {"format": 1, "high_water": {counter_key_id(4, KEY, kid): start}})
+    stored = SenderContext(4, KEY, kid, counter_store=CounterStore(store))
+    out = bytearray(64)
+    for ctr in range(start, start + 12):
+        frame = stored.encrypt(b"m", b"x") if ctr % 2 else bytes(out[: stored.encrypt_into(b"m", b"x", out)])
+        assert frame[:-17] == encode_header(kid, ctr)  # decode_header is strict: minimal or an error
+        assert sframe.decrypt(4, KEY, b"m", frame) == (kid, ctr, b"x")
+    fresh = SenderContext(4, KEY, kid)
+    for ctr in range(300):
+        assert fresh.encrypt(b"", b"")[:-16] == encode_header(kid, ctr)

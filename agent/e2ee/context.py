@@ -79,6 +79,7 @@ class SenderContext:
         "_limit",
         "_lock",
         "_salt",
+        "_span",
         "_store",
         "cipher_suite",
         "kid",
@@ -117,6 +118,9 @@ class SenderContext:
             first = counter_store.high_water(self._key_id)
             self._limit = first  # nothing reserved yet in this process
         self._counter = itertools.count(first)
+        # (lo, hi, high, length): every CTR in lo..hi-1 is reserved and has a header of ``length``
+        # bytes, (high | CTR).to_bytes(length); empty until the first frame.
+        self._span = (0, 0, 0, 0)
         _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=first)
 
     @property
@@ -137,14 +141,8 @@ class SenderContext:
         # beyond the one that puts the header in front of the ciphertext.
         # next() on itertools.count is atomic: each call gets its own CTR without a lock.
         ctr = next(self._counter)
-        if ctr >= self._limit:
-            self._reserve(ctr)
-        headers = self._headers
-        if ctr < 8:
-            header = headers.short[ctr]
-        else:
-            clen = (ctr.bit_length() + 7) >> 3
-            header = (headers.high[clen] | ctr).to_bytes(headers.length[clen], "big")
+        lo, hi, high, length = self._span
+        header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         try:
             if len(plaintext) > MAX_FRAME_BYTES:
                 raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
@@ -181,9 +179,8 @@ class SenderContext:
         if size > MAX_FRAME_BYTES:
             raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
         ctr = next(self._counter)
-        if ctr >= self._limit:
-            self._reserve(ctr)
-        header = self._headers.encode(ctr)
+        lo, hi, high, length = self._span
+        header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         hlen = len(header)
         try:
             gcm_encrypt_into = self._gcm_encrypt_into
@@ -199,6 +196,22 @@ class SenderContext:
             return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
+
+    def _header(self, ctr: int) -> bytes:
+        # Slow path of the header: reserve ``ctr`` if needed, then record the span of CTRs that
+        # share its header length and are reserved. Threads may store spans in any order: each is
+        # correct for every CTR inside it (lo bounds it below, so a late CTR never gets a longer,
+        # non-minimal header), and its hi never exceeds a persisted high-water mark.
+        if ctr >= self._limit:
+            self._reserve(ctr)
+        if ctr < 8:
+            return self._headers.short[ctr]
+        clen = (ctr.bit_length() + 7) >> 3
+        headers = self._headers
+        high, length = headers.high[clen], headers.length[clen]
+        lo = 8 if clen == 1 else 1 << ((clen - 1) << 3)  # CTR 0-7 sits in the config byte (§4.3)
+        self._span = (lo, min(self._limit, 1 << (clen << 3)), high, length)
+        return (high | ctr).to_bytes(length, "big")
 
     def _reserve(self, ctr: int) -> None:
         # Slow path, before ``ctr`` is used. Invariant: every CTR handed out is below a persisted
