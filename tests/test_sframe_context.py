@@ -360,3 +360,16 @@ def test_sender_headers_stay_minimal_across_ctr_length_boundaries(
     fresh = SenderContext(4, KEY, kid)
     for ctr in range(300):
         assert fresh.encrypt(b"", b"")[:-16] == encode_header(kid, ctr)
+
+
+@pytest.mark.parametrize("suite", [1, 4, 5])
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 300_000])
+def test_large_frames_sealed_in_place_are_the_stateless_ciphertext(suite: int, size: int) -> None:
+    """Frames from 64 KiB on are encrypted straight into the result: same bytes as sframe.encrypt."""
+    sender, receiver = _pair(suite)
+    plaintext = os.urandom(size)
+    for ctr in range(3):
+        frame = sender.encrypt(b"meta", plaintext)
+        assert type(frame) is bytes
+        assert frame == sframe.encrypt(suite, KEY, 7, ctr, b"meta", plaintext)
+        assert receiver.decrypt(b"meta", frame) == Decrypted(7, ctr, plaintext)

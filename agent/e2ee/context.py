@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 import hmac
+import io
 import itertools
 import threading
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ from agent.e2ee.suites import MAX_FRAME_BYTES, FrameKey, KeyUsage, check_base_ke
 _log = structlog.get_logger()
 
 _DROP_REASONS = ("unknown_kid", "auth_failed", "replay", "malformed")
+_IN_PLACE_MIN = 64 * 1024  # SenderContext.encrypt seals frames from this size on in place
 _SLICE_MAX = 4096  # frames up to this size are sliced (copied) for the AEAD, larger ones viewed
 
 
@@ -144,13 +146,16 @@ class SenderContext:
         lo, hi, high, length = self._span
         header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         try:
-            if len(plaintext) > MAX_FRAME_BYTES:
-                raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
+            size = len(plaintext)
+            if size > MAX_FRAME_BYTES:
+                raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
             gcm_encrypt = self._gcm_encrypt
             if gcm_encrypt is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
-                return header + gcm_encrypt(nonce, plaintext, header + metadata)
+                if size < _IN_PLACE_MIN:
+                    return header + gcm_encrypt(nonce, plaintext, header + metadata)
+                return self._seal_in_place(header, nonce, header + metadata, plaintext)
             return self._key.seal(ctr, header, metadata, plaintext)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
@@ -196,6 +201,19 @@ class SenderContext:
             return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
+
+    def _seal_in_place(self, header: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        # A large frame is encrypted straight into the bytes object that is returned, after the
+        # header, instead of copying the AEAD output behind the header (a second pass over the
+        # frame). BytesIO owns the zeroed bytes object alone (the argument is a temporary), so
+        # getbuffer() gives a writable view of it and getvalue() hands back that same object.
+        # Should an interpreter copy in either step, the result is the same, only slower.
+        hlen = len(header)
+        out = io.BytesIO(bytes(hlen + len(plaintext) + 16))
+        with out.getbuffer() as view:
+            view[:hlen] = header
+            self._gcm_encrypt_into(nonce, plaintext, aad, view[hlen:])  # type: ignore[misc]
+        return out.getvalue()
 
     def _header(self, ctr: int) -> bytes:
         # Slow path of the header: reserve ``ctr`` if needed, then record the span of CTRs that
