@@ -147,14 +147,15 @@ class SenderContext:
         header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         try:
             size = len(plaintext)
-            if size > MAX_FRAME_BYTES:
-                raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
             gcm_encrypt = self._gcm_encrypt
             if gcm_encrypt is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
-                if size < _IN_PLACE_MIN:
+                if size < _IN_PLACE_MIN:  # also far below MAX_FRAME_BYTES: one compare per packet
                     return header + gcm_encrypt(nonce, plaintext, header + metadata)
+            if size > MAX_FRAME_BYTES:
+                raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
+            if gcm_encrypt is not None:
                 return self._seal_in_place(header, nonce, header + metadata, plaintext)
             return self._key.seal(ctr, header, metadata, plaintext)
         except TypeError as exc:
