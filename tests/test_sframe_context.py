@@ -373,3 +373,12 @@ def test_large_frames_sealed_in_place_are_the_stateless_ciphertext(suite: int, s
         assert type(frame) is bytes
         assert frame == sframe.encrypt(suite, KEY, 7, ctr, b"meta", plaintext)
         assert receiver.decrypt(b"meta", frame) == Decrypted(7, ctr, plaintext)
+
+
+def test_large_frames_from_other_buffers() -> None:
+    """A large bytearray encrypts as bytes would; a non-byte memoryview is a typed error, not another."""
+    plaintext = os.urandom(128 * 1024)
+    expected = sframe.encrypt(4, KEY, 7, 0, b"", plaintext)
+    assert SenderContext(4, KEY, 7).encrypt(b"", bytearray(plaintext)) == expected  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError):
+        SenderContext(4, KEY, 7).encrypt(b"", memoryview(plaintext).cast("I"))  # type: ignore[arg-type]

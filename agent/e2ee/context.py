@@ -58,6 +58,26 @@ def _check_kid(kid: object) -> int:
     return kid
 
 
+def _seal_in_place(
+    gcm_encrypt_into: Callable[[bytes, bytes, bytes, memoryview], int],
+    header: bytes,
+    nonce: bytes,
+    aad: bytes,
+    plaintext: bytes,
+) -> bytes:
+    # A large frame is encrypted straight into the bytes object that is returned, after the header,
+    # instead of copying the AEAD output behind the header (a second pass over the frame). BytesIO
+    # owns the zeroed bytes object alone (the argument is a temporary), so getbuffer() gives a
+    # writable view of it and getvalue() hands back that same object. Should an interpreter copy in
+    # either step, the result is the same, only slower.
+    hlen = len(header)
+    out = io.BytesIO(bytes(hlen + len(plaintext) + 16))
+    with out.getbuffer() as view:
+        view[:hlen] = header
+        gcm_encrypt_into(nonce, plaintext, aad, view[hlen:])
+    return out.getvalue()
+
+
 class SenderContext:
     """Encrypts frames with one sender key (KID) and a strictly increasing CTR.
 
@@ -155,8 +175,11 @@ class SenderContext:
                     return header + gcm_encrypt(nonce, plaintext, header + metadata)
             if size > MAX_FRAME_BYTES:
                 raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
-            if gcm_encrypt is not None:
-                return self._seal_in_place(header, nonce, header + metadata, plaintext)
+            gcm_encrypt_into = self._gcm_encrypt_into
+            if gcm_encrypt_into is not None:
+                if type(plaintext) is bytes:  # len() is the byte count (not so for every buffer)
+                    return _seal_in_place(gcm_encrypt_into, header, nonce, header + metadata, plaintext)
+                return header + gcm_encrypt(nonce, plaintext, header + metadata)  # type: ignore[misc]
             return self._key.seal(ctr, header, metadata, plaintext)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
@@ -202,19 +225,6 @@ class SenderContext:
             return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
-
-    def _seal_in_place(self, header: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
-        # A large frame is encrypted straight into the bytes object that is returned, after the
-        # header, instead of copying the AEAD output behind the header (a second pass over the
-        # frame). BytesIO owns the zeroed bytes object alone (the argument is a temporary), so
-        # getbuffer() gives a writable view of it and getvalue() hands back that same object.
-        # Should an interpreter copy in either step, the result is the same, only slower.
-        hlen = len(header)
-        out = io.BytesIO(bytes(hlen + len(plaintext) + 16))
-        with out.getbuffer() as view:
-            view[:hlen] = header
-            self._gcm_encrypt_into(nonce, plaintext, aad, view[hlen:])  # type: ignore[misc]
-        return out.getvalue()
 
     def _header(self, ctr: int) -> bytes:
         # Slow path of the header: reserve ``ctr`` if needed, then record the span of CTRs that
