@@ -178,6 +178,7 @@ def build_media(
             bitrate_kbps=enc.bitrate_kbps,
             keyframe_interval=enc.keyframe_interval,
             codecs=tuple(enc.codecs),
+            preset=enc.preset,
         )
         media.pipelines.append(
             MediaPipeline(
