@@ -77,7 +77,12 @@ async def _one_run(
         keys=keys,
         sink=sink,
         settings=StreamSettings(
-            width=width, height=height, fps=fps, bitrate_kbps=bitrate_kbps, codecs=("libx264",)
+            width=width,
+            height=height,
+            fps=fps,
+            bitrate_kbps=bitrate_kbps,
+            codecs=("libx264",),
+            preset="ultrafast",  # the benchmark set-up: ultrafast + zerolatency
         ),
         e2ee_required=not plain_copy,
         plain_copy=plain_copy,

@@ -65,6 +65,7 @@ class StreamSettings:
     bitrate_kbps: int = 2500
     keyframe_interval: int = 60
     codecs: tuple[str, ...] = ("libx264",)  # FFmpeg encoder preference, first that opens wins
+    preset: str | None = None  # x264/x265 speed preset; None: the HAL default
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 7680 and 16 <= self.height <= 4320) or self.width % 2 or self.height % 2:
@@ -89,6 +90,7 @@ class StreamSettings:
             bitrate_kbps=self.bitrate_kbps,
             keyframe_interval=self.keyframe_interval,
             low_latency=True,
+            preset=self.preset,
         )
 
 
@@ -568,7 +570,14 @@ def _settings_log(settings: StreamSettings) -> dict[str, Any]:
 
 
 def settings_from(
-    width: int, height: int, fps: int, *, codecs: Sequence[str], bitrate_kbps: int, keyframe_interval: int
+    width: int,
+    height: int,
+    fps: int,
+    *,
+    codecs: Sequence[str],
+    bitrate_kbps: int,
+    keyframe_interval: int,
+    preset: str | None = None,
 ) -> StreamSettings:
     """Stream settings from a camera spec and the ``[hal.encoder]`` section."""
     return StreamSettings(
@@ -579,4 +588,5 @@ def settings_from(
         bitrate_kbps=bitrate_kbps,
         keyframe_interval=keyframe_interval,
         codecs=tuple(codecs),
+        preset=preset,
     )
