@@ -40,7 +40,7 @@ def qemu_argv(accel: str, append: str, *, disk: Path | None, console: Path, resu
     argv = [QEMU, "-machine", "q35", "-m", "2048", "-smp", str(smp), "-no-reboot", "-display", "none",
             "-monitor", "none", "-nic", "none", "-kernel", str(OUT / "vmlinuz"), "-initrd",
             str(OUT / "initrd.img"), "-append", append, "-serial", f"file:{console}"]  # fmt: skip
-    argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "qemu64"]
+    argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", os.environ.get("IMAGE_TCG_CPU", "qemu64")]
     if results is not None:
         argv += ["-serial", f"file:{results}"]
     if disk is not None:

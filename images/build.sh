@@ -70,12 +70,10 @@ install -D -m 0644 "$REPO_DIR/systemd/roomagent.sysusers"        "$ROOT/usr/lib/
 install -D -m 0644 "$REPO_DIR/systemd/roomagent.tmpfiles"        "$ROOT/usr/lib/tmpfiles.d/roomagent.conf"
 install -D -m 0644 "$REPO_DIR/systemd/70-roomagent-camera.rules" "$ROOT/usr/lib/udev/rules.d/70-roomagent-camera.rules"
 install -D -m 0644 "$REPO_DIR/docs/image.md"                     "$ROOT/usr/share/doc/roomagent/image.md"
-# Image files (config, module loading, broker for the self-test, the self-test itself).
+# Image files: the example config; then, unless IMAGE_SELFTEST=0 (a product image), the self-test
+# layer: vivid, a loopback Mosquitto, the self-test unit and scripts (and test keys, step 4).
 cp -a "$IMAGES_DIR/rootfs/." "$ROOT/"
-if [ "${IMAGE_SELFTEST:-1}" != 1 ]; then
-    # A product image: no self-test, no test keys.
-    rm -rf "$ROOT/usr/lib/roomagent-selftest" "$ROOT/usr/lib/systemd/system/roomagent-selftest.service"
-fi
+[ "${IMAGE_SELFTEST:-1}" = 1 ] && cp -a "$IMAGES_DIR/selftest/." "$ROOT/"
 systemd-sysusers --root="$ROOT" >/dev/null 2>&1
 systemd-tmpfiles --root="$ROOT" --create "$ROOT/usr/lib/tmpfiles.d/roomagent.conf"
 chroot "$ROOT" systemctl enable roomagent.service mosquitto.service >/dev/null 2>&1

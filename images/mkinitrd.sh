@@ -9,6 +9,9 @@ WANTED="virtio_pci virtio_blk ext4 crc32c_generic crc32c-intel"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bin" "$work/lib/modules"
+if ldd /bin/busybox >/dev/null 2>&1; then
+    echo "mkinitrd: /bin/busybox is dynamically linked: apt-get install busybox-static" >&2; exit 1
+fi
 cp /bin/busybox "$work/bin/busybox"
 install -m 0755 "$(dirname "$0")/initrd/init" "$work/init"
 

@@ -9,8 +9,12 @@ per step; exits non-zero on the first failure. No frame bytes or keys are printe
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 import time
+from fractions import Fraction
+
+faulthandler.enable()  # a crash in native code still names the Python line
 
 device = sys.argv[1] if len(sys.argv) > 1 else "/dev/video0"
 
@@ -59,10 +63,11 @@ for frame in container.decode(stream):
 container.close()
 step(f"capture {len(frames)} frames {frames[0].width}x{frames[0].height} {frames[0].format.name} from {device}", t)
 
+print("libx264 encode: starting", flush=True)
 t = time.monotonic()
 enc = av.CodecContext.create("libx264", "w")
 enc.width, enc.height, enc.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
-enc.time_base = av.time_base if False else __import__("fractions").Fraction(1, 15)
+enc.time_base = Fraction(1, 15)
 enc.options = {"preset": "ultrafast", "tune": "zerolatency"}
 packets = []
 for i, frame in enumerate(frames):

@@ -105,6 +105,7 @@ def check_boot() -> None:
     uname = os.uname()
     kernel_s = float(Path("/proc/uptime").read_text().split()[0])
     analyze = run(["systemd-analyze", "time"]).stdout.strip()
+    analyze += "\n" + "\n".join(run(["systemd-analyze", "blame", "--no-pager"]).stdout.splitlines()[:8])
     report("boot", True, analyze, kernel=uname.release, uptime_s=kernel_s)
 
 
@@ -175,8 +176,14 @@ def check_mdwe() -> None:
         proc = sandboxed([str(VENV / "bin/python"), str(PROBE), "/dev/video0"], mdwe=mdwe)
         results[mdwe] = proc
         report(f"sandbox_probe_mdwe_{'on' if mdwe else 'off'}", proc.returncode == 0,
-               (proc.stdout + proc.stderr)[-2500:], seconds=round(time.monotonic() - t0, 1))  # fmt: skip
+               f"exit {proc.returncode}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}",
+               seconds=round(time.monotonic() - t0, 1))  # fmt: skip
     on, off = results[True].returncode == 0, results[False].returncode == 0
+    if not off:
+        # Diagnosis: does it fail outside the sandbox too (then the sandbox is not the cause)?
+        plain = run([str(VENV / "bin/python"), str(PROBE), "/dev/video0"], timeout=300)
+        report("sandbox_probe_unsandboxed", None if plain.returncode == 0 else False,
+               f"exit {plain.returncode}\n{plain.stdout[-1500:]}\n{plain.stderr[-1500:]}")  # fmt: skip
     verdict = (
         "PyAV and cryptography run under MemoryDenyWriteExecute=yes"
         if on
