@@ -36,11 +36,17 @@ REQUIRED = [
 ]  # fmt: skip
 
 
-def qemu_argv(accel: str, append: str, *, disk: Path | None, console: Path, results: Path | None, smp: int) -> list[str]:
+def qemu_argv(
+    accel: str, append: str, *, disk: Path | None, console: Path, results: Path | None, smp: int
+) -> list[str]:
     argv = [QEMU, "-machine", "q35", "-m", "2048", "-smp", str(smp), "-no-reboot", "-display", "none",
             "-monitor", "none", "-nic", "none", "-kernel", str(OUT / "vmlinuz"), "-initrd",
             str(OUT / "initrd.img"), "-append", append, "-serial", f"file:{console}"]  # fmt: skip
-    argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", os.environ.get("IMAGE_TCG_CPU", "qemu64")]
+    argv += (
+        ["-accel", "kvm", "-cpu", "host"]
+        if accel == "kvm"
+        else ["-accel", "tcg", "-cpu", os.environ.get("IMAGE_TCG_CPU", "qemu64")]
+    )
     if results is not None:
         argv += ["-serial", f"file:{results}"]
     if disk is not None:
@@ -81,7 +87,9 @@ def choose_accel(requested: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("IMAGE_ACCEL", "auto"))
+    parser.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("IMAGE_ACCEL", "auto")
+    )
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("IMAGE_TEST_TIMEOUT", "600")))
     parser.add_argument("--smp", type=int, default=2)
     args = parser.parse_args()
@@ -94,11 +102,15 @@ def main() -> int:
     console, results = OUT / "console.log", OUT / "results.jsonl"
     for path in (console, results):
         path.unlink(missing_ok=True)
-    append = "console=ttyS0 root=/dev/vda rw panic=-1 roomagent.selftest=1 systemd.show_status=auto loglevel=4"
+    append = (
+        "console=ttyS0 root=/dev/vda rw panic=-1 roomagent.selftest=1 systemd.show_status=auto loglevel=4"
+    )
     argv = qemu_argv(accel, append, disk=OUT / "rootfs.ext4", console=console, results=results, smp=args.smp)
     print(f"image-test: booting ({accel}), console log {console}, results {results}")
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen: dict[str, dict[str, object]] = {}
     arrival: dict[str, float] = {}
     offset = 0
@@ -118,7 +130,8 @@ def main() -> int:
                     seen[name] = line
                     arrival[name] = round(time.monotonic() - t0, 1)
                     status = "PASS" if line.get("ok") else "SKIP" if line.get("ok") is None else "FAIL"
-                    print(f"  [{arrival[name]:6.1f} s] {name:28s} {status}  {str(line.get('detail', ''))[:150]!r}")
+                    detail = str(line.get("detail", ""))[:120]
+                    print(f"  [{arrival[name]:6.1f} s] {name:28s} {status}  {detail!r}")
                 offset = len(complete)
             if finished:
                 break

@@ -53,30 +53,33 @@ import av  # noqa: E402
 step(f"import av {av.__version__}", t)
 
 t = time.monotonic()
+# Encode while capturing, as the agent's pipeline does: a captured frame may point into the driver's
+# mmap()ed buffers, which are gone once the container is closed.
 container = av.open(device, format="video4linux2", options={"video_size": "640x360", "framerate": "15"})
 stream = container.streams.video[0]
-frames = []
-for frame in container.decode(stream):
-    frames.append(frame)
-    if len(frames) >= 10:
-        break
-container.close()
-step(f"capture {len(frames)} frames {frames[0].width}x{frames[0].height} {frames[0].format.name} from {device}", t)
-
-print("libx264 encode: starting", flush=True)
-t = time.monotonic()
 enc = av.CodecContext.create("libx264", "w")
-enc.width, enc.height, enc.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+enc.width, enc.height, enc.pix_fmt = stream.codec_context.width, stream.codec_context.height, "yuv420p"
 enc.time_base = Fraction(1, 15)
 enc.options = {"preset": "ultrafast", "tune": "zerolatency"}
 packets = []
-for i, frame in enumerate(frames):
+captured = 0
+fmt = ""
+for frame in container.decode(stream):
+    fmt = frame.format.name
     f = frame.reformat(format="yuv420p")
-    f.pts = i
+    f.pts = captured
     packets += enc.encode(f)
+    captured += 1
+    if captured >= 10:
+        break
 packets += enc.encode(None)
+container.close()
 size = sum(p.size for p in packets)
-step(f"libx264 encode {len(packets)} packets, {size} bytes", t)
+step(
+    f"capture {captured} frames {enc.width}x{enc.height} {fmt} from {device}, "
+    f"libx264 {len(packets)} packets {size} bytes",
+    t,
+)
 
 t = time.monotonic()
 dec = av.CodecContext.create("h264", "r")
@@ -84,7 +87,7 @@ decoded = 0
 for p in packets:
     decoded += len(dec.decode(p))
 decoded += len(dec.decode(None))
-if decoded != len(frames):
-    raise SystemExit(f"decoded {decoded} of {len(frames)} frames")
+if decoded != captured:
+    raise SystemExit(f"decoded {decoded} of {captured} frames")
 step(f"h264 decode {decoded} frames", t)
 print("probe: all ok")

@@ -40,13 +40,17 @@ _out = open(RESULTS_PATH, "w", buffering=1)  # noqa: SIM115 - the report channel
 def report(check: str, ok: bool | None, detail: str = "", **figures: object) -> None:
     line = {"check": check, "ok": ok, "detail": detail[-3000:], "t": round(time.monotonic(), 2), **figures}
     _out.write(json.dumps(line) + "\n")
-    print(f"selftest: {check}: {'PASS' if ok else 'SKIP' if ok is None else 'FAIL'} {detail[:300]}", flush=True)
+    print(
+        f"selftest: {check}: {'PASS' if ok else 'SKIP' if ok is None else 'FAIL'} {detail[:300]}", flush=True
+    )
 
 
 def run(argv: list[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} -> {proc.returncode}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        raise RuntimeError(
+            f"{shlex.join(argv)} -> {proc.returncode}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        )
     return proc
 
 
@@ -90,7 +94,9 @@ def sandbox_properties(*, mdwe: bool | None = None) -> list[str]:
     return props
 
 
-def sandboxed(argv: list[str], *, timeout: float = 300, mdwe: bool | None = None) -> subprocess.CompletedProcess[str]:
+def sandboxed(
+    argv: list[str], *, timeout: float = 300, mdwe: bool | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as a transient service with roomagent.service's user and sandbox."""
     cmd = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", *sandbox_properties(mdwe=mdwe), *argv]
     return run(cmd, timeout=timeout)
@@ -142,7 +148,9 @@ def check_camera_node() -> None:
         if not Path("/dev/roomagent/camera-video0").is_symlink():
             problems.append("udev rule symlink /dev/roomagent/camera-video0 missing")
     name = Path("/sys/class/video4linux/video0/name")
-    report("camera_node", not problems, "; ".join(problems) or name.read_text().strip() if name.exists() else "")
+    report(
+        "camera_node", not problems, "; ".join(problems) or name.read_text().strip() if name.exists() else ""
+    )
 
 
 def check_ready() -> None:
@@ -225,7 +233,7 @@ def check_watchdog() -> None:
     fired = "Watchdog timeout" in log
     after = show("MainPID", "NRestarts", "ActiveState", "SubState")
     report("watchdog", ok and fired,
-           f"before={before} after={after} watchdog_in_journal={fired}" + ("" if ok and fired else "\n" + log),
+           f"before={before} after={after} watchdog_fired={fired}" + ("" if ok and fired else "\n" + log),
            restart_s=round(time.monotonic() - t0, 1))  # fmt: skip
 
 
@@ -239,8 +247,12 @@ def check_sigterm() -> None:
     wait_for(lambda: show("ActiveState")["ActiveState"] in ("inactive", "failed"), 60)
     after = show("ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus", "NRestarts")
     # A clean stop: exited (code 1 = CLD_EXITED) with status 0, so Restart=on-failure leaves it stopped.
-    ok = after["ActiveState"] == "inactive" and after["Result"] == "success" and after["ExecMainStatus"] == "0"
-    report("sigterm", ok, f"{after}" + ("" if ok else "\n" + journal()), stop_s=round(time.monotonic() - t0, 1))
+    ok = (
+        after["ActiveState"] == "inactive" and after["Result"] == "success" and after["ExecMainStatus"] == "0"
+    )
+    report(
+        "sigterm", ok, f"{after}" + ("" if ok else "\n" + journal()), stop_s=round(time.monotonic() - t0, 1)
+    )
 
 
 EXTRA = HERE / "checks_agent.py"
