@@ -4,7 +4,7 @@ set -euo pipefail
 ROOT=$1 KVER=$2 OUTFILE=$3
 MODDIR="$ROOT/lib/modules/$KVER"
 # What mounting /dev/vda as ext4 needs; builtins (modules.builtin) are skipped, dependencies added.
-WANTED="virtio_pci virtio_blk ext4 crc32c_generic crc32c-intel"
+WANTED="virtio_pci virtio_blk ext4 crc32c_generic"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -3,7 +3,7 @@
 Run by selftest.py through ``systemd-run`` with the unit's own properties, once with
 MemoryDenyWriteExecute=yes and once with =no: PyAV captures from the V4L2 camera (vivid) through
 FFmpeg's video4linux2 demuxer, encodes with libx264 and decodes again; cryptography signs and verifies
-(Ed25519), agrees a key (X25519), seals with AES-GCM and HPKE when this build has it. Prints one line
+(Ed25519), agrees a key (X25519), seals with AES-GCM and HPKE (X25519) and runs ML-KEM-768. Prints one line
 per step; exits non-zero on the first failure. No frame bytes or keys are printed.
 """
 
@@ -39,13 +39,19 @@ assert AESGCM(key).decrypt(b"\x00" * 12, ct, b"aad") == b"frame"
 step("cryptography ed25519+x25519+aes-gcm", t)
 
 t = time.monotonic()
-try:
-    from cryptography.hazmat.primitives import hpke  # type: ignore[attr-defined]
-except ImportError:
-    print("cryptography hpke: not in this build (skipped)")
-else:
-    names = [n for n in dir(hpke) if not n.startswith("_")]
-    print(f"cryptography hpke: module present ({', '.join(names[:8])})")
+# HPKE (RFC 9180) seal/open with X25519, and an ML-KEM-768 encapsulation: the device's key delivery.
+from cryptography.hazmat.primitives import hpke  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import mlkem  # noqa: E402
+
+suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
+recipient = X25519PrivateKey.generate()
+sealed = suite.encrypt(b"sframe base key", recipient.public_key(), b"roomagent selftest")
+assert suite.decrypt(sealed, recipient, b"roomagent selftest") == b"sframe base key"
+kem_key = mlkem.MLKEM768PrivateKey.generate()
+first, second = kem_key.public_key().encapsulate()
+shared, ciphertext = (first, second) if len(first) == 32 else (second, first)
+assert kem_key.decapsulate(ciphertext) == shared
+step("cryptography hpke x25519 seal/open + ml-kem-768", t)
 
 t = time.monotonic()
 import av  # noqa: E402

@@ -258,16 +258,36 @@ def check_sigterm() -> None:
 EXTRA = HERE / "checks_agent.py"
 
 
+def check_stop_for_camera_tools() -> None:
+    """The capture checks need the camera to themselves: stop the agent cleanly first."""
+    run(["systemctl", "stop", UNIT], check=True, timeout=120)
+    s = show("ActiveState", "Result")
+    report("stop_for_camera_tools", s["ActiveState"] == "inactive" and s["Result"] == "success", f"{s}")
+
+
+def check_restart_ready() -> None:
+    t0 = time.monotonic()
+    run(["systemctl", "start", UNIT], timeout=300)
+    s = show("ActiveState", "SubState", "StatusText")
+    ok = s["ActiveState"] == "active" and s["SubState"] == "running"
+    detail = f"{s}" + ("" if ok else "\n" + journal())
+    report("restart_ready", ok, detail, start_s=round(time.monotonic() - t0, 1))
+
+
 def main() -> int:
     report("start", True, "self-test started")
-    checks: list[Callable[[], None]] = [check_boot, check_installation, check_camera_node, check_ready]
+    camera_checks: list[Callable[[], None]] = []
     agent_checks: list[Callable[[], None]] = []
     if EXTRA.exists():
         sys.path.insert(0, str(HERE))
         import checks_agent  # the agent-feature checks (HAL tools, signed push)
 
-        agent_checks = checks_agent.CHECKS
-    checks += [check_mdwe, check_security, *agent_checks, check_watchdog, check_sigterm]
+        camera_checks, agent_checks = checks_agent.CAMERA_CHECKS, checks_agent.AGENT_CHECKS
+    checks: list[Callable[[], None]] = [
+        check_boot, check_installation, check_camera_node, check_ready,
+        check_stop_for_camera_tools, check_mdwe, *camera_checks, check_restart_ready,
+        *agent_checks, check_security, check_watchdog, check_sigterm,
+    ]  # fmt: skip
     for check in checks:
         name = check.__name__.removeprefix("check_")
         try:

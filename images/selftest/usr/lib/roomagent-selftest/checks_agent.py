@@ -1,0 +1,144 @@
+"""Self-test checks of agent features built by other sub-systems (HAL tools, signed config push).
+
+Each check first asks the installed agent whether the feature exists (``--help``). A feature absent
+from this build is reported with ``ok: null`` and the reason ("not in this build"): boot_test.py
+prints those as NOT CHECKED and fails on them when IMAGE_TEST_REQUIRE_ALL=1. Present features must
+pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selftest import VENV, report, run, sandboxed, show, wait_for
+
+ROOMAGENT = str(VENV / "bin/roomagent")
+ROOMCTL = str(VENV / "bin/roomctl")
+SELFTEST_KEYS = Path("/usr/lib/roomagent-selftest/keys")
+RECORDING = Path("/var/lib/roomagent/selftest-record.mkv")
+
+
+def _has(tool: str, *words: str) -> bool:
+    proc = run([tool, *words[:-1], "--help"])
+    return proc.returncode == 0 and words[-1] in proc.stdout
+
+
+def _v4l2_device_id() -> str | None:
+    proc = sandboxed([ROOMAGENT, "hal", "list", "--json"], timeout=180)
+    if proc.returncode != 0:
+        return None
+    devices: Any = json.loads(proc.stdout)
+    if isinstance(devices, dict):
+        devices = devices.get("devices", [])
+    for dev in devices:
+        text = json.dumps(dev)
+        if "/dev/video0" in text or "vivid" in text:
+            return str(dev.get("id") or dev.get("path") or "/dev/video0")
+    return None
+
+
+def check_hal_list() -> None:
+    if not _has(ROOMAGENT, "hal", "list"):
+        report("hal_list", None, "roomagent hal list: not in this build")
+        return
+    proc = sandboxed([ROOMAGENT, "hal", "list", "--json"], timeout=180)
+    found = proc.returncode == 0 and ("/dev/video0" in proc.stdout or "vivid" in proc.stdout)
+    report("hal_list", found, f"exit {proc.returncode}\n{proc.stdout[-1500:]}\n{proc.stderr[-1000:]}")
+
+
+def check_hal_record() -> None:
+    if not _has(ROOMAGENT, "hal", "record"):
+        report("hal_record", None, "roomagent hal record: not in this build")
+        return
+    device = _v4l2_device_id() or "/dev/video0"
+    RECORDING.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    argv = [ROOMAGENT, "hal", "record", device, "--seconds", "3", "--codec", "libx264", str(RECORDING)]
+    proc = sandboxed(argv, timeout=300)
+    probe = run(
+        [str(VENV / "bin/python"), "-c",
+         "import av,sys; c=av.open(sys.argv[1]); s=c.streams.video[0]; "
+         "n=sum(1 for _ in c.decode(s)); print(s.codec_context.name, s.width, s.height, n)", str(RECORDING)],
+    )  # fmt: skip
+    frames = int(probe.stdout.split()[-1]) if probe.returncode == 0 and probe.stdout.split() else 0
+    report("hal_record", proc.returncode == 0 and frames > 0,
+           f"record exit {proc.returncode}; decoded back: {probe.stdout.strip()} {probe.stderr[-500:]}\n"
+           f"{proc.stdout[-800:]}\n{proc.stderr[-800:]}", frames=frames,
+           seconds=round(time.monotonic() - t0, 1))  # fmt: skip
+
+
+def check_hal_control() -> None:
+    if not _has(ROOMAGENT, "hal", "control"):
+        report("hal_control", None, "roomagent hal control: not in this build")
+        return
+    device = _v4l2_device_id() or "/dev/video0"
+    before = run(["v4l2-ctl", "-d", "/dev/video0", "--get-ctrl=brightness"]).stdout.strip()
+    target = "200" if not before.endswith(" 200") else "100"
+    set_proc = sandboxed([ROOMAGENT, "hal", "control", device, "brightness", target], timeout=180)
+    get_proc = sandboxed([ROOMAGENT, "hal", "control", device, "brightness"], timeout=180)
+    # An independent reader (v4l2-ctl, VIDIOC_G_CTRL) confirms the driver really holds the value.
+    after = run(["v4l2-ctl", "-d", "/dev/video0", "--get-ctrl=brightness"]).stdout.strip()
+    ok = set_proc.returncode == 0 and get_proc.returncode == 0 and after == f"brightness: {target}"
+    ok = ok and target in get_proc.stdout
+    report("hal_control", ok,
+           f"v4l2-ctl before {before!r} after {after!r}; set exit {set_proc.returncode}, get exit "
+           f"{get_proc.returncode}: {get_proc.stdout[-300:]} {set_proc.stderr[-600:]} "
+           f"{get_proc.stderr[-600:]}")  # fmt: skip
+
+
+def check_config_push() -> None:
+    if not (_has(ROOMCTL, "sign") and _has(ROOMCTL, "push")):
+        report("config_push", None, "roomctl sign/push: not in this build")
+        return
+    fleet_key = SELFTEST_KEYS / "fleet.pem"
+    if not fleet_key.exists():
+        report("config_push", False, f"{fleet_key} missing: the image build made no test fleet")
+        return
+    work = Path("/run/roomagent-selftest")
+    work.mkdir(exist_ok=True)
+    template = run([ROOMCTL, "template", "config"], check=True).stdout
+    doc = json.loads(template)
+    before = _applied("config")
+    doc["version"] = (before or 0) + 1
+    doc["targets"] = {"devices": ["room-image"], "groups": []}
+    payload = work / "config.json"
+    payload.write_text(json.dumps(doc))
+    envelope = work / "config.dsse.json"
+    sign = run([ROOMCTL, "sign", "config", str(payload), "--key", str(fleet_key), "--out", str(envelope)])
+    if sign.returncode != 0:
+        report("config_push", False, f"roomctl sign failed: {sign.stdout[-800:]} {sign.stderr[-800:]}")
+        return
+    t0 = time.monotonic()
+    push = run([ROOMCTL, "push", str(envelope), "--broker", "mqtt://127.0.0.1:1883", "--device", "room-image",
+                "--wait", "120"], timeout=200)  # fmt: skip
+    wait_for(lambda: _applied("config") == doc["version"], 30)
+    applied = _applied("config")
+    ok = push.returncode == 0 and applied == doc["version"]
+    report("config_push", ok,
+           f"push exit {push.returncode}; applied config {before} -> {applied}\n{push.stdout[-1200:]}\n"
+           f"{push.stderr[-800:]}", ack_s=round(time.monotonic() - t0, 1))  # fmt: skip
+
+
+def _applied(kind: str) -> int | None:
+    state_file = Path("/var/lib/roomagent/state.json")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    value = state.get("applied", {}).get(kind)
+    return int(value) if isinstance(value, int) else None
+
+
+def check_agent_still_up() -> None:
+    s = show("ActiveState", "SubState", "NRestarts", "StatusText")
+    report("agent_after_checks", s["ActiveState"] == "active", f"{s}")
+
+
+# Run with the agent stopped (they open the camera themselves).
+CAMERA_CHECKS: list[Callable[[], None]] = [check_hal_list, check_hal_record, check_hal_control]
+# Run with the agent up again.
+AGENT_CHECKS: list[Callable[[], None]] = [check_config_push, check_agent_still_up]
