@@ -24,6 +24,7 @@ from agent.errors import StateError
 from agent.persist import atomic_write_json
 
 STATE_FILE = "state.json"
+MIN_SPACING_S = 0.25
 
 
 class StateReporter:
@@ -66,13 +67,16 @@ class StateReporter:
                     # A full disk must not stop the agent: the old file stays intact; retry next turn.
                     self._log.error("state_write_failed", path=exc.path, reason=exc.reason)
                 progress.beat()
-                next_write = loop.time() + self._interval_s
+                written = loop.time()
+                next_write = written + self._interval_s
                 while not await self._runtime.wait_state_changed(
                     max(0.0, min(turn_s, next_write - loop.time()))
                 ):
                     progress.beat()
                     if loop.time() >= next_write:
                         break
+                # A burst of changes becomes one write: at most one fsync per MIN_SPACING_S (flash wear).
+                await asyncio.sleep(max(0.0, written + min(MIN_SPACING_S, self._interval_s) - loop.time()))
         except asyncio.CancelledError:
             # On stop flush the final state, offline, then let the cancellation propagate.
             final = self._runtime.state_snapshot()
