@@ -172,6 +172,7 @@ def main() -> int:
         "ready_seen_by_host_s": arrival.get("ready"),
         "boot_to_ready_s": seen.get("ready", {}).get("boot_to_ready_s"),
         "start_to_ready_s": seen.get("ready", {}).get("start_to_ready_s"),
+        "watchdog_fired_s": seen.get("watchdog", {}).get("watchdog_fired_s"),
         "watchdog_restart_s": seen.get("watchdog", {}).get("restart_s"),
         "sigterm_stop_s": seen.get("sigterm", {}).get("stop_s"),
         "exposure_in_guest": seen.get("security_online", {}).get("exposure"),

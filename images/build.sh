@@ -87,7 +87,8 @@ WHEELS="$OUT/wheelhouse"
 rm -rf "$WHEELS"; mkdir -p "$WHEELS" "$IMAGE_CACHE/pip"
 log "agent: building the project's wheel and fetching its dependencies for cp311/glibc 2.36"
 PIP=("$HOST_PYTHON" -m pip --disable-pip-version-check --cache-dir "$IMAGE_CACHE/pip")
-"${PIP[@]}" wheel --quiet --no-deps -w "$WHEELS" "$REPO_DIR"
+"${PIP[@]}" wheel --quiet --no-deps -w "$WHEELS" "$REPO_DIR" >"$OUT/wheel.log" 2>&1 \
+    || { cat "$OUT/wheel.log" >&2; die "building the project's wheel failed"; }
 WHEEL=$(ls "$WHEELS"/roomagent-*.whl)
 # The guest's interpreter: CPython 3.11 on glibc 2.36, which accepts manylinux_2_36 down to
 # manylinux_2_5 (older pips do not expand one --platform into that list: name them all). Binary wheels

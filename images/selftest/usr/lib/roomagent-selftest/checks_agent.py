@@ -8,7 +8,9 @@ pass.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +24,15 @@ SELFTEST_KEYS = Path("/usr/lib/roomagent-selftest/keys")
 RECORDING = Path("/var/lib/roomagent/selftest-record.mkv")
 
 
+@functools.cache
+def _help(tool: str, *words: str) -> str:
+    # Each start of the agent costs seconds under emulation: ask each parser once.
+    proc = run([tool, *words, "--help"])
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 def _has(tool: str, *words: str) -> bool:
-    proc = run([tool, *words[:-1], "--help"])
-    return proc.returncode == 0 and words[-1] in proc.stdout
+    return re.search(rf"\b{re.escape(words[-1])}\b", _help(tool, *words[:-1])) is not None
 
 
 def _v4l2_device_id() -> str | None:
