@@ -60,7 +60,8 @@ KVER=$(basename "$(ls -d "$ROOT"/lib/modules/* | sort -V | tail -1)")
 
 echo roomagent >"$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\troomagent\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOT/etc/hosts"
-printf '/dev/vda\t/\text4\trw,noatime\t0\t1\n' >"$ROOT/etc/fstab"
+# pass 0: the initrd mounted the root read-write already (fsck there would need e2fsck in the initrd).
+printf '/dev/vda\t/\text4\trw,noatime\t0\t0\n' >"$ROOT/etc/fstab"
 ln -sf /usr/share/zoneinfo/Etc/UTC "$ROOT/etc/localtime"
 : >"$ROOT/etc/machine-id"   # empty: systemd generates one on first boot (every device its own)
 
@@ -112,6 +113,21 @@ ln -sf /opt/roomagent/bin/roomctl "$ROOT/usr/local/bin/roomctl"
 # --------------------------------------------------------------------------------------------- 5. disk
 log "disk: kernel $KVER, small initrd, ext4 root"
 cp "$ROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+ls "$ROOT/lib/modules/$KVER"/kernel/drivers/media/test-drivers/vivid/vivid.ko* >/dev/null 2>&1 \
+    || die "this kernel ships no vivid module: the VM test needs it"
+# The unpacked ELF kernel for QEMU: it boots through its PVH entry point, without decompressing
+# itself under emulation (about 6 s saved per boot under TCG).
+python3 - "$OUT/vmlinuz" "$OUT/vmlinux" <<'PY'
+import lzma, sys
+data = open(sys.argv[1], "rb").read()
+offset = data.find(b"\xfd7zXZ\x00")   # Debian's bzImage payload is xz (CONFIG_KERNEL_XZ)
+if offset < 0:
+    sys.exit("vmlinuz: no xz payload found")
+elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[offset:])
+if elf[:4] != b"\x7fELF":
+    sys.exit("vmlinuz: payload is not an ELF kernel")
+open(sys.argv[2], "wb").write(elf)
+PY
 "$IMAGES_DIR/mkinitrd.sh" "$ROOT" "$KVER" "$OUT/initrd.img"
 # Clamp every timestamp for a reproducible file system; fixed UUID and directory hash seed.
 find "$ROOT" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@$SOURCE_DATE_EPOCH"
@@ -120,6 +136,6 @@ rm -f "$OUT/rootfs.ext4"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L roomroot -U 6b6e2e6c-726f-6f6d-6167-656e74000001 \
     -E hash_seed=6b6e2e6c-726f-6f6d-6167-656e74000002,root_owner=0:0 -d "$ROOT" "$OUT/rootfs.ext4" "${size_mb}M"
 used_mb=$(du -sm "$ROOT" | cut -f1)
-log "image ready in $(( $(date +%s) - t0 )) s: $OUT/{vmlinuz,initrd.img,rootfs.ext4}; root file system ${used_mb} MB used of ${size_mb} MB"
+log "image ready in $(( $(date +%s) - t0 )) s: $OUT/{vmlinux,vmlinuz,initrd.img,rootfs.ext4}; root file system ${used_mb} MB used of ${size_mb} MB"
 printf '{"kernel": "%s", "rootfs_used_mb": %s, "rootfs_image_mb": %s, "build_s": %s}\n' \
     "$KVER" "$used_mb" "$size_mb" "$(( $(date +%s) - t0 ))" >"$OUT/image.json"

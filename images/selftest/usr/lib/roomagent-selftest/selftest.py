@@ -112,6 +112,7 @@ def check_boot() -> None:
     kernel_s = float(Path("/proc/uptime").read_text().split()[0])
     analyze = run(["systemd-analyze", "time"]).stdout.strip()
     analyze += "\n" + "\n".join(run(["systemd-analyze", "blame", "--no-pager"]).stdout.splitlines()[:8])
+    analyze += "\n" + run(["systemd-analyze", "critical-chain", UNIT, "--no-pager"]).stdout
     report("boot", True, analyze, kernel=uname.release, uptime_s=kernel_s)
 
 
