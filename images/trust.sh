@@ -12,13 +12,39 @@ ROOT=$1
 TRUST_DIR="$ROOT/etc/roomagent/trust"
 mkdir -p "$TRUST_DIR"
 
+trust_config() {
+    printf '\n[trust]\n# The initial trust root (trust on first boot); rotations are stored under the state directory.\nroot = "/etc/roomagent/trust/root.json"\n' \
+        >>"$ROOT/etc/roomagent/agent.toml"
+}
+
 if [ -n "${IMAGE_TRUST_ROOT:-}" ]; then
     install -m 0644 "$IMAGE_TRUST_ROOT" "$TRUST_DIR/root.json"
+    trust_config
     log "trust: shipping $IMAGE_TRUST_ROOT as /etc/roomagent/trust/root.json"
     exit 0
 fi
-if ! chroot "$ROOT" /opt/roomagent/bin/roomctl --help 2>/dev/null | grep -qE '\bkeygen\b'; then
-    log "trust: roomctl has no keygen/root commands yet (control plane not merged): no trust root shipped"
+if [ "${IMAGE_SELFTEST:-1}" != 1 ]; then
+    log "trust: no IMAGE_TRUST_ROOT given: the product image ships without a trust root (every document rejected)"
     exit 0
 fi
-log "trust: roomctl present but the test-fleet recipe is not written yet"
+if ! chroot "$ROOT" /opt/roomagent/bin/roomctl --help 2>/dev/null | grep -qE '^ +keygen'; then
+    log "trust: roomctl has no keygen/root commands (control plane not in this build): no trust root shipped"
+    exit 0
+fi
+# The installed roomctl makes the test fleet inside the chroot (what ships is what is tested);
+# private keys then leave the image, except the fleet key the self-test signs its config push with.
+roomctl=(chroot "$ROOT" /opt/roomagent/bin/roomctl)
+work=/tmp/test-fleet
+rm -rf "$ROOT$work"; mkdir -m 0700 "$ROOT$work"
+for role in root fleet customer legal; do
+    "${roomctl[@]}" keygen --type ed25519 --out "$work/$role.pem" >/dev/null
+done
+"${roomctl[@]}" root init --root-key "$work/root.pem.pub.json" --fleet-key "$work/fleet.pem.pub.json" \
+    --customer-key "$work/customer.pem.pub.json" --legal-key "$work/legal.pem.pub.json" \
+    --sign "$work/root.pem" --expires-days 365 --out /etc/roomagent/trust/root.json >/dev/null
+chmod 0644 "$TRUST_DIR/root.json"
+install -d -m 0700 "$ROOT/usr/lib/roomagent-selftest/keys"
+install -m 0600 "$ROOT$work/fleet.pem" "$ROOT/usr/lib/roomagent-selftest/keys/fleet.pem"
+rm -rf "$OUT/test-fleet"; mv "$ROOT$work" "$OUT/test-fleet"
+trust_config
+log "trust: test fleet in $OUT/test-fleet, its root in /etc/roomagent/trust/root.json (self-test image only)"

@@ -32,7 +32,9 @@ def _help(tool: str, *words: str) -> str:
 
 
 def _has(tool: str, *words: str) -> bool:
-    return re.search(rf"\b{re.escape(words[-1])}\b", _help(tool, *words[:-1])) is not None
+    # A sub-command is listed as "    NAME  help" or inside "{a,NAME,b}".
+    pattern = rf"(^\s+|[{{,]){re.escape(words[-1])}\b"
+    return re.search(pattern, _help(tool, *words[:-1]), re.M) is not None
 
 
 def _v4l2_device_id() -> str | None:
@@ -113,6 +115,12 @@ def check_config_push() -> None:
     before = _applied("config")
     doc["version"] = (before or 0) + 1
     doc["targets"] = {"devices": ["room-image"], "groups": []}
+    # The image's own camera and a loopback sink (the guest has no network).
+    body = doc.setdefault("body", {})
+    body["cameras"] = [{"id": "cam0", "backend": "v4l2", "device": "/dev/video0", "width": 640, "height": 360,
+                        "fps": 15}]  # fmt: skip
+    if isinstance(body.get("media"), dict):
+        body["media"]["sink"] = "rtp://127.0.0.1:5004"
     payload = work / "config.json"
     payload.write_text(json.dumps(doc))
     envelope = work / "config.dsse.json"
