@@ -104,6 +104,13 @@ def check_config_push() -> None:
     if not (_has(ROOMCTL, "sign") and _has(ROOMCTL, "push")):
         report("config_push", None, "roomctl sign/push: not in this build")
         return
+    health = _state().get("health", {})
+    if not any(name.startswith("control") for name in health):
+        # roomctl is there but the daemon runs no control service (the control plane's provider,
+        # agent.control.service:services, is not in this build): nothing would ever ack.
+        services = ", ".join(sorted(health))
+        report("config_push", None, f"the agent runs no control service in this build (services: {services})")
+        return
     fleet_key = SELFTEST_KEYS / "fleet.pem"
     if not fleet_key.exists():
         report("config_push", False, f"{fleet_key} missing: the image build made no test fleet")
@@ -130,7 +137,7 @@ def check_config_push() -> None:
         return
     t0 = time.monotonic()
     push = run([ROOMCTL, "push", str(envelope), "--broker", "mqtt://127.0.0.1:1883", "--device", "room-image",
-                "--wait", "120"], timeout=200)  # fmt: skip
+                "--wait", "90"], timeout=150)  # fmt: skip
     wait_for(lambda: _applied("config") == doc["version"], 30)
     applied = _applied("config")
     ok = push.returncode == 0 and applied == doc["version"]
@@ -139,13 +146,16 @@ def check_config_push() -> None:
            f"{push.stderr[-800:]}", ack_s=round(time.monotonic() - t0, 1))  # fmt: skip
 
 
-def _applied(kind: str) -> int | None:
-    state_file = Path("/var/lib/roomagent/state.json")
+def _state() -> dict[str, Any]:
     try:
-        state = json.loads(state_file.read_text())
+        state = json.loads(Path("/var/lib/roomagent/state.json").read_text())
     except (OSError, ValueError):
-        return None
-    value = state.get("applied", {}).get(kind)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _applied(kind: str) -> int | None:
+    value = _state().get("applied", {}).get(kind)
     return int(value) if isinstance(value, int) else None
 
 
