@@ -137,5 +137,6 @@ E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L roomroot -U 6b6e2e6c
     -E hash_seed=6b6e2e6c-726f-6f6d-6167-656e74000002,root_owner=0:0 -d "$ROOT" "$OUT/rootfs.ext4" "${size_mb}M"
 used_mb=$(du -sm "$ROOT" | cut -f1)
 log "image ready in $(( $(date +%s) - t0 )) s: $OUT/{vmlinux,vmlinuz,initrd.img,rootfs.ext4}; root file system ${used_mb} MB used of ${size_mb} MB"
-printf '{"kernel": "%s", "rootfs_used_mb": %s, "rootfs_image_mb": %s, "build_s": %s}\n' \
-    "$KVER" "$used_mb" "$size_mb" "$(( $(date +%s) - t0 ))" >"$OUT/image.json"
+alloc_mb=$(du -sm "$OUT/rootfs.ext4" | cut -f1)
+printf '{"kernel": "%s", "rootfs_used_mb": %s, "rootfs_image_mb": %s, "rootfs_image_allocated_mb": %s, "build_s": %s}\n' \
+    "$KVER" "$used_mb" "$size_mb" "$alloc_mb" "$(( $(date +%s) - t0 ))" >"$OUT/image.json"
