@@ -48,5 +48,6 @@ for path in order:
 (work / "modules.load").write_text("".join(l + "\n" for l in lines))
 print("initrd modules:", " ".join(lines))
 PY
+find "$work" -print0 | xargs -0 touch -h -d "@${SOURCE_DATE_EPOCH:-0}"   # reproducible archive
 (cd "$work" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --quiet \
     --reproducible --owner=0:0 | gzip -n -9) >"$OUTFILE"
