@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CliError", "add_broker_args", "load_public_key_file", "load_signing_keys", "mqtt_client", "passphrase"]
+__all__ = [
+    "CliError",
+    "add_broker_args",
+    "load_public_key_file",
+    "load_signing_keys",
+    "mqtt_client",
+    "passphrase",
+]
 
 import argparse
 import json
@@ -73,9 +80,17 @@ def mqtt_client(args: argparse.Namespace) -> aiomqtt.Client:
         raise CliError(f"--broker {args.broker!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
     tls = None
     if parts.scheme == "mqtts":
-        tls = aiomqtt.TLSParameters(ca_certs=str(args.ca) if args.ca else None,
-                                    certfile=str(args.cert) if args.cert else None,
-                                    keyfile=str(args.tls_key) if args.tls_key else None)
+        tls = aiomqtt.TLSParameters(
+            ca_certs=str(args.ca) if args.ca else None,
+            certfile=str(args.cert) if args.cert else None,
+            keyfile=str(args.tls_key) if args.tls_key else None,
+        )
     port = parts.port or (8883 if tls else 1883)
-    return aiomqtt.Client(parts.hostname, port, protocol=aiomqtt.ProtocolVersion.V5, tls_params=tls, timeout=10,
-                          identifier=f"roomctl-{os.getpid()}")
+    return aiomqtt.Client(
+        parts.hostname,
+        port,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_params=tls,
+        timeout=10,
+        identifier=f"roomctl-{os.getpid()}",
+    )

@@ -35,14 +35,23 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """A complete, valid example payload of ``kind`` with every field of DESIGN.md's payload."""
     t = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
     bodies: dict[str, Any] = {
-        "policy": {"e2ee": {"required": True, "suites": [4, 5], "kem": "x25519"},
-                   "camera": {"shutter_when_idle": True, "remote_snapshot": False, "remote_ptz": True},
-                   "telemetry": {"level": "minimal", "fields": []}, "jurisdiction": "DE"},
-        "config": {"encoder": {"codecs": ["libx264"], "bitrate_kbps": 2500, "keyframe_interval": 60,
-                               "low_latency": True},
-                   "cameras": [{"id": "cam0", "backend": "sim", "width": 1280, "height": 720, "fps": 30}],
-                   "media": {"sink": "rtp://198.51.100.7:5004", "mtu": 1200, "enabled": True},
-                   "log": {"level": "info", "format": "json"}},
+        "policy": {
+            "e2ee": {"required": True, "suites": [4, 5], "kem": "x25519"},
+            "camera": {"shutter_when_idle": True, "remote_snapshot": False, "remote_ptz": True},
+            "telemetry": {"level": "minimal", "fields": []},
+            "jurisdiction": "DE",
+        },
+        "config": {
+            "encoder": {
+                "codecs": ["libx264"],
+                "bitrate_kbps": 2500,
+                "keyframe_interval": 60,
+                "low_latency": True,
+            },
+            "cameras": [{"id": "cam0", "backend": "sim", "width": 1280, "height": 720, "fps": 30}],
+            "media": {"sink": "rtp://198.51.100.7:5004", "mtu": 1200, "enabled": True},
+            "log": {"level": "info", "format": "json"},
+        },
         # Commands are not retained: a time-based version keeps them increasing across admins.
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
         "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.keys.KeysBody"},
@@ -63,10 +72,25 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
     return payload
 
 
+def _toml_to_json(value: Any) -> Any:
+    """TOML has native datetimes; the payload carries RFC 3339 UTC strings (``...Z``)."""
+    if isinstance(value, dict):
+        return {k: _toml_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_toml_to_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise CliError(f"timestamp {value.isoformat()} has no offset: write it in UTC with a trailing Z")
+        return _ts(value)
+    if isinstance(value, dt.date | dt.time):
+        raise CliError(f"{value.isoformat()}: timestamps need a full date and time in UTC")
+    return value
+
+
 def _load_payload(path: Path) -> tuple[dict[str, Any] | None, Envelope | None]:
     data = path.read_bytes()
     if path.suffix == ".toml":
-        return tomllib.loads(data.decode()), None
+        return _toml_to_json(tomllib.loads(data.decode())), None
     obj = strict_json(data)
     if isinstance(obj, dict) and "payloadType" in obj:
         return None, Envelope.parse(data)
@@ -132,8 +156,13 @@ def _root_payload(args: argparse.Namespace, version: int, base: RootBody | None)
             roles[role] = {"keyids": ids, "threshold": threshold or 1}
             keys.update(dict(zip(ids, given, strict=True)))
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    return {"kind": "root", "version": version, "issued_at": _ts(now),
-            "expires": _ts(now + dt.timedelta(days=args.expires_days)), "body": {"keys": keys, "roles": roles}}
+    return {
+        "kind": "root",
+        "version": version,
+        "issued_at": _ts(now),
+        "expires": _ts(now + dt.timedelta(days=args.expires_days)),
+        "body": {"keys": keys, "roles": roles},
+    }
 
 
 def _root_init(args: argparse.Namespace) -> int:
@@ -170,16 +199,28 @@ def _guard(func: Any) -> Any:
             text = exc.message if isinstance(exc, Rejected) else str(exc)
             print(f"roomctl: {text}", file=sys.stderr)
             return 2
+
     return run
 
 
 def _role_args(p: argparse.ArgumentParser) -> None:
     for role in ROLES:
-        p.add_argument(f"--{role}-key", action="append", default=[], metavar="KEY",
-                       help=f"{role} public key (.pub.json or private PEM); repeat for several")
+        p.add_argument(
+            f"--{role}-key",
+            action="append",
+            default=[],
+            metavar="KEY",
+            help=f"{role} public key (.pub.json or private PEM); repeat for several",
+        )
         p.add_argument(f"--{role}-threshold", type=int, metavar="N")
-    p.add_argument("--sign", action="append", default=[], metavar="PRIVATE_KEY", required=True,
-                   help="root private key(s) that sign (rotation: old AND new root keys)")
+    p.add_argument(
+        "--sign",
+        action="append",
+        default=[],
+        metavar="PRIVATE_KEY",
+        required=True,
+        help="root private key(s) that sign (rotation: old AND new root keys)",
+    )
     p.add_argument("--expires-days", type=int, default=365)
     p.add_argument("--passphrase-env", metavar="VAR")
     p.add_argument("--out", help="output file (default: stdout)")

@@ -27,13 +27,18 @@ def _keygen(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"roomctl: {out} exists (use --force to overwrite)", file=sys.stderr)
         return 2
-    key: PrivateKey = (ed25519.Ed25519PrivateKey.generate() if args.type == "ed25519"
-                       else ec.generate_private_key(ec.SECP256R1()))
+    key: PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if args.type == "ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     atomic_write_bytes(out, private_key_pem(key, secret), mode=0o600)
     public = key_dict(key.public_key())
     keyid = keyid_of(public)
     pub_path = out.with_name(out.name + ".pub.json")
-    atomic_write_bytes(pub_path, json.dumps({**public, "keyid": keyid}, indent=2).encode() + b"\n", mode=0o644)
+    atomic_write_bytes(
+        pub_path, json.dumps({**public, "keyid": keyid}, indent=2).encode() + b"\n", mode=0o644
+    )
     print(json.dumps({"keyid": keyid, "private": str(out), "public": str(pub_path)}))
     return 0
 

@@ -55,7 +55,7 @@ def _ack_verified(ack_env: Envelope, state: dict[str, Any] | None) -> bool | Non
 
 
 async def _push(args: argparse.Namespace, console: Console) -> int:
-    raw = Path(args.envelope).read_bytes()
+    raw = await asyncio.to_thread(Path(args.envelope).read_bytes)
     env = Envelope.parse(raw)
     kind = env.payload_type.removeprefix("application/vnd.roomagent.").removesuffix("+json")
     sha = hashlib.sha256(env.payload).hexdigest()
@@ -81,8 +81,14 @@ async def _push(args: argparse.Namespace, console: Console) -> int:
         for topic, retain in topics:
             await client.publish(topic, raw, qos=1, retain=retain)
         deadline = time.monotonic() + args.wait
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
             bar = progress.add_task(f"{kind} -> {len(devices)} device(s)", total=len(devices))
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -116,8 +122,13 @@ async def _push(args: argparse.Namespace, console: Console) -> int:
         failed += 0 if ok else 1
         colour = "green" if ok else "red"
         sig = {True: "ok", False: "BAD", None: "unknown device key"}[ack["signature_ok"]]
-        table.add_row(device, f"[{colour}]{ack['status']}[/{colour}]", ack.get("reason") or "",
-                      (ack.get("message") or "")[:60], sig)
+        table.add_row(
+            device,
+            f"[{colour}]{ack['status']}[/{colour}]",
+            ack.get("reason") or "",
+            (ack.get("message") or "")[:60],
+            sig,
+        )
     console.print(table)
     if args.json:
         print(json.dumps({d: {k: v for k, v in a.items()} for d, a in results.items()}))
@@ -136,9 +147,14 @@ async def _status(args: argparse.Namespace, console: Console) -> int:
     for device, s in sorted(states.items()):
         applied = s.get("applied", {})
         online = "[green]yes[/green]" if s.get("online") else "[red]no[/red]"
-        table.add_row(device, online, ",".join(s.get("groups", [])), *(str(applied.get(k, "-")) for k in
-                      ("root", "policy", "config")), str(s.get("locked", "")),
-                      str(s.get("audit_head", {}).get("seq", "")))
+        table.add_row(
+            device,
+            online,
+            ",".join(s.get("groups", [])),
+            *(str(applied.get(k, "-")) for k in ("root", "policy", "config")),
+            str(s.get("locked", "")),
+            str(s.get("audit_head", {}).get("seq", "")),
+        )
     console.print(table)
     return 0
 
@@ -151,6 +167,7 @@ def _runner(coro: Any) -> Any:
         except (ControlError, OSError, ValueError, aiomqtt.MqttError) as exc:
             print(f"roomctl: {exc}", file=sys.stderr)
             return 2
+
     return run
 
 
