@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ ROOMAGENT = str(VENV / "bin/roomagent")
 ROOMCTL = str(VENV / "bin/roomctl")
 SELFTEST_KEYS = Path("/usr/lib/roomagent-selftest/keys")
 RECORDING = Path("/var/lib/roomagent/selftest-record.mkv")
+# The tools read the cameras from the agent's own config (without it: one simulated camera).
+HAL = [ROOMAGENT, "hal", "--config", "/etc/roomagent/agent.toml"]
 
 
 @functools.cache
@@ -37,8 +40,13 @@ def _has(tool: str, *words: str) -> bool:
     return re.search(pattern, _help(tool, *words[:-1]), re.M) is not None
 
 
+@functools.cache
+def _hal_list() -> subprocess.CompletedProcess[str]:
+    return sandboxed([*HAL, "list", "--json"], timeout=240)
+
+
 def _v4l2_device_id() -> str | None:
-    proc = sandboxed([ROOMAGENT, "hal", "list", "--json"], timeout=180)
+    proc = _hal_list()
     if proc.returncode != 0:
         return None
     devices: Any = json.loads(proc.stdout)
@@ -55,7 +63,7 @@ def check_hal_list() -> None:
     if not _has(ROOMAGENT, "hal", "list"):
         report("hal_list", None, "roomagent hal list: not in this build")
         return
-    proc = sandboxed([ROOMAGENT, "hal", "list", "--json"], timeout=180)
+    proc = _hal_list()
     found = proc.returncode == 0 and ("/dev/video0" in proc.stdout or "vivid" in proc.stdout)
     report("hal_list", found, f"exit {proc.returncode}\n{proc.stdout[-1500:]}\n{proc.stderr[-1000:]}")
 
@@ -67,7 +75,7 @@ def check_hal_record() -> None:
     device = _v4l2_device_id() or "/dev/video0"
     RECORDING.unlink(missing_ok=True)
     t0 = time.monotonic()
-    argv = [ROOMAGENT, "hal", "record", device, "--seconds", "3", "--codec", "libx264", str(RECORDING)]
+    argv = [*HAL, "record", device, "--seconds", "3", "--codec", "libx264", str(RECORDING)]
     proc = sandboxed(argv, timeout=300)
     probe = run(
         [str(VENV / "bin/python"), "-c",
@@ -88,12 +96,12 @@ def check_hal_control() -> None:
     device = _v4l2_device_id() or "/dev/video0"
     before = run(["v4l2-ctl", "-d", "/dev/video0", "--get-ctrl=brightness"]).stdout.strip()
     target = "200" if not before.endswith(" 200") else "100"
-    set_proc = sandboxed([ROOMAGENT, "hal", "control", device, "brightness", target], timeout=180)
-    get_proc = sandboxed([ROOMAGENT, "hal", "control", device, "brightness"], timeout=180)
+    set_proc = sandboxed([*HAL, "control", device, "brightness", target], timeout=180)
+    get_proc = sandboxed([*HAL, "control", device, "brightness"], timeout=180)
     # An independent reader (v4l2-ctl, VIDIOC_G_CTRL) confirms the driver really holds the value.
     after = run(["v4l2-ctl", "-d", "/dev/video0", "--get-ctrl=brightness"]).stdout.strip()
     ok = set_proc.returncode == 0 and get_proc.returncode == 0 and after == f"brightness: {target}"
-    ok = ok and target in get_proc.stdout
+    ok = ok and f"brightness={target}" in get_proc.stdout
     report("hal_control", ok,
            f"v4l2-ctl before {before!r} after {after!r}; set exit {set_proc.returncode}, get exit "
            f"{get_proc.returncode}: {get_proc.stdout[-300:]} {set_proc.stderr[-600:]} "
