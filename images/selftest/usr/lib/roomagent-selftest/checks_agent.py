@@ -66,13 +66,18 @@ def check_hal_list() -> None:
     proc = _hal_list()
     found = proc.returncode == 0 and ("/dev/video0" in proc.stdout or "vivid" in proc.stdout)
     report("hal_list", found, f"exit {proc.returncode}\n{proc.stdout[-1500:]}\n{proc.stderr[-1000:]}")
+    if not found:
+        # Diagnosis: which encoder (the list probes them all) brings the process down?
+        probe = "/usr/lib/roomagent-selftest/codec_probe.py"
+        diag = sandboxed([str(VENV / "bin/python"), probe], timeout=300)
+        report("codec_probe", None, f"exit {diag.returncode}\n{diag.stdout[-1500:]}\n{diag.stderr[-1000:]}")
 
 
 def check_hal_record() -> None:
     if not _has(ROOMAGENT, "hal", "record"):
         report("hal_record", None, "roomagent hal record: not in this build")
         return
-    device = _v4l2_device_id() or "/dev/video0"
+    device = _v4l2_device_id() or "cam0"  # the id in agent.toml
     RECORDING.unlink(missing_ok=True)
     t0 = time.monotonic()
     argv = [*HAL, "record", device, "--seconds", "3", "--codec", "libx264", str(RECORDING)]
@@ -93,7 +98,7 @@ def check_hal_control() -> None:
     if not _has(ROOMAGENT, "hal", "control"):
         report("hal_control", None, "roomagent hal control: not in this build")
         return
-    device = _v4l2_device_id() or "/dev/video0"
+    device = _v4l2_device_id() or "cam0"  # the id in agent.toml
     before = run(["v4l2-ctl", "-d", "/dev/video0", "--get-ctrl=brightness"]).stdout.strip()
     target = "200" if not before.endswith(" 200") else "100"
     set_proc = sandboxed([*HAL, "control", device, "brightness", target], timeout=180)

@@ -98,7 +98,9 @@ def sandboxed(
     argv: list[str], *, timeout: float = 300, mdwe: bool | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as a transient service with roomagent.service's user and sandbox."""
-    cmd = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", *sandbox_properties(mdwe=mdwe), *argv]
+    # Not --quiet: on failure systemd-run says how the process ended (e.g. status=4/ILL).
+    cmd = ["systemd-run", "--wait", "--pipe", "--collect", "--setenv=PYTHONFAULTHANDLER=1",
+           *sandbox_properties(mdwe=mdwe), *argv]  # fmt: skip
     return run(cmd, timeout=timeout)
 
 
