@@ -28,6 +28,10 @@ IMAGES = Path(__file__).resolve().parent
 OUT = Path(os.environ.get("IMAGE_OUT", IMAGES / "out"))
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 PROBE_MARKER = "ROOMAGENT-PROBE-OK"
+# Not qemu64: that is x86-64-v1, and numpy (>= 2.4, a HAL dependency) is built for x86-64-v2
+# (SSE4.2, POPCNT): under qemu64 `roomagent hal list` dies with SIGILL. Nehalem is the oldest QEMU model
+# with x86-64-v2, the least any room PC of the last decade offers, and cheap to emulate (no AVX).
+TCG_CPU = os.environ.get("IMAGE_TCG_CPU", "Nehalem")
 # The unpacked kernel boots through its PVH entry without decompressing itself (faster under TCG).
 KERNEL = OUT / "vmlinux"
 
@@ -51,7 +55,7 @@ def qemu_argv(
     argv += (
         ["-accel", "kvm", "-cpu", "host"]
         if accel == "kvm"
-        else ["-accel", "tcg", "-cpu", os.environ.get("IMAGE_TCG_CPU", "qemu64")]
+        else ["-accel", "tcg", "-cpu", TCG_CPU]
     )
     if results is not None:
         argv += ["-serial", f"file:{results}"]
