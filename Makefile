@@ -62,5 +62,9 @@ image-test: image
 	$(BIN)/python images/boot_test.py
 	IMAGE_ROOTFS=$(CURDIR)/images/out/rootfs $(BIN)/python -m pytest -q -m image tests/test_systemd_units.py
 
+# Two simulated rooms exchanging E2EE video over loopback (docs/media.md); Ctrl-C or ARGS="--seconds 20".
+demo: $(STAMP)
+	$(BIN)/roomagent demo $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info images/out

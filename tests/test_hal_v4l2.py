@@ -281,3 +281,67 @@ def test_capture_modes_are_enumerated(kernel: tuple[_FakeKernel, Path]) -> None:
     assert FrameMode("yuyv422", 1280, 720, 30.0) in modes
     assert FrameMode("mjpeg", 640, 480, 30.0) in modes
     assert len(modes) == 4
+
+
+# --- the capture thread: bounded, drop-oldest, typed errors ------------------------------------------
+
+
+async def _wait_until(predicate: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_slow_consumer_gets_the_newest_frames_then_the_unplug() -> None:
+    from hal.v4l2.reader import FrameReader
+
+    def unplugged_after_ten() -> Any:
+        yield from range(10)
+        raise OSError(errno.ENODEV, "No such device")
+
+    reader = FrameReader(unplugged_after_ten(), "cam", depth=2)
+    reader.start()
+    await _wait_until(lambda: not reader.running)
+    assert reader.dropped == 8
+    assert [(await reader.get())[0] for _ in range(2)] == [8, 9]  # the newest two, oldest first
+    with pytest.raises(DeviceGoneError):
+        await reader.get()
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [(OSError(errno.EIO, "I/O error"), DeviceIOError), (OSError(errno.EBUSY, "busy"), DeviceBusyError)],
+)
+async def test_capture_errors_are_typed(failure: OSError, error: type[Exception]) -> None:
+    from hal.v4l2.reader import FrameReader
+
+    def failing() -> Any:
+        yield "frame"
+        raise failure
+
+    reader = FrameReader(failing(), "cam", depth=4)
+    reader.start()
+    assert (await asyncio.wait_for(reader.get(), 2))[0] == "frame"
+    with pytest.raises(error):
+        await asyncio.wait_for(reader.get(), 2)
+
+
+async def test_a_wedged_driver_is_reported_not_waited_for_forever() -> None:
+    import threading
+
+    from hal.v4l2.reader import FrameReader
+
+    release = threading.Event()
+
+    def wedged() -> Any:
+        yield "frame"
+        release.wait(5)  # a read stuck in the driver
+
+    reader = FrameReader(wedged(), "cam")
+    reader.start()
+    await asyncio.wait_for(reader.get(), 2)
+    assert reader.stop(0.1) is False
+    release.set()
+    assert reader.stop(2) is True

@@ -43,8 +43,10 @@ from agent.logs import configure_logging
 # Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
 # "offline", then the state reporter, which flushes the final state).
 SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("agent.privacy.service", "early"),  # issue 6: the apply target control uses (policy, config)
     ("agent.control.service", "services"),  # issue 5: MQTT control link
     ("agent.media.service", "services"),  # issue 7: one pipeline per camera
+    ("agent.privacy.service", "services"),  # issue 6: key expiry, shutter when idle, telemetry filter
 )
 
 # systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.
@@ -181,7 +183,9 @@ async def serve(
             deadline.arm()  # bounds what is left: asyncio.run() waits for executor threads
 
 
-def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
+def run(
+    config: AgentConfig, *, source: str = "built-in defaults", fault_steps: tuple[object, ...] = ()
+) -> int:
     """``roomagent run`` after the config was validated: returns the process exit code."""
     runtime = build_runtime(config)
     runtime.logger.info(
@@ -193,6 +197,10 @@ def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
     )
     try:
         services = build_services(runtime)
+        if fault_steps:
+            from agent.daemon.faults import SimFaultScript
+
+            services.append(SimFaultScript(runtime, fault_steps))
     except Exception as exc:  # a sub-system that cannot even be built (bad lab key file, sink, ...)
         runtime.logger.critical("service_build_failed", error=type(exc).__name__, exc_info=exc)
         return EXIT_GAVE_UP

@@ -12,9 +12,8 @@ from __future__ import annotations
 __all__ = ["V4l2Camera"]
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -23,7 +22,7 @@ import av
 import av.error
 import structlog
 
-from hal.errors import DeviceGoneError, DeviceIOError, HalError, UnsupportedError
+from hal.errors import DeviceIOError, HalError, UnsupportedError
 from hal.presets import PresetStore
 from hal.types import (
     CameraCapabilities,
@@ -35,6 +34,7 @@ from hal.types import (
     PtzPosition,
 )
 from hal.v4l2.controls import V4l2Controls, translate_oserror
+from hal.v4l2.reader import FrameReader
 
 log = structlog.get_logger()
 
@@ -61,9 +61,7 @@ class V4l2Camera:
         self.controls = V4l2Controls(spec.device, spec.id)
         self._presets = PresetStore(spec.id, presets_dir)
         self._container: Any = None
-        # Held while a worker thread reads from the container: closing it under a read would free
-        # FFmpeg state that the read still uses.
-        self._reading = threading.Lock()
+        self._reader: FrameReader | None = None
         self._seq = 0
         self._shutter = False
         self._indicator = IndicatorState.OFF
@@ -98,25 +96,28 @@ class V4l2Camera:
             height=stream.codec_context.height,
             pixel_format=stream.codec_context.pix_fmt,
         )
+        self._reader = FrameReader(self._container.decode(video=0), self._spec.id)
+        self._reader.start()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         container, self._container = self._container, None
+        reader, self._reader = self._reader, None
         if container is not None:
-            await asyncio.to_thread(self._close_container, container)
+            await asyncio.to_thread(self._close, container, reader)
         self._indicator = IndicatorState.OFF
 
-    def _close_container(self, container: Any) -> None:
-        if self._reading.acquire(timeout=_CLOSE_WAIT_S):
-            try:
-                container.close()
-            finally:
-                self._reading.release()
+    def _close(self, container: Any, reader: FrameReader | None) -> None:
+        # Closing the demuxer under the reader thread would free FFmpeg state it still uses.
+        if reader is None or reader.stop(_CLOSE_WAIT_S):
+            container.close()
         else:
             # A read is stuck in the driver (a wedged camera): leaking the handle beats a crash.
             log.warning("camera_close_abandoned", camera=self._spec.id, waited_s=_CLOSE_WAIT_S)
+        if reader is not None and reader.dropped:
+            log.info("capture_frames_dropped", camera=self._spec.id, dropped=reader.dropped)
 
     def capabilities(self) -> CameraCapabilities:
         controls: tuple[Any, ...] = ()
@@ -141,30 +142,16 @@ class V4l2Camera:
         )
 
     # --- capture --------------------------------------------------------------------------------
-    def _decode_iter(self) -> Iterator[Any]:
-        container = self._container
-        if container is None:
-            raise UnsupportedError("camera is not open (use `async with`)", device=self._spec.id)
-        yield from container.decode(video=0)
-
-    def _next_frame(self, it: Iterator[Any]) -> Any:
-        try:
-            with self._reading:
-                if self._container is None:
-                    raise DeviceGoneError("camera closed", device=self._spec.id)
-                return next(it)
-        except StopIteration:
-            raise DeviceGoneError("capture stream ended", device=self._spec.id) from None
-        except av.error.FFmpegError as exc:
-            raise _av_error(exc, self._spec.id, "capture") from exc
-        except OSError as exc:
-            raise translate_oserror(exc, self._spec.id, "capture") from exc
-
     async def frames(self) -> AsyncIterator[Frame]:
-        it = self._decode_iter()
+        """Frames as the driver delivers them (the newest kept when the consumer is slower).
+
+        Raises DeviceGoneError when the camera is unplugged, other HalErrors on capture failures.
+        """
+        reader = self._reader
+        if reader is None:
+            raise UnsupportedError("camera is not open (use `async with`)", device=self._spec.id)
         while True:
-            image = await asyncio.to_thread(self._next_frame, it)
-            capture_ns = time.time_ns()
+            image, capture_ns = await reader.get()
             if self._shutter:
                 image = _black_like(image)
             seq, self._seq = self._seq, self._seq + 1
