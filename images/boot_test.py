@@ -43,7 +43,7 @@ REQUIRED = [
 ]  # fmt: skip
 # Checks of features other sub-systems build: they report ok=null ("not in this build") when the
 # feature is not installed, which fails the test unless IMAGE_TEST_REQUIRE_ALL=0 (a partial build).
-FEATURES = ["hal_list", "hal_record", "hal_control", "config_push", "agent_after_checks"]
+FEATURES = ["hal_list", "hal_record", "hal_control", "media_e2ee", "config_push", "agent_after_checks"]
 
 
 def qemu_argv(
@@ -52,11 +52,7 @@ def qemu_argv(
     argv = [QEMU, "-machine", "q35", "-m", "2048", "-smp", str(smp), "-no-reboot", "-display", "none",
             "-monitor", "none", "-nic", "none", "-kernel", str(KERNEL), "-initrd",
             str(OUT / "initrd.img"), "-append", append, "-serial", f"file:{console}"]  # fmt: skip
-    argv += (
-        ["-accel", "kvm", "-cpu", "host"]
-        if accel == "kvm"
-        else ["-accel", "tcg", "-cpu", TCG_CPU]
-    )
+    argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", TCG_CPU]
     if results is not None:
         argv += ["-serial", f"file:{results}"]
     if disk is not None:
@@ -181,6 +177,7 @@ def main() -> int:
         "watchdog_fired_s": seen.get("watchdog", {}).get("watchdog_fired_s"),
         "watchdog_restart_s": seen.get("watchdog", {}).get("restart_s"),
         "sigterm_stop_s": seen.get("sigterm", {}).get("stop_s"),
+        "media_receiver": seen.get("media_e2ee", {}).get("receiver"),
         "exposure_in_guest": seen.get("security_online", {}).get("exposure"),
         "mdwe": seen.get("mdwe_verdict", {}).get("detail"),
         "checks": {k: v.get("ok") for k, v in seen.items()},

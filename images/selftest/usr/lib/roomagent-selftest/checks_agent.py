@@ -172,6 +172,26 @@ def _applied(kind: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def check_media_e2ee() -> None:
+    """The agent's own pipeline (vivid -> libx264 -> SFrame -> RTP) as a receiver sees it."""
+    lab_key = Path("/etc/roomagent/lab.json")
+    if not (_has(ROOMAGENT, "receive") and lab_key.exists()):
+        report("media_e2ee", None, "roomagent receive or the self-test lab key: not in this build")
+        return
+    argv = [ROOMAGENT, "receive", "--listen", "127.0.0.1:5004", "--key-file", str(lab_key), "--seconds", "10",
+            "--json"]  # fmt: skip
+    proc = sandboxed(argv, timeout=180)
+    try:
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        figures = {}
+    ok = (
+        proc.returncode == 0 and figures.get("frames_decoded", 0) > 0 and figures.get("decrypt_failures") == 0
+    )
+    report("media_e2ee", ok, f"exit {proc.returncode}: {json.dumps(figures)}\n{proc.stderr[-1200:]}",
+           receiver=figures)  # fmt: skip
+
+
 def check_agent_still_up() -> None:
     s = show("ActiveState", "SubState", "NRestarts", "StatusText")
     report("agent_after_checks", s["ActiveState"] == "active", f"{s}")
@@ -180,4 +200,4 @@ def check_agent_still_up() -> None:
 # Run with the agent stopped (they open the camera themselves).
 CAMERA_CHECKS: list[Callable[[], None]] = [check_hal_list, check_hal_record, check_hal_control]
 # Run with the agent up again.
-AGENT_CHECKS: list[Callable[[], None]] = [check_config_push, check_agent_still_up]
+AGENT_CHECKS: list[Callable[[], None]] = [check_media_e2ee, check_config_push, check_agent_still_up]
