@@ -40,3 +40,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+
+# Fuzzing (issue 9): each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
+# missing); corpora accumulate in FUZZ_DIR between runs. Fails on the first target that crashes.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= $(CURDIR)/.fuzz
+fuzz: $(STAMP)
+	@set -e; for t in fuzz/fuzz_*.py; do \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	  ROOMAGENT_FUZZ_DIR=$(FUZZ_DIR) $(BIN)/python $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+	    -print_final_stats=1 2>$(FUZZ_DIR).log || { rc=$$?; tail -40 $(FUZZ_DIR).log; \
+	    [ $$rc = 77 ] && continue; exit $$rc; }; \
+	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \
+	done
