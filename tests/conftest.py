@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+
+from tests.broker import DEFAULT_ACL, Broker, TlsBroker
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -37,3 +39,56 @@ def agent_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# --- Real Mosquitto brokers (issue 5; used by control, privacy, media and reliability tests) ---------
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real Mosquitto on a free loopback port (plain MQTT, anonymous), stopped after the test.
+
+    ``.host``, ``.port``, ``.url`` (``mqtt://127.0.0.1:PORT``), ``.stop()``, ``.start()`` (restart on
+    the same port with persisted sessions and retained messages), ``.kill()``.
+    """
+    broker = Broker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    """A real Mosquitto with a TLS listener requiring client certificates and an ACL file.
+
+    Certificate CN = MQTT username (``use_identity_as_username``); the ACL (``tests.broker.DEFAULT_ACL``)
+    confines each device to ``roomagent/v1/devices/%u/...``; CN ``plane`` may do everything.
+    ``.client(client_id)`` returns a ``TlsClient`` with ``.ca``, ``.cert``, ``.key`` paths;
+    ``.url`` is ``mqtts://127.0.0.1:PORT``.
+    """
+    broker = TlsBroker(tmp_path_factory.mktemp("mosquitto-tls"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_tls_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TlsBroker]]:
+    """Make TLS brokers with a custom ACL text: ``mosquitto_tls_factory(acl="...")``."""
+    made: list[TlsBroker] = []
+
+    def make(acl: str = DEFAULT_ACL) -> TlsBroker:
+        broker = TlsBroker(tmp_path_factory.mktemp("mosquitto-tls"), acl=acl)
+        broker.start()
+        made.append(broker)
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in made:
+            broker.stop()

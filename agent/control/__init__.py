@@ -1,0 +1,1 @@
+"""The control plane on the device: signed documents over MQTT, trust root, apply, acks, audit."""
