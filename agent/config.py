@@ -99,6 +99,7 @@ class TrustSection(_Strict):
 
 class StateSection(_Strict):
     dir: FilePath | None = None
+    report_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
 class LogSection(_Strict):

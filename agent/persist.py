@@ -11,6 +11,7 @@ __all__ = ["atomic_write_bytes", "atomic_write_json", "read_json"]
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """
     path = Path(path)
     directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    # pid and thread id: concurrent writers (threads of one process too) never share a temp file.
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

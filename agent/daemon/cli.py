@@ -1,0 +1,60 @@
+"""``roomagent run [--config PATH]``: the device daemon.
+
+Only argument parsing lives here; the daemon is imported when ``run`` is chosen, so other sub-commands
+start fast.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_CONFIG_NAME", "register"]
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from agent.config import load_config
+from agent.errors import ConfigError, StateError
+
+DEFAULT_CONFIG_NAME = "agent.toml"
+
+EXIT_CONFIG = 2
+
+
+def _default_config_path() -> Path | None:
+    """``$CONFIGURATION_DIRECTORY/agent.toml`` when systemd's ConfigurationDirectory= provides one."""
+    conf_dir = os.environ.get("CONFIGURATION_DIRECTORY")
+    if conf_dir:
+        candidate = Path(conf_dir.split(":")[0]) / DEFAULT_CONFIG_NAME
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    path: Path | None = args.config if args.config is not None else _default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        # Refuse before starting anything: same output as check-config, one line per offending key.
+        for issue in exc.issues:
+            print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
+        return EXIT_CONFIG
+    from agent.daemon.main import run  # lazy: keeps other sub-commands fast
+
+    try:
+        return run(config)
+    except StateError as exc:
+        print(f"state: {exc.path}: {exc.reason}", file=sys.stderr)
+        return 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run`` to the ``roomagent`` command."""
+    p = sub.add_parser(
+        "run",
+        help="run the device agent (systemd Type=notify service)",
+        description="Run the agent. Without --config: built-in defaults (simulated HAL, offline).",
+    )
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help="TOML config file")
+    p.set_defaults(func=_run)

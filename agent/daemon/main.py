@@ -1,0 +1,153 @@
+"""Wiring of ``roomagent run``: runtime, services, signals, supervisor.
+
+Other sub-systems plug their services in at ONE place: :data:`SERVICE_PROVIDERS` below lists
+``(module, function)`` pairs; each function takes the :class:`~agent.daemon.runtime.Runtime` and returns a
+list of services (``[]`` when it has nothing to run, e.g. media disabled). A provider module that is not
+there yet is skipped, so branches land independently.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SERVICE_PROVIDERS", "build_runtime", "build_services", "prepare_state_dir", "run"]
+
+import asyncio
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.daemon.runtime import Runtime
+from agent.daemon.sdnotify import Notifier, watchdog_interval
+from agent.daemon.service import Service
+from agent.daemon.state import StateReporter
+from agent.daemon.supervisor import EXIT_GAVE_UP, Supervisor
+from agent.errors import StateError
+from agent.logs import configure_logging
+
+# Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
+# "offline", then the state reporter, which flushes the final state).
+SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("agent.control.service", "services"),  # issue 5: MQTT control link
+    ("agent.media.service", "services"),  # issue 7: one pipeline per camera
+)
+
+# systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.
+STOP_DEADLINE_S = 5.0
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create the state directory (mode 0700: only the agent reads its state) and return it.
+
+    Raises:
+        StateError: it cannot be created or is not a directory.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise StateError(str(path), "not a directory")
+        # mkdir's mode is filtered by the umask and ignored for an existing directory: enforce it.
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as exc:
+        raise StateError(str(path), f"cannot create state directory: {exc.strerror or exc}") from exc
+    return path
+
+
+def build_runtime(config: AgentConfig) -> Runtime:
+    """Configure logging (device id bound), create the state directory, return the runtime.
+
+    Raises:
+        StateError: the state directory cannot be created.
+    """
+    configure_logging(config.log.level, config.log.format)
+    structlog.contextvars.bind_contextvars(device=config.device.id)
+    state_dir = prepare_state_dir(config.state_dir())
+    return Runtime(config, state_dir)
+
+
+def _import_optional(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only "that sub-system is not there": a missing dependency inside it is a real error.
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+def build_services(runtime: Runtime) -> list[Service]:
+    """The services of this agent, in start order: the state reporter, then each provider's."""
+    services: list[Service] = [StateReporter(runtime)]
+    for module_name, function_name in SERVICE_PROVIDERS:
+        module = _import_optional(module_name)
+        if module is None:
+            runtime.logger.debug("service_provider_absent", module=module_name)
+            continue
+        provider = cast(Callable[[Runtime], list[Service]], getattr(module, function_name))
+        services.extend(provider(runtime))
+    return services
+
+
+def _hard_exit(log: Any) -> None:
+    log.critical("stop_deadline_exceeded", deadline_s=STOP_DEADLINE_S)
+    sys.stdout.flush()
+    os._exit(EXIT_GAVE_UP)
+
+
+async def serve(
+    runtime: Runtime, services: list[Service], *, environ: Mapping[str, str] | None = None
+) -> int:
+    """Run the supervisor with signal handling and systemd notification; returns the exit code."""
+    env = os.environ if environ is None else environ
+    notifier = Notifier(env)
+    loop = asyncio.get_running_loop()
+    log = runtime.logger
+    deadline: list[threading.Timer] = []
+
+    def on_signal(signame: str) -> None:
+        if deadline:
+            log.warning("second_stop_signal", signal=signame)
+            return
+        # A thread timer fires even if a misbehaving service blocks the event loop.
+        timer = threading.Timer(STOP_DEADLINE_S, _hard_exit, args=(log,))
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
+        runtime.request_stop(signame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    supervisor = Supervisor(runtime, services, notifier=notifier, watchdog_interval=watchdog_interval(env))
+    try:
+        return await supervisor.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for timer in deadline:
+            timer.cancel()
+        notifier.close()
+
+
+def run(config: AgentConfig) -> int:
+    """``roomagent run`` after the config was validated: returns the process exit code."""
+    runtime = build_runtime(config)
+    runtime.logger.info(
+        "agent_starting",
+        state_dir=str(runtime.state_dir),
+        hal=config.hal.backend,
+        mqtt="configured" if config.mqtt.url else "offline",
+    )
+    services = build_services(runtime)
+    try:
+        return asyncio.run(serve(runtime, services))
+    except Exception as exc:  # a bug in the daemon itself (not a service): exit non-zero, loudly
+        runtime.logger.critical("agent_crashed", error=type(exc).__name__, exc_info=exc)
+        return EXIT_GAVE_UP
