@@ -1,0 +1,474 @@
+"""``roomctl fleet-sim``: N rooms' control planes against one broker, one signed group push, ack times.
+
+Each simulated room is the agent's own stack, not a model of it: an :class:`~agent.config.AgentConfig`
+(sim HAL, media off, its own state directory), a :class:`~agent.daemon.runtime.Runtime`, the services
+``roomagent run`` builds (:func:`agent.daemon.main.build_services`: the state reporter and the control
+link from ``agent.control.service``) under a real :class:`~agent.daemon.supervisor.Supervisor`. All N run
+in one process and one event loop against one MQTT broker.
+
+The measurement is the management plane's view, through the wire contract only (DESIGN.md):
+
+1. set up a trust root (root and fleet Ed25519 keys) and write the root envelope every room trusts;
+2. start the rooms (paced at ``--connect-rate`` per second) and wait until each has published its
+   retained state with ``online: true``;
+3. publish ONE signed policy (fleet-signed, tightening) to ``{p}/groups/{g}/desired/policy``, retained,
+   QoS 1, and take the time;
+4. collect each room's ack on ``{p}/devices/+/ack`` (payload in the device-signed DSSE envelope) and
+   record, per room, the time from the publish to its ``applied`` ack.
+
+``--json`` prints ``rooms``, ``acked``, ``p50_ms``, ``p99_ms``, ``all_acked_s`` (null when some room never
+acked within ``--timeout``) and extra detail (connect time, rejections by reason, broker).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FleetKeys", "FleetSimError", "FleetSimResult", "percentile", "register", "run_fleet_sim"]
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import resource
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.errors import AgentError
+
+_PAYLOAD_TYPE = "application/vnd.roomagent.{kind}+json"
+
+
+class FleetSimError(AgentError):
+    """The simulation could not run (no broker, control plane not built, too few file descriptors)."""
+
+
+# -- signing (DESIGN.md "Signed documents": TUF key dicts, DSSE envelopes) ----------------------------
+
+
+def _key_dict(private: Ed25519PrivateKey) -> dict[str, Any]:
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    return {"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": public}}
+
+
+def _keyid(key: dict[str, Any]) -> str:
+    # Key id = hex sha256 of the key dict as canonical JSON (sorted keys, no whitespace), as TUF does.
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _pae(payload_type: str, payload: bytes) -> bytes:
+    # DSSE v1 pre-authentication encoding: "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body.
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    """The simulated management plane's keys: one root key and one fleet key (threshold 1 each)."""
+
+    root: Ed25519PrivateKey
+    fleet: Ed25519PrivateKey
+    customer: Ed25519PrivateKey
+    legal: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> FleetKeys:
+        return cls(*(Ed25519PrivateKey.generate() for _ in range(4)))
+
+    def sign(self, kind: str, payload: dict[str, Any], *signers: Ed25519PrivateKey) -> bytes:
+        """A DSSE envelope of ``payload`` signed by ``signers`` (each with its TUF key id)."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        payload_type = _PAYLOAD_TYPE.format(kind=kind)
+        pae = _pae(payload_type, body)
+        envelope = {
+            "payload": base64.b64encode(body).decode(),
+            "payloadType": payload_type,
+            "signatures": [
+                {"keyid": _keyid(_key_dict(k)), "sig": base64.b64encode(k.sign(pae)).decode()}
+                for k in signers
+            ],
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def root_envelope(self, *, version: int = 1, now: datetime | None = None) -> bytes:
+        """Root ``version`` naming the four roles, self-signed by the root key (trust on first boot)."""
+        now = now or datetime.now(UTC)
+        roles = {"root": self.root, "fleet": self.fleet, "customer": self.customer, "legal": self.legal}
+        keys = {_keyid(_key_dict(k)): _key_dict(k) for k in roles.values()}
+        payload = {
+            "kind": "root",
+            "version": version,
+            "issued_at": _utc(now - timedelta(minutes=1)),
+            "expires": _utc(now + timedelta(days=365)),
+            "body": {
+                "keys": keys,
+                "roles": {
+                    name: {"keyids": [_keyid(_key_dict(k))], "threshold": 1} for name, k in roles.items()
+                },
+            },
+        }
+        return self.sign("root", payload, self.root)
+
+    def policy_envelope(self, *, version: int, group: str, now: datetime | None = None) -> bytes:
+        """A fleet-signed policy for ``group`` that tightens the first-boot default (remote PTZ off)."""
+        from agent.privacy.policy import DEFAULT_POLICY  # light, but only the push needs it
+
+        now = now or datetime.now(UTC)
+        body = DEFAULT_POLICY.model_copy(
+            update={"camera": DEFAULT_POLICY.camera.model_copy(update={"remote_ptz": False})}
+        ).model_dump(mode="json")
+        payload = {
+            "kind": "policy",
+            "version": version,
+            "issued_at": _utc(now - timedelta(seconds=5)),
+            "expires": _utc(now + timedelta(days=30)),
+            "targets": {"devices": [], "groups": [group]},
+            "body": body,
+        }
+        return self.sign("policy", payload, self.fleet)
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSimResult:
+    """What one push measured. Times are from the publish of the group policy."""
+
+    rooms: int
+    acked: int
+    ack_ms: tuple[float, ...]
+    all_acked_s: float | None
+    connect_s: float
+    rejected: dict[str, int]
+    broker: str
+    version: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rooms": self.rooms,
+            "acked": self.acked,
+            "p50_ms": round(percentile(list(self.ack_ms), 50), 1) if self.ack_ms else None,
+            "p99_ms": round(percentile(list(self.ack_ms), 99), 1) if self.ack_ms else None,
+            "max_ms": round(max(self.ack_ms), 1) if self.ack_ms else None,
+            "all_acked_s": None if self.all_acked_s is None else round(self.all_acked_s, 3),
+            "connect_s": round(self.connect_s, 3),
+            "rejected": self.rejected,
+            "policy_version": self.version,
+            "broker": self.broker,
+            **self.extra,
+        }
+
+
+# -- the simulation -----------------------------------------------------------------------------------
+
+
+def _raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
+        raise FleetSimError(f"need {needed} file descriptors, the hard limit is {hard}: raise ulimit -n")
+
+
+def _room_config(
+    workdir: Path, index: int, *, broker_url: str, group: str, root_path: Path, prefix: str
+) -> Any:
+    from agent.config import parse_config
+
+    return parse_config(
+        {
+            "device": {"id": f"sim-{index:05d}", "groups": [group]},
+            "mqtt": {"url": broker_url, "prefix": prefix},
+            "trust": {"root": str(root_path)},
+            "state": {"dir": str(workdir / f"sim-{index:05d}"), "report_interval_s": 60.0},
+            "log": {"level": "warning"},
+            "hal": {"backend": "sim", "cameras": [{"id": "cam0", "width": 320, "height": 240, "fps": 5}]},
+            "media": {"enabled": False},
+        },
+        source=f"fleet-sim room {index}",
+    )
+
+
+class _Observer:
+    """The management plane's view: retained states (who is online) and acks of the pushed version."""
+
+    def __init__(self, prefix: str, devices: set[str]) -> None:
+        self.prefix = prefix
+        self.devices = devices
+        self.online: set[str] = set()
+        self.acks: dict[str, tuple[float, str, str]] = {}  # device -> (monotonic, status, reason)
+        self.version: int | None = None
+        self.all_online = asyncio.Event()
+        self.all_acked = asyncio.Event()
+        self.malformed = 0
+
+    def handle(self, topic: str, payload: bytes, now: float) -> None:
+        parts = topic.split("/")
+        device = parts[-2] if len(parts) >= 2 else ""
+        if device not in self.devices:
+            return
+        if parts[-1] == "state":
+            try:
+                state = json.loads(payload) if payload else {}
+            except ValueError:
+                self.malformed += 1
+                return
+            if state.get("online") is True:
+                self.online.add(device)
+                if len(self.online) == len(self.devices):
+                    self.all_online.set()
+            return
+        if parts[-1] == "ack" and self.version is not None:
+            try:
+                envelope = json.loads(payload)
+                ack = json.loads(base64.b64decode(envelope["payload"]))
+            except (ValueError, KeyError, TypeError):
+                self.malformed += 1
+                return
+            if ack.get("doc_kind") != "policy" or ack.get("doc_version") != self.version:
+                return
+            if device not in self.acks:
+                self.acks[device] = (now, str(ack.get("status")), str(ack.get("reason")))
+                if len(self.acks) == len(self.devices):
+                    self.all_acked.set()
+
+
+async def run_fleet_sim(
+    rooms: int,
+    broker_url: str,
+    *,
+    timeout_s: float = 120.0,
+    connect_rate: float = 500.0,
+    prefix: str = "roomagent/v1",
+    workdir: Path | None = None,
+) -> FleetSimResult:
+    """Run the simulation (see the module docstring) and return what it measured.
+
+    Raises:
+        FleetSimError: the control plane is not built, the broker is unreachable, or rooms never came up.
+    """
+    try:
+        import aiomqtt
+
+        from agent.daemon.main import build_services
+        from agent.daemon.runtime import Runtime
+        from agent.daemon.supervisor import Supervisor
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while branches land
+        raise FleetSimError(f"fleet-sim needs the daemon and control plane: {exc}") from exc
+    if importlib_find("agent.control.service") is None:
+        raise FleetSimError("fleet-sim needs the control plane (agent.control.service), not built here")
+
+    _raise_nofile(2 * rooms + 256)
+    parts = urlsplit(broker_url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise FleetSimError("fleet-sim speaks plain mqtt://HOST:PORT on loopback")
+    keys = FleetKeys.generate()
+    group = f"fleetsim-{secrets.token_hex(4)}"
+    devices = {f"sim-{i:05d}" for i in range(rooms)}
+    observer = _Observer(prefix, devices)
+
+    with contextlib.ExitStack() as stack:
+        base = (
+            Path(workdir)
+            if workdir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-sim-")))
+        )
+        root_path = base / "root.json"
+        root_path.write_bytes(keys.root_envelope())
+        runtimes = [
+            Runtime(
+                _room_config(base, i, broker_url=broker_url, group=group, root_path=root_path, prefix=prefix),
+                base / f"sim-{i:05d}",
+            )
+            for i in range(rooms)
+        ]
+        for rt in runtimes:
+            rt.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+        async with aiomqtt.Client(
+            parts.hostname,
+            parts.port or 1883,
+            identifier=f"fleet-sim-plane-{group}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            max_queued_incoming_messages=10 * rooms + 1000,
+        ) as plane:
+            await plane.subscribe(f"{prefix}/devices/+/state", qos=1)
+            await plane.subscribe(f"{prefix}/devices/+/ack", qos=1)
+
+            async def listen() -> None:
+                async for message in plane.messages:
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    observer.handle(str(message.topic), payload, time.monotonic())
+
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(listen(), name="fleet-sim.plane.listen")
+                t_connect = time.monotonic()
+                supervisors = []
+                for i, rt in enumerate(runtimes):
+                    supervisors.append(
+                        tg.create_task(
+                            Supervisor(rt, build_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
+                        )
+                    )
+                    if connect_rate > 0 and i % 50 == 49:
+                        await asyncio.sleep(50 / connect_rate)
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await observer.all_online.wait()
+                except TimeoutError:
+                    raise FleetSimError(
+                        f"only {len(observer.online)} of {rooms} rooms came online within {timeout_s} s"
+                    ) from None
+                connect_s = time.monotonic() - t_connect
+
+                version = 1
+                envelope = keys.policy_envelope(version=version, group=group)
+                observer.version = version
+                t0 = time.monotonic()
+                await plane.publish(f"{prefix}/groups/{group}/desired/policy", envelope, qos=1, retain=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await observer.all_acked.wait()
+                # Clean the broker: the retained group document must not outlive the simulation.
+                await plane.publish(f"{prefix}/groups/{group}/desired/policy", b"", qos=1, retain=True)
+                for rt in runtimes:
+                    rt.request_stop("fleet-sim done")
+                exit_codes = await asyncio.gather(*supervisors)
+                listener.cancel()
+
+            for device in devices:  # retained states of the simulated rooms go too
+                await plane.publish(f"{prefix}/devices/{device}/state", b"", qos=1, retain=True)
+
+    applied = {d: t for d, (t, status, _) in observer.acks.items() if status == "applied"}
+    rejected = Counter(
+        f"{status}:{reason}" for (_, status, reason) in observer.acks.values() if status != "applied"
+    )
+    ack_ms = tuple((t - t0) * 1000 for t in applied.values())
+    all_acked_s = max(ack_ms) / 1000 if len(applied) == rooms else None
+    return FleetSimResult(
+        rooms=rooms,
+        acked=len(applied),
+        ack_ms=ack_ms,
+        all_acked_s=all_acked_s,
+        connect_s=connect_s,
+        rejected=dict(rejected),
+        broker=broker_url,
+        version=version,
+        extra={
+            "malformed_messages": observer.malformed,
+            "rooms_exit_nonzero": sum(1 for code in exit_codes if code != 0),
+        },
+    )
+
+
+def importlib_find(name: str) -> Any:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+
+def _main(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+
+    configure_logging("error", "json", stream=sys.stderr)
+    if args.rooms < 1:
+        print("fleet-sim: --rooms must be at least 1", file=sys.stderr)
+        return 2
+    broker = None
+    try:
+        url = args.broker
+        if url is None:
+            from agent.control.devbroker import Mosquitto
+
+            _raise_nofile(2 * args.rooms + 256)  # the broker inherits it
+            broker = Mosquitto(Path(tempfile.mkdtemp(prefix="fleet-sim-broker-")))
+            broker.start()
+            url = broker.url
+        result = asyncio.run(
+            run_fleet_sim(
+                args.rooms, url, timeout_s=args.timeout, connect_rate=args.connect_rate, prefix=args.prefix
+            )
+        )
+    except AgentError as exc:
+        print(f"fleet-sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if broker is not None:
+            broker.stop()
+    out = result.as_json()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"{out['acked']}/{out['rooms']} rooms applied policy v{out['policy_version']}: "
+            f"p50 {out['p50_ms']} ms, "
+            f"p99 {out['p99_ms']} ms, all acked in {out['all_acked_s']} s (connect {out['connect_s']} s)"
+        )
+        if out["rejected"]:
+            print(f"not applied: {out['rejected']}")
+    return 0 if result.acked == result.rooms else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``fleet-sim`` to ``roomctl``."""
+    p = sub.add_parser(
+        "fleet-sim",
+        help="run N rooms' control planes against one broker and time a signed group push",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--rooms", type=int, required=True, metavar="N", help="number of simulated rooms")
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        default=None,
+        help="mqtt://HOST:PORT (default: start a throw-away Mosquitto on loopback)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--timeout", type=float, default=180.0, metavar="S", help="give up waiting after S seconds"
+    )
+    p.add_argument(
+        "--connect-rate",
+        type=float,
+        default=500.0,
+        metavar="R",
+        help="rooms started per second (a real fleet reconnects with jitter, too)",
+    )
+    p.add_argument("--prefix", default="roomagent/v1", help="topic prefix")
+    p.set_defaults(func=_main)
