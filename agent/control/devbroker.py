@@ -51,8 +51,15 @@ class Mosquitto:
     retained messages.
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "",
-                 anonymous: bool = True, scheme: str = "mqtt") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_conf: str = "",
+        anonymous: bool = True,
+        scheme: str = "mqtt",
+    ) -> None:
         self.workdir = Path(workdir)
         self.host = "127.0.0.1"
         self.port = port if port is not None else free_port()
@@ -86,8 +93,7 @@ class Mosquitto:
             "autosave_interval 1\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            "max_queued_messages 10000\n"
-            + self._extra_conf
+            "max_queued_messages 10000\n" + self._extra_conf
         )
         self.conf_path.write_text(conf)
 
@@ -99,7 +105,9 @@ class Mosquitto:
         self._write_conf()
         self._proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -151,6 +159,7 @@ class Mosquitto:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -1,0 +1,205 @@
+"""The signed payload of every document, and the strict body model of each kind.
+
+Payload (DESIGN.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
+"body"}``; ``root`` documents carry no ``targets``. Body models are resolved through
+:func:`body_model`, which imports models owned by other packages lazily (``keys`` belongs to
+``agent.privacy.keys``) so that a missing one is an ``invalid_body`` rejection, not an import error.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "COMMANDS",
+    "DOCUMENT_KINDS",
+    "INTERVENTIONS",
+    "ROLES",
+    "ROUTINE_COMMANDS",
+    "AckBody",
+    "CommandBody",
+    "ConfigBody",
+    "LawfulOrder",
+    "RoleSpec",
+    "RootBody",
+    "Targets",
+    "body_model",
+    "payload_type",
+]
+
+import importlib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.config import CameraSpec, EncoderSection, LogSection, MediaSection
+from agent.control.keys import keyid_of, parse_public_key
+from agent.privacy.policy import PolicyBody
+
+DOCUMENT_KINDS = ("root", "policy", "config", "command", "keys")
+ROLES = ("root", "fleet", "customer", "legal")
+ROUTINE_COMMANDS = frozenset({"keyframe", "restart_pipeline", "ptz_preset", "ptz"})
+INTERVENTIONS = frozenset({"lock", "unlock", "deprovision"})
+COMMANDS = ROUTINE_COMMANDS | INTERVENTIONS | {"snapshot"}
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_KEYID = r"^[0-9a-f]{64}$"
+
+
+def payload_type(kind: str) -> str:
+    """``application/vnd.roomagent.<kind>+json``."""
+    return f"application/vnd.roomagent.{kind}+json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Targets(_Strict):
+    devices: list[Annotated[str, Field(pattern=_ID)]] = Field(default_factory=list)
+    groups: list[Annotated[str, Field(pattern=_ID)]] = Field(default_factory=list)
+
+
+class RoleSpec(_Strict):
+    keyids: Annotated[list[Annotated[str, Field(pattern=_KEYID)]], Field(min_length=1)]
+    threshold: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _reachable(self) -> RoleSpec:
+        if len(set(self.keyids)) != len(self.keyids):
+            raise ValueError("keyids must not repeat")
+        if self.threshold > len(self.keyids):
+            raise ValueError("threshold exceeds the number of keys: the role could never sign")
+        return self
+
+
+class RootBody(_Strict):
+    """TUF-style root: the keys, and for each role its key ids and threshold."""
+
+    keys: dict[Annotated[str, Field(pattern=_KEYID)], dict[str, Any]]
+    roles: dict[Literal["root", "fleet", "customer", "legal"], RoleSpec]
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, keys: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for keyid, key in keys.items():
+            parse_public_key(key)  # ValueError names the problem
+            if keyid_of(key) != keyid:
+                raise ValueError(f"key id {keyid[:12]}... is not the sha256 of its key")
+        return keys
+
+    @model_validator(mode="after")
+    def _complete(self) -> RootBody:
+        missing = [r for r in ROLES if r not in self.roles]
+        if missing:
+            raise ValueError(f"roles missing: {', '.join(missing)}")
+        for name, role in self.roles.items():
+            unknown = [k for k in role.keyids if k not in self.keys]
+            if unknown:
+                raise ValueError(f"role {name} names keys not in keys: {', '.join(k[:12] for k in unknown)}")
+        return self
+
+
+class ConfigBody(_Strict):
+    """Room configuration pushed by the fleet: each section replaces the local one when present."""
+
+    cameras: list[CameraSpec] | None = None
+    encoder: EncoderSection | None = None
+    media: MediaSection | None = None
+    log: LogSection | None = None
+
+
+class LawfulOrder(_Strict):
+    issuer: Annotated[str, Field(min_length=1, max_length=200)]
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    jurisdiction: Annotated[str, Field(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")]
+
+
+class _NoArgs(_Strict):
+    pass
+
+
+class _CameraArgs(_Strict):
+    camera: Annotated[str, Field(pattern=_ID)] | None = None
+
+
+class _PresetArgs(_CameraArgs):
+    preset: Annotated[str, Field(pattern=_ID)]
+
+
+class _PtzArgs(_CameraArgs):
+    pan: Annotated[float, Field(ge=-180, le=180)] | None = None
+    tilt: Annotated[float, Field(ge=-90, le=90)] | None = None
+    zoom: Annotated[float, Field(ge=1, le=100)] | None = None
+
+
+class _InterventionArgs(_Strict):
+    reason: Annotated[str, Field(max_length=500)] | None = None
+    lawful_order: LawfulOrder | None = None
+
+
+_ARGS: dict[str, type[BaseModel]] = {
+    "keyframe": _NoArgs,
+    "restart_pipeline": _NoArgs,
+    "ptz_preset": _PresetArgs,
+    "ptz": _PtzArgs,
+    "snapshot": _CameraArgs,
+    "lock": _InterventionArgs,
+    "unlock": _InterventionArgs,
+    "deprovision": _InterventionArgs,
+}
+
+
+class CommandBody(_Strict):
+    """``{"name", "args"}``; ``args`` is validated by the command's own strict model."""
+
+    name: Literal[
+        "keyframe", "restart_pipeline", "ptz_preset", "ptz", "snapshot", "lock", "unlock", "deprovision"
+    ]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_args(self) -> CommandBody:
+        _ARGS[self.name].model_validate(self.args, strict=False)
+        return self
+
+    def lawful_order(self) -> LawfulOrder | None:
+        raw = self.args.get("lawful_order")
+        return None if raw is None else LawfulOrder.model_validate(raw, strict=False)
+
+
+class AckBody(_Strict):
+    """The device's ack (DESIGN.md), as the plane reads it."""
+
+    kind: Literal["ack"]
+    device: str
+    doc_kind: str
+    doc_version: int | None
+    payload_sha256: str | None
+    status: Literal["applied", "rejected", "rolled_back", "superseded"]
+    reason: str | None
+    message: str
+    time: str
+
+
+_LAZY: dict[str, str] = {"keys": "agent.privacy.keys:KeysBody"}
+_MODELS: dict[str, type[BaseModel]] = {
+    "root": RootBody,
+    "policy": PolicyBody,
+    "config": ConfigBody,
+    "command": CommandBody,
+}
+
+
+def body_model(kind: str) -> type[BaseModel] | None:
+    """The strict body model of ``kind``; ``None`` when unknown or its owner's module is missing."""
+    model = _MODELS.get(kind)
+    if model is not None:
+        return model
+    target = _LAZY.get(kind)
+    if target is None:
+        return None
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    found = getattr(module, attr, None)
+    return found if isinstance(found, type) and issubclass(found, BaseModel) else None

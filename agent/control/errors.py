@@ -1,0 +1,62 @@
+"""Errors of the control plane, grouped by origin.
+
+``Rejected`` is bad data from the management plane (or an attacker): a document that fails a rule
+of DESIGN.md "Rules every document passes". Its ``reason`` is one of :data:`REASONS`, the code the
+device puts in its ack. ``KeyFileError`` and ``LinkError`` are local problems.
+"""
+
+from __future__ import annotations
+
+__all__ = ["REASONS", "ControlError", "KeyFileError", "LinkError", "Reason", "Rejected"]
+
+from typing import Literal, get_args
+
+from agent.errors import AgentError
+
+Reason = Literal[
+    "malformed",
+    "too_large",
+    "wrong_type",
+    "bad_signature",
+    "needs_customer",
+    "lawful_order_mismatch",
+    "rollback",
+    "version_gap",
+    "expired",
+    "not_yet_valid",
+    "not_for_this_device",
+    "invalid_body",
+    "locked",
+    "apply_failed",
+    "health_check_failed",
+    "superseded",
+]
+REASONS: tuple[str, ...] = get_args(Reason)
+
+
+class ControlError(AgentError):
+    """Root of the control plane's errors."""
+
+
+class Rejected(ControlError):
+    """A document was refused; ``reason`` is its ack reason code, ``message`` says why in words."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        if reason not in REASONS:  # pragma: no cover - programming error
+            raise ValueError(f"unknown reason code {reason!r}")
+        self.reason: Reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+class KeyFileError(ControlError):
+    """A key file cannot be read, decrypted or is of an unsupported type."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class LinkError(ControlError):
+    """The MQTT link cannot be set up (bad URL, missing TLS files)."""

@@ -1,0 +1,353 @@
+"""Pure verification of signed documents: bytes in, :class:`VerifiedDocument` or :class:`Rejected` out.
+
+No I/O, no clock reads: the caller passes the trusted root, the device's identity and state and
+``now``. The checks run cheapest first, following DESIGN.md "Rules every document passes" and the
+TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the same shape):
+
+1. size cap before parsing (TUF "endless data" attack)            -> ``too_large``
+2. strict DSSE envelope and strict JSON payload                   -> ``malformed``
+3. payloadType == topic kind == payload ``kind``                  -> ``wrong_type``
+4. signatures over DSSE PAE, each key id counted once, meeting a role threshold -> ``bad_signature``
+5. version strictly greater than the last of that kind (root: exactly N+1) -> ``rollback``/``version_gap``
+6. ``expires`` in the future, ``issued_at`` not beyond the clock skew (freeze)  -> ``expired``/``not_yet_valid``
+7. ``targets`` names this device or one of its groups              -> ``not_for_this_device``
+8. strict pydantic body                                           -> ``invalid_body``
+9. who may sign what (DESIGN.md table)                            -> ``needs_customer``/``lawful_order_mismatch``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Role",
+    "TrustedRoot",
+    "VerifiedDocument",
+    "VerifyContext",
+    "payload_sha256",
+    "required_roles",
+    "trusted_root_from_body",
+    "verify_document",
+    "verify_initial_root",
+]
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent.control.documents import (
+    DOCUMENT_KINDS,
+    INTERVENTIONS,
+    ROUTINE_COMMANDS,
+    CommandBody,
+    RootBody,
+    Targets,
+    body_model,
+    payload_type,
+)
+from agent.control.dsse import Envelope, strict_json
+from agent.control.errors import Rejected
+from agent.control.keys import PublicKey, parse_public_key
+from agent.privacy.policy import Change, PolicyBody, classify_change
+
+_HEADER = {"kind", "version", "issued_at", "expires", "targets", "body"}
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    keyids: frozenset[str]
+    threshold: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedRoot:
+    """The root the device trusts now: its version, expiry, keys and roles."""
+
+    version: int
+    expires: dt.datetime
+    keys: Mapping[str, PublicKey]
+    roles: Mapping[str, Role]
+    body: RootBody
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyContext:
+    """What verification needs to know about the device (all plain values, no I/O)."""
+
+    device_id: str
+    groups: tuple[str, ...]
+    now: dt.datetime
+    last_versions: Mapping[str, int] = field(default_factory=dict)
+    policy: PolicyBody = field(default_factory=PolicyBody)
+    max_bytes: int = 64 * 1024
+    clock_skew_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedDocument:
+    kind: str
+    version: int
+    issued_at: dt.datetime
+    expires: dt.datetime
+    targets: Targets | None
+    body: BaseModel
+    payload_sha256: str
+    signer_keyids: tuple[str, ...]
+    roles: frozenset[str]
+
+
+def payload_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _timestamp(value: Any, name: str) -> dt.datetime:
+    # RFC 3339 UTC with "Z" (DESIGN.md): anything else is malformed, so clocks never get guessed.
+    if not isinstance(value, str) or not value.endswith("Z"):
+        raise Rejected("malformed", f"{name} must be an RFC 3339 UTC timestamp ending in Z")
+    try:
+        parsed = dt.datetime.fromisoformat(value[:-1] + "+00:00")
+    except ValueError as exc:
+        raise Rejected("malformed", f"{name} is not an RFC 3339 timestamp") from exc
+    return parsed
+
+
+def _parse(raw: bytes, topic_kind: str, max_bytes: int) -> tuple[Envelope, dict[str, Any]]:
+    # Rule 1: size cap before any parsing (TUF "endless data").
+    if len(raw) > max_bytes:
+        raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}")
+    # Rule 2: strict envelope (DSSE envelope.md) ...
+    try:
+        env = Envelope.parse(raw)
+    except ValueError as exc:
+        raise Rejected("malformed", f"not a DSSE envelope: {exc}") from exc
+    # Rule 3a: payloadType agrees with the topic, before we even read the payload.
+    if env.payload_type != payload_type(topic_kind):
+        raise Rejected("wrong_type", f"payloadType {env.payload_type[:80]!r} on a {topic_kind} topic")
+    # Rule 2b: ... and strict JSON payload.
+    try:
+        payload = strict_json(env.payload)
+    except ValueError as exc:
+        raise Rejected("malformed", f"payload is not strict JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise Rejected("malformed", "payload is not a JSON object")
+    expected = _HEADER - {"targets"} if topic_kind == "root" else _HEADER
+    if set(payload) != expected:
+        missing = sorted(expected - set(payload))
+        extra = sorted(set(payload) - expected)
+        raise Rejected("malformed", f"payload fields: missing {missing}, unexpected {extra}")
+    # Rule 3b: the signed kind agrees with payloadType and topic.
+    if payload["kind"] != topic_kind:
+        raise Rejected("wrong_type", f"payload kind {str(payload['kind'])[:40]!r} on a {topic_kind} topic")
+    version = payload["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise Rejected("malformed", "version must be a positive integer")
+    return env, payload
+
+
+def _valid_keyids(env: Envelope, keys: Mapping[str, PublicKey]) -> frozenset[str]:
+    """Key ids with a good signature over PAE; a key id signing twice still counts once."""
+    pae = env.pae()
+    good: set[str] = set()
+    for sig in env.signatures:
+        if sig.keyid in good:
+            continue
+        key = keys.get(sig.keyid)
+        if key is not None and key.verify(sig.sig, pae):
+            good.add(sig.keyid)
+    return frozenset(good)
+
+
+def _met(roles: Mapping[str, Role], good: frozenset[str]) -> frozenset[str]:
+    return frozenset(name for name, role in roles.items() if len(role.keyids & good) >= role.threshold)
+
+
+def trusted_root_from_body(body: RootBody, version: int, expires: dt.datetime) -> TrustedRoot:
+    keys = {keyid: parse_public_key(key) for keyid, key in body.keys.items()}
+    roles: dict[str, Role] = {
+        name: Role(frozenset(spec.keyids), spec.threshold) for name, spec in body.roles.items()
+    }
+    return TrustedRoot(version, expires, keys, roles, body)
+
+
+def _root_body(payload: dict[str, Any]) -> RootBody:
+    try:
+        return RootBody.model_validate(payload["body"])
+    except ValidationError as exc:
+        raise Rejected("invalid_body", _first_error(exc)) from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"body.{loc}: {err['msg']}"[:300]
+
+
+def verify_initial_root(raw: bytes, *, max_bytes: int = 64 * 1024) -> TrustedRoot:
+    """The root shipped in the image (trust on first boot): signed by a threshold of its own root keys.
+
+    Its expiry is not checked here (TUF 5.3.10 checks the *final* root; documents are refused while
+    the trusted root is expired).
+    """
+    env, payload = _parse(raw, "root", max_bytes)
+    body = _root_body(payload)
+    root = trusted_root_from_body(body, payload["version"], _timestamp(payload["expires"], "expires"))
+    if "root" not in _met(root.roles, _valid_keyids(env, root.keys)):
+        raise Rejected("bad_signature", "initial root is not signed by a threshold of its own root keys")
+    return root
+
+
+def required_roles(kind: str, body: BaseModel, policy: PolicyBody) -> tuple[frozenset[str], ...]:
+    """Alternatives of role sets that may sign ``body`` (DESIGN.md "Who may sign what")."""
+    if kind == "config":
+        return (frozenset({"fleet"}),)
+    if kind == "policy":
+        assert isinstance(body, PolicyBody)
+        if classify_change(policy, body) is Change.WEAKEN:
+            return (frozenset({"fleet", "customer"}),)
+        return (frozenset({"fleet"}),)
+    if kind == "keys":
+        return (frozenset({"customer"}),)
+    assert isinstance(body, CommandBody)
+    if body.name in ROUTINE_COMMANDS:
+        return (frozenset({"fleet"}),)
+    if body.name in INTERVENTIONS:
+        return (frozenset({"customer"}), frozenset({"legal"}))
+    return (frozenset({"customer"}),)  # snapshot
+
+
+def _authorise(kind: str, body: BaseModel, met: frozenset[str], policy: PolicyBody) -> None:
+    options = required_roles(kind, body, policy)
+    if any(option <= met for option in options):
+        if isinstance(body, CommandBody) and body.name in INTERVENTIONS and "customer" not in met:
+            # Signed by legal alone: a lawful order of this room's jurisdiction is required.
+            order = body.lawful_order()
+            if order is None:
+                raise Rejected("needs_customer", f"{body.name} signed by legal without a lawful order")
+            if policy.jurisdiction is None or order.jurisdiction != policy.jurisdiction:
+                raise Rejected(
+                    "lawful_order_mismatch",
+                    f"lawful order of {order.jurisdiction}; this room's policy jurisdiction is "
+                    f"{policy.jurisdiction or 'unset'}",
+                )
+        return
+    needs = " or ".join("+".join(sorted(o)) for o in options)
+    if any("customer" in o for o in options):
+        raise Rejected(
+            "needs_customer", f"{kind} needs {needs}; signed by {'+'.join(sorted(met)) or 'nobody'}"
+        )
+    raise Rejected("bad_signature", f"{kind} needs {needs}; signed by {'+'.join(sorted(met)) or 'nobody'}")
+
+
+def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyContext) -> VerifiedDocument:
+    """Verify one document received on a topic of ``topic_kind`` (``root``, ``policy``, ...).
+
+    Raises:
+        Rejected: with the reason code of the first rule the document breaks.
+    """
+    if topic_kind not in DOCUMENT_KINDS:
+        raise Rejected("wrong_type", f"no documents of kind {topic_kind[:40]!r}")
+    env, payload = _parse(raw, topic_kind, ctx.max_bytes)
+    version: int = payload["version"]
+    good = _valid_keyids(env, root.keys)
+    met = _met(root.roles, good)
+
+    if topic_kind == "root":
+        return _verify_root(env, payload, root, ctx, good)
+
+    # Rule 4: some role whose signature could authorise this kind must meet its threshold; the
+    # content-dependent table (rule 9) runs after the body is known to be valid.
+    eligible = {
+        "config": {"fleet"},
+        "policy": {"fleet"},
+        "command": {"fleet", "customer", "legal"},
+        "keys": {"customer", "fleet", "legal"},
+    }[topic_kind]
+    if not met & eligible:
+        raise Rejected(
+            "bad_signature", f"no threshold of {'/'.join(sorted(eligible))} keys signed this {topic_kind}"
+        )
+    # TUF 5.3.10 / freeze: nothing is accepted under an expired root.
+    if root.expires <= ctx.now:
+        raise Rejected("expired", f"trusted root v{root.version} expired at {root.expires.isoformat()}")
+    # Rule 5: rollback and replay.
+    last = ctx.last_versions.get(topic_kind, 0)
+    if version <= last:
+        raise Rejected("rollback", f"{topic_kind} version {version} is not greater than {last}")
+    issued_at, expires = _check_times(payload, ctx)
+    # Rule 7: wrong-device replay.
+    try:
+        targets = Targets.model_validate(payload["targets"])
+    except ValidationError as exc:
+        raise Rejected("malformed", f"targets: {exc.errors()[0]['msg']}") from exc
+    if ctx.device_id not in targets.devices and not set(ctx.groups) & set(targets.groups):
+        raise Rejected("not_for_this_device", "targets name neither this device nor one of its groups")
+    # Rule 8: strict body.
+    model = body_model(topic_kind)
+    if model is None:
+        raise Rejected("invalid_body", f"this agent has no {topic_kind} body model")
+    try:
+        body = model.model_validate(payload["body"])
+    except ValidationError as exc:
+        raise Rejected("invalid_body", _first_error(exc)) from exc
+    # Rule 9: who may sign what.
+    _authorise(topic_kind, body, met, ctx.policy)
+    return VerifiedDocument(
+        topic_kind,
+        version,
+        issued_at,
+        expires,
+        targets,
+        body,
+        payload_sha256(env.payload),
+        tuple(sorted(good)),
+        met,
+    )
+
+
+def _check_times(payload: dict[str, Any], ctx: VerifyContext) -> tuple[dt.datetime, dt.datetime]:
+    issued_at = _timestamp(payload["issued_at"], "issued_at")
+    expires = _timestamp(payload["expires"], "expires")
+    # Rule 6: freeze attack (expired) and documents from the future (a clock or a signer gone wrong).
+    if expires <= ctx.now:
+        raise Rejected("expired", f"expired at {payload['expires']}")
+    if issued_at > ctx.now + dt.timedelta(seconds=ctx.clock_skew_s):
+        raise Rejected("not_yet_valid", f"issued_at {payload['issued_at']} is in the future")
+    return issued_at, expires
+
+
+def _verify_root(
+    env: Envelope, payload: dict[str, Any], trusted: TrustedRoot, ctx: VerifyContext, good_old: frozenset[str]
+) -> VerifiedDocument:
+    # TUF client workflow 5.3.4: signed by a threshold of the *trusted* root's root keys.
+    if "root" not in _met(trusted.roles, good_old):
+        raise Rejected(
+            "bad_signature", f"root rotation not signed by a threshold of root v{trusted.version}'s keys"
+        )
+    version: int = payload["version"]
+    # 5.3.5: version must be exactly N+1 (rollback below, no skipping ahead).
+    if version <= trusted.version:
+        raise Rejected("rollback", f"root version {version} is not greater than {trusted.version}")
+    if version != trusted.version + 1:
+        raise Rejected(
+            "version_gap", f"root version {version}; this device needs {trusted.version + 1} first"
+        )
+    issued_at, expires = _check_times(payload, ctx)
+    body = _root_body(payload)
+    new = trusted_root_from_body(body, version, expires)
+    # 5.3.4 (second half): also signed by a threshold of its *own* root keys.
+    good_new = _valid_keyids(env, new.keys)
+    if "root" not in _met(new.roles, good_new):
+        raise Rejected("bad_signature", f"root v{version} is not signed by a threshold of its own root keys")
+    return VerifiedDocument(
+        "root",
+        version,
+        issued_at,
+        expires,
+        None,
+        body,
+        payload_sha256(env.payload),
+        tuple(sorted(good_old | good_new)),
+        frozenset({"root"}),
+    )

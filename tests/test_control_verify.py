@@ -1,0 +1,140 @@
+"""Pure verification: each rule of DESIGN.md on its own, and DSSE interop with securesystemslib."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from securesystemslib.dsse import Envelope as SslEnvelope
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+from agent.control.documents import payload_type
+from agent.control.dsse import Envelope
+from agent.control.errors import Rejected
+from agent.control.keys import key_dict, keyid_of
+from agent.control.verify import TrustedRoot, VerifyContext, verify_document, verify_initial_root
+from agent.privacy.policy import PolicyBody
+from tests.plane import Plane, now
+
+
+@pytest.fixture
+def plane() -> Plane:
+    return Plane()
+
+
+@pytest.fixture
+def root(plane: Plane) -> TrustedRoot:
+    return verify_initial_root(plane.root())
+
+
+def ctx(**kw: object) -> VerifyContext:
+    base: dict[str, object] = {
+        "device_id": "room-101",
+        "groups": ("hq",),
+        "now": now(),
+        "policy": PolicyBody(jurisdiction="DE"),
+    }
+    base.update(kw)
+    return VerifyContext(**base)  # type: ignore[arg-type]
+
+
+def reason(raw: bytes, kind: str, root: TrustedRoot, c: VerifyContext | None = None) -> str:
+    with pytest.raises(Rejected) as info:
+        verify_document(raw, kind, root, c or ctx())
+    return info.value.reason
+
+
+def test_valid_config_passes(plane: Plane, root: TrustedRoot) -> None:
+    doc = verify_document(plane.sign("config", {"encoder": {"bitrate_kbps": 1800}}), "config", root, ctx())
+    assert (doc.kind, doc.version, doc.roles >= {"fleet"}) == ("config", 1, True)
+
+
+def test_size_cap_checked_before_parsing(plane: Plane, root: TrustedRoot) -> None:
+    assert reason(b"{" * 70_000, "config", root) == "too_large"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"payload":"e30=","payloadType":"x","signatures":[]} trailing',
+        b'{"payload":NaN,"payloadType":"x","signatures":[]}',
+    ],
+)
+def test_unreadable_envelopes_are_malformed(raw: bytes, root: TrustedRoot) -> None:
+    assert reason(raw, "config", root) == "malformed"
+
+
+def test_duplicate_key_in_payload_is_malformed(plane: Plane, root: TrustedRoot) -> None:
+    payload = json.dumps(plane.payload("config", {})).encode()
+    payload = payload[:-1] + b', "version": 99}'
+    assert reason(plane.envelope("config", payload, [plane.fleet]).to_json(), "config", root) == "malformed"
+
+
+def test_lawful_order_must_match_jurisdiction(plane: Plane, root: TrustedRoot) -> None:
+    order = {"issuer": "Court", "id": "42", "jurisdiction": "FR"}
+    raw = plane.sign("command", {"name": "lock", "args": {"lawful_order": order}}, [plane.legal])
+    assert reason(raw, "command", root) == "lawful_order_mismatch"
+    order["jurisdiction"] = "DE"
+    raw = plane.sign("command", {"name": "lock", "args": {"lawful_order": order}}, [plane.legal])
+    assert verify_document(raw, "command", root, ctx()).roles == frozenset({"legal"})
+    raw = plane.sign("command", {"name": "lock", "args": {}}, [plane.legal])
+    assert reason(raw, "command", root) == "needs_customer"
+
+
+def test_who_may_sign_what(plane: Plane, root: TrustedRoot) -> None:
+    assert (
+        reason(plane.sign("command", {"name": "snapshot", "args": {}}), "command", root) == "needs_customer"
+    )
+    assert reason(plane.sign("keys", {}, [plane.fleet]), "keys", root) in {"needs_customer", "invalid_body"}
+    weaker = plane.policy(e2ee__required=False)
+    assert reason(plane.sign("policy", weaker), "policy", root) == "needs_customer"
+    doc = verify_document(plane.sign("policy", weaker, [plane.fleet, plane.customer]), "policy", root, ctx())
+    assert doc.roles >= {"fleet", "customer"}
+    tighter = plane.policy(telemetry__level="none")
+    assert verify_document(plane.sign("policy", tighter), "policy", root, ctx()).version == 3
+    assert reason(plane.sign("config", {}, [plane.customer]), "config", root) == "bad_signature"
+
+
+def test_securesystemslib_envelope_verifies_on_device(plane: Plane, root: TrustedRoot) -> None:
+    payload = json.dumps(plane.payload("config", {"encoder": {"bitrate_kbps": 900}})).encode()
+    env = SslEnvelope(payload, payload_type("config"), {})
+    env.sign(CryptoSigner(plane.fleet))  # type: ignore[arg-type]
+    raw = json.dumps(env.to_dict()).encode()
+    assert verify_document(raw, "config", root, ctx()).version == 1
+
+
+def test_device_envelope_verifies_with_securesystemslib(plane: Plane) -> None:
+    ecdsa = ec.generate_private_key(ec.SECP256R1())
+    for key in (plane.fleet, ecdsa):
+        ours = plane.envelope("config", plane.payload("config", {}), [key])
+        theirs = SslEnvelope.from_dict(json.loads(ours.to_json()))
+        ssl_key = SSlibKey.from_dict(keyid_of(key_dict(key.public_key())), key_dict(key.public_key()))
+        assert ssl_key.keyid == CryptoSigner(key).public_key.keyid  # type: ignore[arg-type]
+        assert theirs.verify([ssl_key], 1)
+        assert theirs.pae() == ours.pae()
+
+
+def test_url_safe_base64_accepted(plane: Plane, root: TrustedRoot) -> None:
+    env = json.loads(plane.sign("config", {}))
+    env["payload"] = base64.urlsafe_b64encode(base64.b64decode(env["payload"])).decode()
+    assert verify_document(json.dumps(env).encode(), "config", root, ctx()).kind == "config"
+
+
+def test_initial_root_needs_its_own_threshold(plane: Plane) -> None:
+    with pytest.raises(Rejected) as info:
+        verify_initial_root(plane.root(signers=plane.root_keys[:1]))
+    assert info.value.reason == "bad_signature"
+
+
+def test_root_version_gap_and_expiry(plane: Plane, root: TrustedRoot) -> None:
+    plane.root_version += 1
+    assert reason(plane.root(), "root", root) == "version_gap"
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    assert reason(plane.sign("config", {}, expires=old), "config", root) == "expired"
+    key = ed25519.Ed25519PrivateKey.generate()
+    assert reason(plane.sign("config", {}, [key]), "config", root) == "bad_signature"
+    assert Envelope.parse(plane.sign("config", {})).payload_type == payload_type("config")
