@@ -85,3 +85,19 @@ def test_an_untyped_exception_is_reported_as_a_crash(tmp_path: Path, engine: str
     assert "KeyError" in proc.stdout + proc.stderr
     if engine is None:
         assert list((tmp_path / "work" / "fuzz_selftest" / "artifacts").glob("crash-*"))
+
+
+REGRESSIONS = sorted(
+    (d.name, f.name) for d in (FUZZ_DIR / "regressions").glob("fuzz_*") for f in d.iterdir() if f.is_file()
+)
+
+
+@pytest.mark.parametrize(("target", "case"), REGRESSIONS)
+def test_past_crash_stays_fixed(target: str, case: str, tmp_path: Path) -> None:
+    """Every input a fuzzer ever crashed on is kept in fuzz/regressions/<target>/ and replayed."""
+    proc = _run_target(FUZZ_DIR / f"{target}.py", tmp_path, str(FUZZ_DIR / "regressions" / target / case))
+    if proc.returncode == 77:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, (
+        f"{target} crashes again on {case}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )

@@ -31,6 +31,7 @@ __all__ = [
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ from agent.control.errors import Rejected
 from agent.control.keys import PublicKey, parse_public_key
 from agent.privacy.policy import Change, PolicyBody, classify_change
 
+_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
 _HEADER = {"kind", "version", "issued_at", "expires", "targets", "body"}
 
 
@@ -104,7 +106,9 @@ def payload_sha256(data: bytes) -> str:
 
 def _timestamp(value: Any, name: str) -> dt.datetime:
     # RFC 3339 UTC with "Z" (DESIGN.md): anything else is malformed, so clocks never get guessed.
-    if not isinstance(value, str) or not value.endswith("Z"):
+    # Full date-time required: fromisoformat("2026-11-29+00:00") gives a *naive* datetime, which then
+    # cannot be compared with ``now`` (found by fuzz/fuzz_verify.py).
+    if not isinstance(value, str) or not _RFC3339_UTC.fullmatch(value):
         raise Rejected("malformed", f"{name} must be an RFC 3339 UTC timestamp ending in Z")
     try:
         parsed = dt.datetime.fromisoformat(value[:-1] + "+00:00")

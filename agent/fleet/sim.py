@@ -88,8 +88,39 @@ class FleetKeys:
     legal: Ed25519PrivateKey
 
     @classmethod
-    def generate(cls) -> FleetKeys:
-        return cls(*(Ed25519PrivateKey.generate() for _ in range(4)))
+    def generate(cls, seed: bytes | None = None) -> FleetKeys:
+        """Fresh random keys, or deterministic ones from ``seed`` (fuzzing, reproducible tests only)."""
+        if seed is None:
+            return cls(*(Ed25519PrivateKey.generate() for _ in range(4)))
+        return cls(
+            *(
+                Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed + role).digest())
+                for role in (b"root", b"fleet", b"customer", b"legal")
+            )
+        )
+
+    @staticmethod
+    def payload(
+        kind: str,
+        version: int,
+        body: Any,
+        *,
+        now: datetime,
+        groups: tuple[str, ...] = (),
+        devices: tuple[str, ...] = (),
+        valid_for: timedelta = timedelta(days=30),
+    ) -> dict[str, Any]:
+        """A document payload of DESIGN.md's shape (``targets`` omitted for ``root``)."""
+        out: dict[str, Any] = {
+            "kind": kind,
+            "version": version,
+            "issued_at": _utc(now - timedelta(seconds=5)),
+            "expires": _utc(now + valid_for),
+            "body": body,
+        }
+        if kind != "root":
+            out["targets"] = {"devices": list(devices), "groups": list(groups)}
+        return out
 
     def sign(self, kind: str, payload: dict[str, Any], *signers: Ed25519PrivateKey) -> bytes:
         """A DSSE envelope of ``payload`` signed by ``signers`` (each with its TUF key id)."""
