@@ -1,0 +1,149 @@
+"""Sub-commands ``receive``, ``demo`` and ``lab-key`` (registered in ``agent.cli``).
+
+Top-level imports stay light: PyAV and the HAL load only when a command runs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _receive(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.errors import AgentError
+    from agent.logs import configure_logging
+    from agent.media.keys import LabReceiver, load_lab_key
+    from agent.media.receiver import MediaReceiver, bind_udp
+
+    configure_logging(level="warning")
+    key_file = args.key_file
+    try:
+        if key_file is None and args.config is not None:
+            key_file = load_config(Path(args.config)).e2ee.lab_key_file
+        if key_file is None:
+            print(
+                "receive: no --key-file (or [e2ee] lab_key_file): every frame will fail to decrypt",
+                file=sys.stderr,
+            )
+            lab = None
+        else:
+            lab = load_lab_key(Path(key_file))
+    except AgentError as exc:
+        print(f"receive: {exc}", file=sys.stderr)
+        return 2
+    host, port = args.listen
+    try:
+        sock = bind_udp(host, port)
+    except OSError as exc:
+        print(f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    opener: Any = LabReceiver(lab) if lab is not None else _NoKey()
+    receiver = MediaReceiver(
+        opener, snapshot_dir=None if args.snapshot_dir is None else Path(args.snapshot_dir)
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=receiver.serve, args=(sock, stop), name="receive", daemon=True)
+    thread.start()
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.1 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+            if not args.json and sys.stderr.isatty():
+                r = receiver.report()
+                print(
+                    f"\rframes {r['frames_decoded']}  fps {r['fps']:.1f}  lost {r['packets_lost']}  "
+                    f"decrypt failures {r['decrypt_failures']}  latency p50 {r['latency_ms_p50']} ms   ",
+                    end="",
+                    file=sys.stderr,
+                )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        thread.join(2.0)
+        sock.close()
+    report = receiver.report()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(file=sys.stderr)
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+class _NoKey:
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        from agent.e2ee.header import decode_header
+        from agent.e2ee.sframe import UnknownKidError
+
+        kid, _, _ = decode_header(ciphertext)
+        raise UnknownKidError(kid)
+
+
+def _lab_key(args: argparse.Namespace) -> int:
+    from agent.media.errors import KeyFileError
+    from agent.media.keys import write_lab_key
+
+    try:
+        key = write_lab_key(Path(args.out), suite=args.suite)
+    except KeyFileError as exc:
+        print(f"lab-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote lab key {args.out} (suite {key.suite}, kid {key.kid}); lab use only, never in production")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent.media.demo import run_demo
+
+    return run_demo(
+        seconds=args.seconds,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        rotate_s=args.rotate_s,
+        json_out=args.json,
+    )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("receive", help="receive, decrypt, decode and verify an RTP/SFrame stream")
+    p.add_argument("--listen", type=_host_port, required=True, metavar="HOST:PORT")
+    p.add_argument("--key-file", help="lab key file (JSON) shared with the sender")
+    p.add_argument("--config", help="read [e2ee] lab_key_file from this agent config")
+    p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print one JSON object of figures at the end")
+    p.add_argument("--snapshot-dir", help="save a PNG of the newest picture about once a second")
+    p.set_defaults(func=_receive)
+
+    p = sub.add_parser(
+        "lab-key", help="write a fresh lab SFrame key file (mode 0600) for runs without a meeting"
+    )
+    p.add_argument("out")
+    p.add_argument("--suite", type=int, default=4, choices=[1, 2, 3, 4, 5], help="RFC 9605 cipher suite")
+    p.set_defaults(func=_lab_key)
+
+    p = sub.add_parser("demo", help="two simulated rooms exchanging E2EE video over loopback")
+    p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--rotate-s", type=float, default=10.0, help="rotate each room's key every N seconds")
+    p.add_argument("--json", action="store_true", help="print the final figures as JSON")
+    p.set_defaults(func=_demo)
