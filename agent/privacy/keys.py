@@ -1,0 +1,408 @@
+"""Meeting key packages: the ``keys`` document body and the device's key manager.
+
+A ``keys`` document (DESIGN.md; signed by ``customer`` only, which the control verifier enforces) carries
+for one meeting epoch, per sender device, the sender's SFrame base key and KID sealed with HPKE to each
+recipient device (:mod:`agent.privacy.hpke`). The vendor cannot add a ghost participant: it cannot sign
+a key package, and without one no device will encrypt to or decrypt from anyone.
+
+Body::
+
+    {"meeting": "m-42", "epoch": 1, "suite": 4, "key_expires": "2026-11-29T20:00:00Z",
+     "senders": [{"device": "room-a", "kid": 256,
+                  "recipients": {"room-b": {"kem": "mlkem768-x25519", "sealed": "<base64>"}}}]}
+
+On the device, :class:`KeyManager` opens the entries sealed to it, installs its own key as the sender
+key and the others as receiver keys (through a :class:`KeyTarget`, e.g. the SFrame contexts), rotates
+on a new epoch (the previous epoch's receive keys stay for a short grace, for frames in flight, then
+retire), and drops every key at ``key_expires``. A package is installed whole or not at all.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KeyManager",
+    "KeySet",
+    "KeyTarget",
+    "KeysBody",
+    "MeetingKey",
+    "SealedKey",
+    "SenderEntry",
+    "parse_time",
+    "seal_meeting",
+]
+
+import asyncio
+import base64
+import binascii
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.privacy.errors import KeyDeliveryError
+from agent.privacy.hpke import HpkeIdentity, SealBinding, kem_at_least, seal_base_key
+from agent.privacy.policy import PolicyBody
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_RFC3339_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+# A sealed 64-byte key with the hybrid KEM is 1120 + 64 + 16 bytes; leave room, but cap.
+_MAX_SEALED_B64 = 2048
+MAX_KID = (1 << 64) - 1  # RFC 9605 §4.3: KID is up to 64 bits
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an RFC 3339 UTC timestamp ending in ``Z``."""
+    return datetime.fromisoformat(value.removesuffix("Z") + "+00:00")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SealedKey(_Strict):
+    """One sender's base key sealed to one recipient device."""
+
+    kem: Literal["x25519", "mlkem768-x25519"]
+    sealed: Annotated[str, Field(min_length=4, max_length=_MAX_SEALED_B64)]
+
+    @field_validator("sealed")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise ValueError("sealed must be base64") from exc
+        return value
+
+    def sealed_bytes(self) -> bytes:
+        return base64.b64decode(self.sealed, validate=True)
+
+
+class SenderEntry(_Strict):
+    device: Annotated[str, Field(pattern=_ID)]
+    kid: Annotated[int, Field(ge=0, le=MAX_KID)]
+    recipients: Annotated[
+        dict[Annotated[str, Field(pattern=_ID)], SealedKey], Field(min_length=1, max_length=256)
+    ]
+
+
+class KeysBody(_Strict):
+    """The body of a ``keys`` document (strict: unknown fields and wrong types are rejected)."""
+
+    meeting: Annotated[str, Field(pattern=_ID)]
+    epoch: Annotated[int, Field(ge=0, le=(1 << 32) - 1)]
+    suite: Annotated[int, Field(ge=1, le=5)]
+    key_expires: Annotated[str, Field(pattern=_RFC3339_Z)]
+    senders: Annotated[list[SenderEntry], Field(min_length=1, max_length=256)]
+
+    @field_validator("key_expires")
+    @classmethod
+    def _valid_time(cls, value: str) -> str:
+        parse_time(value)  # ValueError for 2026-13-40 and the like
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> KeysBody:
+        devices = [s.device for s in self.senders]
+        kids = [s.kid for s in self.senders]
+        if len(set(devices)) != len(devices):
+            raise ValueError("each sender device appears once")
+        if len(set(kids)) != len(kids):
+            # RFC 9605 §4.3: the KID selects the key; two senders with one KID would be ambiguous.
+            raise ValueError("each sender has its own KID")
+        return self
+
+    @property
+    def expires_at(self) -> datetime:
+        return parse_time(self.key_expires)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeetingKey:
+    """One opened SFrame base key. ``base_key`` is never printed."""
+
+    meeting: str
+    epoch: int
+    suite: int
+    sender: str
+    kid: int
+    base_key: bytes = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """What the SFrame contexts should hold now: this device's sender key and the receive keys."""
+
+    meeting: str | None = None
+    epoch: int | None = None
+    own: MeetingKey | None = None
+    peers: tuple[MeetingKey, ...] = ()
+
+    @property
+    def idle(self) -> bool:
+        """No meeting keys at all: nothing can be sent or received (the camera may shut)."""
+        return self.own is None and not self.peers
+
+
+EMPTY = KeySet()
+
+
+class KeyTarget(Protocol):
+    """Receives every new :class:`KeySet` (the SFrame sender/receiver contexts, the media pipeline)."""
+
+    def apply_keys(self, keys: KeySet) -> None: ...
+
+
+class KeyManager:
+    """Opens key packages sealed to this device and keeps the SFrame keys current.
+
+    Args:
+        device_id: this device.
+        identity: its HPKE private keys.
+        policy: returns the policy in force (suites and minimum KEM are checked against it).
+        target: gets each new key set.
+        clock: returns the current UTC time (tests move it).
+        grace: how long the previous epoch's receive keys stay after a rotation.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        identity: HpkeIdentity,
+        policy: Callable[[], PolicyBody],
+        target: KeyTarget,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        grace: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self._device = device_id
+        self._identity = identity
+        self._policy = policy
+        self._target = target
+        self._clock = clock
+        self._grace = grace
+        self._keys = EMPTY
+        self._current: KeysBody | None = None
+        # Previous epoch's receive keys and when they retire.
+        self._previous: tuple[MeetingKey, ...] = ()
+        self._previous_until: datetime | None = None
+        self._wake = asyncio.Event()
+        self._log = structlog.get_logger()
+
+    @property
+    def keys(self) -> KeySet:
+        return self._keys
+
+    def install(self, body: KeysBody) -> KeySet:
+        """Verify and open a key package addressed to this device, then install it whole.
+
+        Raises:
+            KeyDeliveryError: with ``reason`` ``suite_forbidden``, ``kem_too_weak``, ``expired``,
+                ``rollback``, ``not_for_this_device``, ``bad_seal`` or ``invalid_body``; the installed
+                keys are unchanged.
+        """
+        policy = self._policy()
+        now = self._clock()
+        if body.suite not in policy.e2ee.suites:
+            raise KeyDeliveryError("suite_forbidden", f"SFrame suite {body.suite} is not allowed by policy")
+        if body.expires_at <= now:
+            raise KeyDeliveryError("expired", f"keys of meeting {body.meeting} expired at {body.key_expires}")
+        cur = self._current
+        if cur is not None and cur.meeting == body.meeting:
+            if body == cur:
+                return self._keys  # redelivery of what is installed: idempotent
+            if body.epoch <= cur.epoch:
+                raise KeyDeliveryError("rollback", f"epoch {body.epoch} is not after {cur.epoch}")
+        opened = self._open_all(body, policy)
+        own = next((k for k in opened if k.sender == self._device), None)
+        peers = tuple(k for k in opened if k.sender != self._device)
+
+        if cur is not None and cur.meeting == body.meeting:
+            previous = tuple(k for k in self._keys.peers if k.epoch == cur.epoch)
+            clash = {k.kid for k in previous} & {k.kid for k in opened}
+            if clash:
+                raise KeyDeliveryError("invalid_body", f"KIDs {sorted(clash)} reused from epoch {cur.epoch}")
+            self._previous, self._previous_until = previous, now + self._grace
+        else:
+            self._previous, self._previous_until = (), None
+        self._current = body
+        self._publish(KeySet(body.meeting, body.epoch, own, peers + self._previous))
+        self._log.info(
+            "meeting_keys_installed",
+            meeting=body.meeting,
+            epoch=body.epoch,
+            suite=body.suite,
+            senders=len(opened),
+            sending=own is not None,
+        )
+        return self._keys
+
+    def _open_all(self, body: KeysBody, policy: PolicyBody) -> list[MeetingKey]:
+        opened: list[MeetingKey] = []
+        for sender in body.senders:
+            entry = sender.recipients.get(self._device)
+            if entry is None:
+                continue
+            if not kem_at_least(entry.kem, policy.e2ee.kem):
+                raise KeyDeliveryError(
+                    "kem_too_weak",
+                    f"key from {sender.device} uses {entry.kem}; policy needs {policy.e2ee.kem}",
+                )
+            binding = SealBinding(
+                meeting=body.meeting,
+                epoch=body.epoch,
+                suite=body.suite,
+                sender=sender.device,
+                kid=sender.kid,
+                recipient=self._device,
+            )
+            base_key = self._identity.open_base_key(entry.kem, entry.sealed_bytes(), binding)
+            if not 16 <= len(base_key) <= 64:
+                raise KeyDeliveryError(
+                    "invalid_body", f"base key from {sender.device} has {len(base_key)} bytes"
+                )
+            opened.append(
+                MeetingKey(
+                    meeting=body.meeting,
+                    epoch=body.epoch,
+                    suite=body.suite,
+                    sender=sender.device,
+                    kid=sender.kid,
+                    base_key=base_key,
+                    expires_at=body.expires_at,
+                )
+            )
+        if not opened:
+            raise KeyDeliveryError("not_for_this_device", f"no key of meeting {body.meeting} is sealed to us")
+        return opened
+
+    def expire(self) -> KeySet:
+        """Drop expired keys and retire the previous epoch after its grace; returns the key set."""
+        now = self._clock()
+        keys = self._keys
+        if self._previous_until is not None and now >= self._previous_until:
+            retired = {id(k) for k in self._previous}
+            keys = KeySet(
+                keys.meeting, keys.epoch, keys.own, tuple(k for k in keys.peers if id(k) not in retired)
+            )
+            self._previous, self._previous_until = (), None
+        live_own = keys.own if keys.own is not None and keys.own.expires_at > now else None
+        live_peers = tuple(k for k in keys.peers if k.expires_at > now)
+        if live_own is None and not live_peers:
+            if not keys.idle:
+                self._log.info("meeting_keys_expired", meeting=keys.meeting, epoch=keys.epoch)
+            keys, self._current = EMPTY, None
+        else:
+            keys = KeySet(keys.meeting, keys.epoch, live_own, live_peers)
+        if keys != self._keys:
+            self._publish(keys)
+        return self._keys
+
+    def clear(self, reason: str) -> None:
+        """Forget every meeting key (room locked or deprovisioned, policy no longer allows them)."""
+        if not self._keys.idle:
+            self._log.info("meeting_keys_cleared", reason=reason, meeting=self._keys.meeting)
+        self._current, self._previous, self._previous_until = None, (), None
+        self._publish(EMPTY)
+
+    def on_policy(self, policy: PolicyBody) -> None:
+        """Re-check the installed keys against a newly applied policy; drop them if now forbidden."""
+        cur = self._current
+        if cur is None:
+            return
+        if cur.suite not in policy.e2ee.suites:
+            self.clear("suite_forbidden")
+        elif any(
+            not kem_at_least(s.recipients[self._device].kem, policy.e2ee.kem)
+            for s in cur.senders
+            if self._device in s.recipients
+        ):
+            self.clear("kem_too_weak")
+
+    def next_deadline(self) -> datetime | None:
+        times = [k.expires_at for k in self._keys.peers]
+        if self._keys.own is not None:
+            times.append(self._keys.own.expires_at)
+        if self._previous_until is not None:
+            times.append(self._previous_until)
+        return min(times) if times else None
+
+    def _publish(self, keys: KeySet) -> None:
+        self._keys = keys
+        self._wake.set()
+        self._target.apply_keys(keys)
+
+    async def run(self) -> None:
+        """Timer task: expire keys and retire old epochs on time. Runs until cancelled."""
+        while True:
+            self._wake.clear()
+            deadline = self.next_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - self._clock()).total_seconds())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                self.expire()
+
+
+def seal_meeting(
+    *,
+    meeting: str,
+    epoch: int,
+    suite: int,
+    key_expires: str,
+    rooms: dict[str, dict[str, str]],
+    kem: str,
+    key_len: int = 32,
+) -> dict[str, KeysBody]:
+    """Build one key package per recipient room (the management side of ``roomctl meeting start``).
+
+    Every room is a sender: it gets a fresh random base key and the KID ``(epoch << 8) | index`` (so
+    consecutive epochs never share a KID), sealed to every room, itself included (it needs its own key
+    to send). ``rooms`` maps device id to its published HPKE public keys (``identity.hpke``).
+
+    Raises:
+        KeyDeliveryError: a room does not publish a ``kem`` public key, or it is malformed.
+    """
+    if len(rooms) > 255:
+        raise KeyDeliveryError("invalid_body", "at most 255 rooms per meeting")
+    for device, public in rooms.items():
+        if kem not in public:
+            raise KeyDeliveryError("invalid_body", f"{device} publishes no {kem} public key")
+    base_keys = {device: os.urandom(key_len) for device in rooms}
+    kids = {device: (epoch << 8) | index for index, device in enumerate(sorted(rooms))}
+    out: dict[str, KeysBody] = {}
+    for recipient, public in rooms.items():
+        senders = []
+        for sender in sorted(rooms):
+            binding = SealBinding(
+                meeting=meeting,
+                epoch=epoch,
+                suite=suite,
+                sender=sender,
+                kid=kids[sender],
+                recipient=recipient,
+            )
+            sealed = seal_base_key(kem, public[kem], base_keys[sender], binding)
+            senders.append(
+                {
+                    "device": sender,
+                    "kid": kids[sender],
+                    "recipients": {recipient: {"kem": kem, "sealed": base64.b64encode(sealed).decode()}},
+                }
+            )
+        out[recipient] = KeysBody.model_validate(
+            {
+                "meeting": meeting,
+                "epoch": epoch,
+                "suite": suite,
+                "key_expires": key_expires,
+                "senders": senders,
+            }
+        )
+    return out

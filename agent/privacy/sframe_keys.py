@@ -1,0 +1,101 @@
+"""Puts the meeting keys of :class:`~agent.privacy.keys.KeyManager` into the SFrame contexts.
+
+- This device's own key becomes an encrypt-only :class:`~agent.e2ee.context.SenderContext` (RFC 9605
+  §4.4.1) handed to the media pipeline's :class:`~agent.media.keys.KeySource` (which makes the pipeline
+  send a keyframe under the new key at once). With a ``CounterStore`` the CTR high-water mark is
+  persisted ahead of use (§9.1), so even a key package delivered again after a crash never reuses a
+  (key, KID, CTR).
+- Every other sender's key becomes a decrypt-only key of one :class:`~agent.e2ee.context.ReceiverContext`
+  in its epoch; keys the manager no longer lists (retired epoch, expired) are removed.
+- No sender key (idle, locked, expired) means ``KeySource.set_sender(None)``: media stops, nothing
+  leaves unencrypted.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MeetingOpener", "MeetingSealer", "SFrameKeyTarget"]
+
+from collections.abc import Callable
+
+import structlog
+
+from agent.e2ee.context import ReceiverContext, SenderContext
+from agent.e2ee.counter import CounterStore
+from agent.media.keys import KeySource
+from agent.privacy.keys import KeySet, MeetingKey
+
+
+class MeetingSealer:
+    """A meeting sender key as the media pipeline's ``FrameSealer``."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: SenderContext) -> None:
+        self._context = context
+
+    @property
+    def kid(self) -> int:
+        return self._context.kid
+
+    def seal(self, metadata: bytes, plaintext: bytes) -> bytes:
+        return self._context.encrypt(metadata, plaintext)
+
+
+class MeetingOpener:
+    """The meeting receive keys as the media receiver's ``FrameOpener``."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ReceiverContext) -> None:
+        self.context = context
+
+    def open(self, metadata: bytes, ciphertext: bytes) -> bytes:
+        return self.context.decrypt(metadata, ciphertext).plaintext
+
+
+class SFrameKeyTarget:
+    """A :class:`~agent.privacy.keys.KeyTarget` driving the SFrame sender and receiver contexts.
+
+    Args:
+        key_source: the media pipeline's current-sender holder.
+        receiver: the receiver context frames from other rooms are decrypted with.
+        counter_store: persists sender CTR high-water marks (recommended on a device).
+        on_change: called with each key set after it is installed (e.g. shutter and state updates).
+    """
+
+    def __init__(
+        self,
+        key_source: KeySource,
+        receiver: ReceiverContext | None = None,
+        *,
+        counter_store: CounterStore | None = None,
+        on_change: Callable[[KeySet], None] | None = None,
+    ) -> None:
+        self.key_source = key_source
+        self.receiver = receiver if receiver is not None else ReceiverContext()
+        self.opener = MeetingOpener(self.receiver)
+        self._store = counter_store
+        self._on_change = on_change
+        self._own: MeetingKey | None = None
+        self._peers: dict[int, MeetingKey] = {}
+        self._log = structlog.get_logger()
+
+    def apply_keys(self, keys: KeySet) -> None:
+        if keys.own != self._own:
+            if keys.own is None:
+                self.key_source.set_sender(None, 0)
+            else:
+                own = keys.own
+                context = SenderContext(own.suite, own.base_key, own.kid, counter_store=self._store)
+                self.key_source.set_sender(MeetingSealer(context), own.epoch, origin="meeting")
+            self._own = keys.own
+        wanted = {k.kid: k for k in keys.peers}
+        for kid, key in self._peers.items():
+            if wanted.get(kid) != key:
+                self.receiver.remove_key(kid)
+        for kid, key in wanted.items():
+            if self._peers.get(kid) != key:
+                self.receiver.add_key(kid, key.base_key, key.suite, epoch=key.epoch)
+        self._peers = wanted
+        if self._on_change is not None:
+            self._on_change(keys)

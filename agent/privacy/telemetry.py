@@ -1,0 +1,248 @@
+"""Telemetry minimisation: an allow-list, set by policy, for everything the agent logs or publishes.
+
+Two filters share one allow-list per ``telemetry.level`` plus the policy's ``telemetry.fields``:
+
+- :meth:`TelemetryFilter.processor`: a structlog processor; keys of a log event that are not allowed
+  are dropped before rendering (install it with ``configure_logging(extra_processors=[...])``);
+- :meth:`TelemetryFilter.filter_state`: applied to the retained state document before it is published.
+
+Allow-list entries are dotted paths; an entry allows its whole subtree (``health`` allows
+``health.fps``), a deeper entry allows just that leaf (``health.status``).
+
+Whatever the level and whatever ``telemetry.fields`` says, some things never pass: values that are
+bytes (frame or key material), and keys named like secrets, keys, frame contents or personal data
+(:data:`NEVER`). The control protocol's own fields (device id, online flag, applied versions,
+identity public keys, audit head, lock state) are not telemetry: without them the fleet plane could not
+tell what a room runs, so they pass at every level, ``none`` included.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LOG_FIELDS",
+    "NEVER",
+    "PROTOCOL_LOG_FIELDS",
+    "PROTOCOL_STATE_FIELDS",
+    "STATE_FIELDS",
+    "TelemetryFilter",
+    "allowed_paths",
+    "install_log_filter",
+]
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+
+# Never published or logged: secrets, key and frame material, personal data (by leaf key name).
+NEVER: frozenset[str] = frozenset(
+    {
+        "key",
+        "keys",
+        "base_key",
+        "private_key",
+        "secret",
+        "password",
+        "passphrase",
+        "token",
+        "sealed",
+        "plaintext",
+        "ciphertext",
+        "frame",
+        "frame_bytes",
+        "image",
+        "snapshot",
+        "payload",
+        "data",
+        "ip",
+        "ip_address",
+        "mac_address",
+        "email",
+        "user",
+        "username",
+        "person",
+        "participants",
+        "display_name",
+        "face",
+    }
+)
+_NEVER_SUFFIXES = (
+    "_secret",
+    "_password",
+    "_token",
+    "_private",
+    "_plaintext",
+    "_bytes",
+    "_ip",
+    "_address",
+    "_email",
+)
+
+# Log events: what every line keeps (the event name itself is a fixed snake_case identifier).
+PROTOCOL_LOG_FIELDS: frozenset[str] = frozenset({"event", "level", "timestamp", "logger", "reason"})
+LOG_FIELDS: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "minimal": frozenset(
+        {
+            "device",
+            "doc_kind",
+            "doc_version",
+            "version",
+            "status",
+            "error",
+            "camera",
+            "codec",
+            "backend",
+            "state",
+            "role",
+            "attempt",
+            "delay_s",
+        }
+    ),
+    "standard": frozenset(
+        {
+            "device",
+            "doc_kind",
+            "doc_version",
+            "version",
+            "status",
+            "error",
+            "camera",
+            "codec",
+            "backend",
+            "state",
+            "role",
+            "attempt",
+            "delay_s",
+            "exception",
+            "meeting",
+            "epoch",
+            "suite",
+            "kid",
+            "senders",
+            "sending",
+            "fps",
+            "width",
+            "height",
+            "bitrate_kbps",
+            "drops",
+            "dropped",
+            "latency_ms",
+            "count",
+            "seconds",
+            "path",
+            "topic",
+            "encoder",
+            "group",
+            "groups",
+        }
+    ),
+}
+
+# Retained state document: protocol fields always, then per level.
+PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
+    {"device", "online", "time", "applied", "identity", "audit_head", "privacy.locked", "privacy.state"}
+)
+STATE_FIELDS: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "minimal": frozenset(
+        {"health.status", "health.ok", "privacy", "e2ee.active", "e2ee.epoch", "media.sending"}
+    ),
+    "standard": frozenset(
+        {"health", "privacy", "e2ee", "media", "inventory", "groups", "version", "uptime_s"}
+    ),
+}
+
+
+def allowed_paths(policy: PolicyBody, *, kind: str) -> frozenset[str]:
+    """The dotted paths allowed out for ``kind`` ``"log"`` or ``"state"`` under ``policy``."""
+    level = policy.telemetry.level
+    if kind == "log":
+        base = PROTOCOL_LOG_FIELDS | LOG_FIELDS[level]
+    elif kind == "state":
+        base = PROTOCOL_STATE_FIELDS | STATE_FIELDS[level]
+    else:
+        raise ValueError(f"kind must be 'log' or 'state', not {kind!r}")
+    return base | frozenset(policy.telemetry.fields)
+
+
+def _never(key: str, value: Any) -> bool:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return True
+    name = key.lower()
+    return name in NEVER or name.endswith(_NEVER_SUFFIXES)
+
+
+def _scrub(value: Any) -> Any:
+    """Remove never-allowed keys anywhere inside an allowed subtree."""
+    if isinstance(value, Mapping):
+        return {k: _scrub(v) for k, v in value.items() if not _never(str(k), v)}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value if not isinstance(v, bytes | bytearray | memoryview)]
+    return value
+
+
+def _filter(
+    value: Mapping[str, Any], allowed: frozenset[str], prefixes: frozenset[str], path: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        full = f"{path}{key}"
+        if _never(str(key), item):
+            continue
+        if full in allowed:
+            out[key] = _scrub(item)
+        elif full in prefixes and isinstance(item, Mapping):
+            inner = _filter(item, allowed, prefixes, full + ".")
+            if inner:
+                out[key] = inner
+    return out
+
+
+def _prefixes(allowed: frozenset[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for path in allowed:
+        parts = path.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(out)
+
+
+class TelemetryFilter:
+    """The allow-list filter for logs and the published state, following the policy in force."""
+
+    def __init__(self, policy: PolicyBody = DEFAULT_POLICY) -> None:
+        self.set_policy(policy)
+
+    def set_policy(self, policy: PolicyBody) -> None:
+        """Switch to a newly applied policy (takes effect for the next log line / state publish)."""
+        log_allowed = allowed_paths(policy, kind="log")
+        state_allowed = allowed_paths(policy, kind="state")
+        # One tuple, swapped in one assignment, so a log line from another thread sees old or new.
+        self._lists = (log_allowed, _prefixes(log_allowed), state_allowed, _prefixes(state_allowed))
+        self.level = policy.telemetry.level
+
+    def processor(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> dict[str, Any]:
+        """structlog processor: keep only allowed keys of the event."""
+        log_allowed, log_prefixes, _, _ = self._lists
+        return _filter(event_dict, log_allowed, log_prefixes, "")
+
+    def filter_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The state document as it may leave the device."""
+        _, _, state_allowed, state_prefixes = self._lists
+        return _filter(state, state_allowed, state_prefixes, "")
+
+
+def install_log_filter(telemetry: TelemetryFilter) -> None:
+    """Put ``telemetry.processor`` into the running structlog configuration, just before the renderer.
+
+    The daemon configures logging before the policy is loaded; this adds the filter afterwards. The
+    processor list is changed in place, so loggers already bound (and cached) filter too. Idempotent.
+    """
+    processors = structlog.get_config()["processors"]
+    if any(getattr(p, "__self__", None) is telemetry for p in processors):
+        return
+    processors.insert(max(len(processors) - 1, 0), telemetry.processor)

@@ -1,0 +1,150 @@
+"""``roomctl meeting start`` against a real Mosquitto: reads rooms' HPKE keys, pushes customer-signed
+key packages that each room verifies and opens; frames from room A then decrypt at room B."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agent.control.errors import Rejected
+from agent.control.keys import private_key_pem
+from agent.control.verify import VerifyContext, verify_document, verify_initial_root
+from agent.e2ee.context import ReceiverContext, SenderContext
+from agent.privacy.hpke import HpkeIdentity
+from agent.privacy.keys import KeyManager, KeysBody, KeySet
+from agent.privacy.policy import DEFAULT_POLICY
+from tests.broker import Broker
+from tests.plane import PREFIX, Plane, now
+
+pytestmark = pytest.mark.broker
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.keys = KeySet()
+
+    def apply_keys(self, keys: KeySet) -> None:
+        self.keys = keys
+
+
+async def _publish_states(broker: Broker, identities: dict[str, HpkeIdentity]) -> None:
+    """Each room's retained state, as its agent publishes it (identity.hpke)."""
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for room, identity in identities.items():
+            state = {"device": room, "online": True, "identity": {"hpke": identity.public_keys()}}
+            await client.publish(f"{PREFIX}/devices/{room}/state", json.dumps(state), qos=1, retain=True)
+
+
+async def _collect_keys(broker: Broker, rooms: list[str], ready: asyncio.Event) -> dict[str, bytes]:
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for room in rooms:
+            await client.subscribe(f"{PREFIX}/devices/{room}/keys", qos=1)
+        ready.set()
+        async with asyncio.timeout(20):
+            async for message in client.messages:
+                got[str(message.topic).split("/")[-2]] = bytes(message.payload)  # type: ignore[arg-type]
+                if len(got) == len(rooms):
+                    return got
+    return got
+
+
+def _roomctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.fleet", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_meeting_start_pushes_customer_signed_packages_that_rooms_open(
+    mosquitto: Broker, agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    plane = Plane()
+    customer_pem = tmp_path / "customer.pem"
+    customer_pem.write_bytes(private_key_pem(plane.customer))
+    rooms = ["room-a", "room-b"]
+    identities = {room: HpkeIdentity.generate() for room in rooms}
+    await _publish_states(mosquitto, identities)
+    ready = asyncio.Event()
+    collector = asyncio.create_task(_collect_keys(mosquitto, rooms, ready))
+    await ready.wait()
+    result = await asyncio.to_thread(
+        _roomctl,
+        agent_env,
+        "meeting",
+        "start",
+        "--rooms",
+        ",".join(rooms),
+        "--broker",
+        mosquitto.url,
+        "--customer-key",
+        str(customer_pem),
+        "--meeting",
+        "m-lab",
+        "--epoch",
+        "3",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kem"] == "mlkem768-x25519"
+    raw = await collector
+
+    root = verify_initial_root(plane.root())
+    opened: dict[str, KeySet] = {}
+    for room in rooms:
+        doc = verify_document(raw[room], "keys", root, VerifyContext(device_id=room, groups=(), now=now()))
+        assert doc.roles >= {"customer"}
+        assert isinstance(doc.body, KeysBody)
+        target = Recorder()
+        KeyManager(
+            device_id=room, identity=identities[room], policy=lambda: DEFAULT_POLICY, target=target
+        ).install(doc.body)
+        opened[room] = target.keys
+        # The other room's package is not for this room (wrong-device replay).
+        other = next(r for r in rooms if r != room)
+        with pytest.raises(Rejected, match="not_for_this_device"):
+            verify_document(raw[other], "keys", root, VerifyContext(device_id=room, groups=(), now=now()))
+    own_a = opened["room-a"].own
+    assert own_a is not None
+    assert own_a.kid == report["rooms"]["room-a"]["kid"]
+    sender = SenderContext(own_a.suite, own_a.base_key, own_a.kid)
+    receiver = ReceiverContext()
+    for key in opened["room-b"].peers:
+        receiver.add_key(key.kid, key.base_key, key.suite, epoch=key.epoch)
+    frame = os.urandom(1000)
+    assert receiver.decrypt(b"meta", sender.encrypt(b"meta", frame)).plaintext == frame
+    # No key bytes in what roomctl printed.
+    assert own_a.base_key.hex() not in result.stdout + result.stderr
+
+
+async def test_meeting_start_names_rooms_without_hpke_keys(
+    mosquitto: Broker, agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    key = tmp_path / "customer.pem"
+    key.write_bytes(private_key_pem(ed25519.Ed25519PrivateKey.generate()))
+    await _publish_states(mosquitto, {"room-a": HpkeIdentity.generate()})
+    result = await asyncio.to_thread(
+        _roomctl,
+        agent_env,
+        "meeting",
+        "start",
+        "--rooms",
+        "room-a,room-x",
+        "--broker",
+        mosquitto.url,
+        "--customer-key",
+        str(key),
+        "--timeout",
+        "1.5",
+    )
+    assert result.returncode == 3
+    assert "room-x" in result.stderr
+    assert "room-a" not in result.stderr.split(":")[-1]
