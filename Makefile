@@ -53,3 +53,12 @@ fuzz: $(STAMP)
 	    [ $$rc = 77 ] && continue; exit $$rc; }; \
 	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \
 	done
+
+# Soak (issue 9): the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
+SOAK_SECONDS ?= 1800
+soak: $(STAMP) mosquitto
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/roomagent bench soak --json -- --seconds $(SOAK_SECONDS)
+
+# Fault-injection suite (issue 9), also part of `make test`.
+reliability: $(STAMP) mosquitto
+	$(BIN)/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
