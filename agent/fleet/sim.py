@@ -31,8 +31,10 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import resource
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +51,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from agent.errors import AgentError
 
 _PAYLOAD_TYPE = "application/vnd.roomagent.{kind}+json"
+# Rooms whose supervisor did not return within the stop budget (the CLI then exits without waiting).
+_STUCK: set[asyncio.Task[int]] = set()
 
 
 class FleetSimError(AgentError):
@@ -302,6 +306,7 @@ async def run_fleet_sim(
     connect_rate: float = 500.0,
     prefix: str = "roomagent/v1",
     workdir: Path | None = None,
+    stop_timeout_s: float = 30.0,
 ) -> FleetSimResult:
     """Run the simulation (see the module docstring) and return what it measured.
 
@@ -318,6 +323,7 @@ async def run_fleet_sim(
         raise FleetSimError(f"fleet-sim needs the daemon and control plane: {exc}") from exc
     if importlib_find("agent.control.service") is None:
         raise FleetSimError("fleet-sim needs the control plane (agent.control.service), not built here")
+    room_services = _room_services_factory(build_services)
 
     _raise_nofile(2 * rooms + 256)
     parts = urlsplit(broker_url)
@@ -361,14 +367,18 @@ async def run_fleet_sim(
                     payload = message.payload if isinstance(message.payload, bytes) else b""
                     observer.handle(str(message.topic), payload, time.monotonic())
 
-            async with asyncio.TaskGroup() as tg:
-                listener = tg.create_task(listen(), name="fleet-sim.plane.listen")
-                t_connect = time.monotonic()
-                supervisors = []
+            # Not one TaskGroup: the rooms' supervisors get a bounded stop (below) so that a room that
+            # hangs while stopping is counted instead of hanging the simulation.
+            listener = asyncio.create_task(listen(), name="fleet-sim.plane.listen")
+            supervisors: list[asyncio.Task[int]] = []
+            t0 = t_connect = time.monotonic()
+            connect_s = 0.0
+            version = 1
+            try:
                 for i, rt in enumerate(runtimes):
                     supervisors.append(
-                        tg.create_task(
-                            Supervisor(rt, build_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
+                        asyncio.create_task(
+                            Supervisor(rt, room_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
                         )
                     )
                     if connect_rate > 0 and i % 50 == 49:
@@ -382,7 +392,6 @@ async def run_fleet_sim(
                     ) from None
                 connect_s = time.monotonic() - t_connect
 
-                version = 1
                 envelope = keys.policy_envelope(version=version, group=group)
                 observer.version = version
                 t0 = time.monotonic()
@@ -392,10 +401,18 @@ async def run_fleet_sim(
                         await observer.all_acked.wait()
                 # Clean the broker: the retained group document must not outlive the simulation.
                 await plane.publish(f"{prefix}/groups/{group}/desired/policy", b"", qos=1, retain=True)
+            finally:
                 for rt in runtimes:
                     rt.request_stop("fleet-sim done")
-                exit_codes = await asyncio.gather(*supervisors)
+                stuck: set[asyncio.Task[int]] = set()
+                if supervisors:
+                    _, stuck = await asyncio.wait(supervisors, timeout=stop_timeout_s)
+                _STUCK.update(stuck)
                 listener.cancel()
+                await asyncio.wait([listener])
+            exit_codes = [
+                t.result() for t in supervisors if t.done() and not t.cancelled() and not t.exception()
+            ]
 
             for device in devices:  # retained states of the simulated rooms go too
                 await plane.publish(f"{prefix}/devices/{device}/state", b"", qos=1, retain=True)
@@ -418,8 +435,25 @@ async def run_fleet_sim(
         extra={
             "malformed_messages": observer.malformed,
             "rooms_exit_nonzero": sum(1 for code in exit_codes if code != 0),
+            "rooms_stuck_at_stop": len(stuck),
         },
     )
+
+
+def _room_services_factory(build_services: Any) -> Any:
+    """The services of one room: the daemon's own list once it wires the control plane in; until
+    then the control plane's stand-alone wiring (``ControlService`` with its file apply target)."""
+    import agent.control.service as control
+
+    if hasattr(control, "services"):
+        return build_services
+    from agent.control.standalone import FileApplyTarget
+
+    def standalone(runtime: Any) -> list[Any]:
+        target = FileApplyTarget(runtime.state_dir / "running")
+        return [control.ControlService(runtime.config, target, state_dir=runtime.state_dir)]
+
+    return standalone
 
 
 def importlib_find(name: str) -> Any:
@@ -451,17 +485,22 @@ def _main(args: argparse.Namespace) -> int:
             broker = Mosquitto(Path(tempfile.mkdtemp(prefix="fleet-sim-broker-")))
             broker.start()
             url = broker.url
-        result = asyncio.run(
+        loop = asyncio.new_event_loop()
+        result = loop.run_until_complete(
             run_fleet_sim(
                 args.rooms, url, timeout_s=args.timeout, connect_rate=args.connect_rate, prefix=args.prefix
             )
         )
+        if not _STUCK:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
     except AgentError as exc:
         print(f"fleet-sim: {exc}", file=sys.stderr)
         return 1
     finally:
         if broker is not None:
             broker.stop()
+            shutil.rmtree(broker.workdir, ignore_errors=True)
     out = result.as_json()
     if args.json:
         print(json.dumps(out))
@@ -473,7 +512,13 @@ def _main(args: argparse.Namespace) -> int:
         )
         if out["rejected"]:
             print(f"not applied: {out['rejected']}")
-    return 0 if result.acked == result.rooms else 1
+    code = 0 if result.acked == result.rooms else 1
+    if _STUCK:  # waiting for a room that hangs in its stop would hang the command: leave now
+        print(f"fleet-sim: {len(_STUCK)} rooms did not stop within the budget", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -156,8 +156,7 @@ class ReconcilingPlane:
             from agent.privacy.policy import DEFAULT_POLICY
 
             body = DEFAULT_POLICY.model_dump(mode="json")
-            body["camera"]["remote_ptz"] = False
-            body["telemetry"]["fields"] = [f"v{version}"] if version % 2 else []
+            body["camera"]["remote_ptz"] = False  # tightens the default; later versions keep it
         payload = FleetKeys.payload(
             kind, version, body, now=now, devices=(self.device,), valid_for=timedelta(hours=1)
         )
