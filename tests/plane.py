@@ -105,7 +105,8 @@ class Plane:
 
     def sign(self, kind: str, body: Any, signers: list[PrivateKey] | None = None, **kw: Any) -> bytes:
         """A complete, valid envelope (fleet-signed by default) as bytes."""
-        return self.envelope(kind, self.payload(kind, body, **kw), signers or [self.fleet]).to_json()
+        chosen = signers if signers is not None else [self.fleet, *self.extra_fleet]
+        return self.envelope(kind, self.payload(kind, body, **kw), chosen).to_json()
 
     def root(self, signers: list[PrivateKey] | None = None, **kw: Any) -> bytes:
         """The next root version, signed by the current root keys (or ``signers``)."""
@@ -129,3 +130,135 @@ class Plane:
             else:
                 body[section] = value
         return body
+
+
+class PlaneClient:
+    """The management plane on MQTT: publishes documents, collects the device's signed acks."""
+
+    def __init__(self, client: Any, device: str = "room-101") -> None:
+        self.client = client
+        self.device = device
+        self.acks: list[dict[str, Any]] = []
+        self.states: list[dict[str, Any]] = []
+        self.audit: list[dict[str, Any]] = []
+        self._new = __import__("asyncio").Event()
+
+    async def listen(self) -> None:
+        await self.client.subscribe(f"{PREFIX}/devices/+/ack", qos=1)
+        await self.client.subscribe(f"{PREFIX}/devices/+/state", qos=1)
+        await self.client.subscribe(f"{PREFIX}/devices/+/audit", qos=1)
+        async for message in self.client.messages:
+            topic = str(message.topic)
+            if topic.endswith("/ack"):
+                env = Envelope.parse(message.payload)
+                self.acks.append({**json.loads(env.payload), "_env": env})
+            elif topic.endswith("/state") and message.payload:
+                self.states.append(json.loads(message.payload))
+            elif topic.endswith("/audit"):
+                self.audit.append(json.loads(message.payload))
+            self._new.set()
+
+    def topic(self, kind: str, group: str | None = None) -> str:
+        if kind == "command":
+            return f"{PREFIX}/devices/{self.device}/cmd"
+        if kind == "keys":
+            return f"{PREFIX}/devices/{self.device}/keys"
+        if group is not None:
+            return f"{PREFIX}/groups/{group}/desired/{kind}"
+        return f"{PREFIX}/devices/{self.device}/desired/{kind}"
+
+    async def wait_for(self, predicate: Any, timeout: float = 5.0) -> Any:
+        import asyncio
+
+        async with asyncio.timeout(timeout):
+            while True:
+                for item in [*self.acks, *self.states]:
+                    if predicate(item):
+                        return item
+                self._new.clear()
+                await self._new.wait()
+
+    async def push(self, kind: str, raw: bytes, *, group: str | None = None, retain: bool | None = None,
+                   timeout: float = 5.0) -> dict[str, Any]:
+        """Publish and wait for the ack of this exact message (by count of acks on that kind)."""
+        before = len(self.acks)
+        try:
+            import hashlib
+
+            sha: str | None = hashlib.sha256(Envelope.parse(raw).payload).hexdigest()
+        except ValueError:
+            sha = None
+        if retain is None:
+            retain = kind in ("root", "policy", "config")
+        await self.client.publish(self.topic(kind, group), raw, qos=1, retain=retain)
+        return await self.wait_for(lambda a: a in self.acks[before:] and a.get("kind") == "ack"
+                                   and a["doc_kind"] == kind and (sha is None or a["payload_sha256"] in (sha, None)),
+                                   timeout)
+
+
+class Beat:
+    def __init__(self) -> None:
+        self.beats = 0
+
+    def beat(self) -> None:
+        self.beats += 1
+
+
+def device_config(state_dir: Any, root_path: Any, url: str | None, *, device: str = "room-101",
+                  groups: list[str] | None = None, mqtt: dict[str, Any] | None = None,
+                  control: dict[str, Any] | None = None) -> Any:
+    from agent.config import parse_config
+
+    data: dict[str, Any] = {
+        "device": {"id": device, "groups": groups if groups is not None else ["hq"]},
+        "trust": {"root": str(root_path)},
+        "state": {"dir": str(state_dir)},
+        "control": control or {"health_timeout_s": 2.0},
+    }
+    if url is not None:
+        data["mqtt"] = {"url": url, **(mqtt or {})}
+    return parse_config(data)
+
+
+class RunningDevice:
+    """A ControlService running in this event loop against a broker, plus a plane client."""
+
+    def __init__(self, service: Any, task: Any, plane_client: PlaneClient, listener: Any, client_cm: Any) -> None:
+        self.service = service
+        self.task = task
+        self.plane = plane_client
+        self._listener = listener
+        self._client_cm = client_cm
+
+    def alive(self) -> bool:
+        return not self.task.done()
+
+
+async def start_device(config: Any, target: Any, host: str, port: int, *, device: str = "room-101") -> RunningDevice:
+    import asyncio
+
+    import aiomqtt
+
+    from agent.control.service import ControlService
+
+    service = ControlService(config, target)
+    client_cm = aiomqtt.Client(host, port, identifier=f"plane-{device}-{id(service)}",
+                               protocol=aiomqtt.ProtocolVersion.V5)
+    client = await client_cm.__aenter__()
+    pc = PlaneClient(client, device)
+    listener = asyncio.create_task(pc.listen(), name="plane.listen")
+    task = asyncio.create_task(service.run(Beat()), name="control.service")
+    await pc.wait_for(lambda s: s.get("device") == device and s.get("online") is True, 5.0)
+    return RunningDevice(service, task, pc, listener, client_cm)
+
+
+async def stop_device(dev: RunningDevice) -> None:
+    import asyncio
+    import contextlib
+
+    for task in (dev.task, dev._listener):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    with contextlib.suppress(Exception):
+        await dev._client_cm.__aexit__(None, None, None)

@@ -1,0 +1,3 @@
+from agent.control.standalone import main
+
+raise SystemExit(main())
