@@ -145,6 +145,7 @@ class ReconcilingPlane:
     state: dict[str, Any] = field(default_factory=dict)
     connections: int = 0
     republished: int = 0
+    online_reports: int = 0  # retained-state messages with online: true seen so far
     _client: aiomqtt.Client | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -218,6 +219,8 @@ class ReconcilingPlane:
             if topic.endswith("/state"):
                 with contextlib.suppress(ValueError):
                     self.state = json.loads(payload) if payload else {}
+                    if self.state.get("online") is True:
+                        self.online_reports += 1
                 self._changed.set()
                 continue
             try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,19 +94,23 @@ async def test_sigkill_at_random_points_during_apply(
 ) -> None:
     agent = AgentProcess(tmp_path, mosquitto.url, plane.keys)
     rng = random.Random(int(os.environ.get("RELIABILITY_SEED", "50")))
-    # Calibrate: from process start to the ack of a retained document (start-up + verify + apply + ack).
     await plane.push("config", 1)
-    t0 = time.monotonic()
     agent.start()
-    await plane.wait_for(lambda: plane.acked("config", 1), 60, "calibration ack")
-    window = time.monotonic() - t0
+    await plane.wait_for(lambda: plane.acked("config", 1), 60, "the first config applied")
     agent.kill()
     applied = 1
     outcomes: Counter[str] = Counter()
     for version in range(2, KILLS + 2):
-        await plane.push("config", version)  # retained: delivered as soon as the agent subscribes
+        await plane.push("config", version)  # retained (and queued in the agent's persistent session)
+        seen = plane.online_reports
         agent.start()
-        await asyncio.sleep(rng.uniform(0.3 * window, 1.2 * window))
+        if rng.random() < 0.2:
+            # Anywhere in start-up: identity, trust store, state recovery, connect.
+            await asyncio.sleep(rng.uniform(0.0, 0.8))
+        else:
+            # Around the apply: the documents arrive right after the agent subscribes and reports online.
+            await plane.wait_for(lambda s=seen: plane.online_reports > s, 30, "the agent online")
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
         agent.kill()
         state = agent.control_state()  # StateError here would be a torn file
         assert isinstance(state, dict)
@@ -133,12 +136,17 @@ async def test_sigkill_at_random_points_during_apply(
         )
     finally:
         assert agent.stop() == 0, agent.log_tail()
-    print(f"{KILLS} SIGKILLs (window {window:.2f} s): {dict(outcomes)}; converged on v{final}")
+    print(f"{KILLS} SIGKILLs during start-up/apply: {dict(outcomes)}; converged on v{final}")
     assert agent.control_state()["applied"]["config"]["version"] == final
     assert outcomes["old"] > 0, "no kill landed before the commit"
     assert outcomes["new"] > 0, "no kill landed after the commit"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 5: a StateError (ENOSPC) from AuditLog.append escapes ControlService.handle and ends the "
+    "control process instead of acking the failure (found by this test)",
+)
 async def test_disk_full_while_persisting_keeps_old_state_and_acks_failure(
     mosquitto: Broker, plane: ReconcilingPlane, small_tmpfs: Path, tmp_path: Path
 ) -> None:
@@ -151,17 +159,14 @@ async def test_disk_full_while_persisting_keeps_old_state_and_acks_failure(
         fill(small_tmpfs)
         await plane.push("config", 2)
         await plane.wait_for(
-            lambda: (
-                any(a.get("doc_version") == 2 and a.get("status") != "applied" for a in plane.acks)
-                or plane.acked("config", 2)
-            ),
+            lambda: not agent.alive or any(a.get("doc_version") == 2 for a in plane.acks),
             30,
             "an ack for config v2",
         )
+        assert agent.alive, f"the agent died on a full disk:\n{agent.log_tail(15)}"
         ack = next(a for a in plane.acks if a.get("doc_version") == 2)
         assert ack["status"] in ("rolled_back", "rejected"), ack
         assert agent.control_state()["applied"] == before["applied"], "old state kept"
-        assert agent.alive, agent.log_tail()
         # Space comes back: the next document applies.
         (small_tmpfs / "filler").unlink()
         await plane.push("config", 3)
