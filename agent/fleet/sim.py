@@ -37,6 +37,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -298,6 +299,94 @@ class _Observer:
                     self.all_acked.set()
 
 
+async def run_rooms(
+    first: int,
+    count: int,
+    *,
+    broker_url: str,
+    group: str,
+    root_path: Path,
+    workdir: Path,
+    prefix: str,
+    connect_rate: float,
+    stop: asyncio.Event,
+    stop_timeout_s: float = 30.0,
+) -> dict[str, int]:
+    """Run rooms ``first .. first+count-1`` (each the agent's own services under its supervisor) until
+    ``stop`` is set; returns ``{"exit_nonzero", "stuck"}`` (rooms that did not stop within the budget are
+    left in :data:`_STUCK` for the caller to abandon)."""
+    try:
+        from agent.daemon.main import build_services
+        from agent.daemon.runtime import Runtime
+        from agent.daemon.supervisor import Supervisor
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while branches land
+        raise FleetSimError(f"fleet-sim needs the daemon: {exc}") from exc
+    if importlib_find("agent.control.service") is None:
+        raise FleetSimError("fleet-sim needs the control plane (agent.control.service), not built here")
+    room_services = _room_services_factory(build_services)
+    runtimes = []
+    for i in range(first, first + count):
+        config = _room_config(
+            workdir, i, broker_url=broker_url, group=group, root_path=root_path, prefix=prefix
+        )
+        state_dir = workdir / f"sim-{i:05d}"
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        runtimes.append(Runtime(config, state_dir))
+    # Not one TaskGroup: the supervisors get a bounded stop (below) so that a room that hangs while
+    # stopping is counted instead of hanging the simulation.
+    supervisors: list[asyncio.Task[int]] = []
+    try:
+        for n, rt in enumerate(runtimes):
+            supervisors.append(
+                asyncio.create_task(
+                    Supervisor(rt, room_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
+                )
+            )
+            if connect_rate > 0 and n % 10 == 9:
+                await asyncio.sleep(10 / connect_rate)
+        await stop.wait()
+    finally:
+        for rt in runtimes:
+            rt.request_stop("fleet-sim done")
+        stuck: set[asyncio.Task[int]] = set()
+        if supervisors:
+            _, stuck = await asyncio.wait(supervisors, timeout=stop_timeout_s)
+        _STUCK.update(stuck)
+    codes = [t.result() for t in supervisors if t.done() and not t.cancelled() and t.exception() is None]
+    return {"exit_nonzero": sum(1 for c in codes if c != 0), "stuck": len(stuck)}
+
+
+async def _worker_main(argv: list[str]) -> dict[str, int]:
+    """``python -m agent.fleet.sim --worker ...``: run a slice of the rooms until stdin closes."""
+    parser = argparse.ArgumentParser(prog="fleet-sim worker")
+    for name in ("--broker", "--group", "--root", "--workdir", "--prefix"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--first", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--connect-rate", type=float, required=True)
+    args = parser.parse_args(argv)
+    _raise_nofile(2 * args.count + 256)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def wait_for_eof() -> None:
+        sys.stdin.buffer.read()  # the coordinator closes our stdin when the measurement is done
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait_for_eof, name="fleet-sim.worker.stdin", daemon=True).start()
+    return await run_rooms(
+        args.first,
+        args.count,
+        broker_url=args.broker,
+        group=args.group,
+        root_path=Path(args.root),
+        workdir=Path(args.workdir),
+        prefix=args.prefix,
+        connect_rate=args.connect_rate,
+        stop=stop,
+    )
+
+
 async def run_fleet_sim(
     rooms: int,
     broker_url: str,
@@ -306,33 +395,31 @@ async def run_fleet_sim(
     connect_rate: float = 500.0,
     prefix: str = "roomagent/v1",
     workdir: Path | None = None,
-    stop_timeout_s: float = 30.0,
+    workers: int | None = None,
 ) -> FleetSimResult:
     """Run the simulation (see the module docstring) and return what it measured.
+
+    The rooms run in ``workers`` child processes (default: one per CPU), so that the plane here, which
+    timestamps each ack as it arrives, is not queued behind the rooms' own work on one event loop.
 
     Raises:
         FleetSimError: the control plane is not built, the broker is unreachable, or rooms never came up.
     """
-    try:
-        import aiomqtt
+    import aiomqtt
 
-        from agent.daemon.main import build_services
-        from agent.daemon.runtime import Runtime
-        from agent.daemon.supervisor import Supervisor
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while branches land
-        raise FleetSimError(f"fleet-sim needs the daemon and control plane: {exc}") from exc
     if importlib_find("agent.control.service") is None:
         raise FleetSimError("fleet-sim needs the control plane (agent.control.service), not built here")
-    room_services = _room_services_factory(build_services)
-
-    _raise_nofile(2 * rooms + 256)
     parts = urlsplit(broker_url)
     if parts.scheme != "mqtt" or not parts.hostname:
         raise FleetSimError("fleet-sim speaks plain mqtt://HOST:PORT on loopback")
+    _raise_nofile(rooms + 256)
+    workers = max(1, min(rooms, workers or os.cpu_count() or 1))
     keys = FleetKeys.generate()
     group = f"fleetsim-{secrets.token_hex(4)}"
     devices = {f"sim-{i:05d}" for i in range(rooms)}
     observer = _Observer(prefix, devices)
+    version = 1
+    worker_reports: list[dict[str, int]] = []
 
     with contextlib.ExitStack() as stack:
         base = (
@@ -342,15 +429,6 @@ async def run_fleet_sim(
         )
         root_path = base / "root.json"
         root_path.write_bytes(keys.root_envelope())
-        runtimes = [
-            Runtime(
-                _room_config(base, i, broker_url=broker_url, group=group, root_path=root_path, prefix=prefix),
-                base / f"sim-{i:05d}",
-            )
-            for i in range(rooms)
-        ]
-        for rt in runtimes:
-            rt.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         async with aiomqtt.Client(
             parts.hostname,
@@ -367,22 +445,42 @@ async def run_fleet_sim(
                     payload = message.payload if isinstance(message.payload, bytes) else b""
                     observer.handle(str(message.topic), payload, time.monotonic())
 
-            # Not one TaskGroup: the rooms' supervisors get a bounded stop (below) so that a room that
-            # hangs while stopping is counted instead of hanging the simulation.
             listener = asyncio.create_task(listen(), name="fleet-sim.plane.listen")
-            supervisors: list[asyncio.Task[int]] = []
+            procs: list[asyncio.subprocess.Process] = []
             t0 = t_connect = time.monotonic()
             connect_s = 0.0
-            version = 1
             try:
-                for i, rt in enumerate(runtimes):
-                    supervisors.append(
-                        asyncio.create_task(
-                            Supervisor(rt, room_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
+                share, extra = divmod(rooms, workers)
+                first = 0
+                for w in range(workers):
+                    count = share + (1 if w < extra else 0)
+                    procs.append(
+                        await asyncio.create_subprocess_exec(
+                            sys.executable,
+                            "-m",
+                            "agent.fleet.sim",
+                            "--worker",
+                            "--broker",
+                            broker_url,
+                            "--group",
+                            group,
+                            "--root",
+                            str(root_path),
+                            "--workdir",
+                            str(base),
+                            "--prefix",
+                            prefix,
+                            "--first",
+                            str(first),
+                            "--count",
+                            str(count),
+                            "--connect-rate",
+                            str(connect_rate / workers),
+                            stdin=asyncio.subprocess.PIPE,
+                            stdout=asyncio.subprocess.PIPE,
                         )
                     )
-                    if connect_rate > 0 and i % 50 == 49:
-                        await asyncio.sleep(50 / connect_rate)
+                    first += count
                 try:
                     async with asyncio.timeout(timeout_s):
                         await observer.all_online.wait()
@@ -402,17 +500,21 @@ async def run_fleet_sim(
                 # Clean the broker: the retained group document must not outlive the simulation.
                 await plane.publish(f"{prefix}/groups/{group}/desired/policy", b"", qos=1, retain=True)
             finally:
-                for rt in runtimes:
-                    rt.request_stop("fleet-sim done")
-                stuck: set[asyncio.Task[int]] = set()
-                if supervisors:
-                    _, stuck = await asyncio.wait(supervisors, timeout=stop_timeout_s)
-                _STUCK.update(stuck)
+                for proc in procs:
+                    if proc.stdin is not None:
+                        proc.stdin.close()
+                for proc in procs:
+                    try:
+                        async with asyncio.timeout(60):
+                            out, _ = await proc.communicate()
+                        worker_reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+                    except (TimeoutError, ValueError, IndexError):
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.kill()
+                        await proc.wait()
+                        worker_reports.append({"exit_nonzero": 0, "stuck": -1})
                 listener.cancel()
                 await asyncio.wait([listener])
-            exit_codes = [
-                t.result() for t in supervisors if t.done() and not t.cancelled() and not t.exception()
-            ]
 
             for device in devices:  # retained states of the simulated rooms go too
                 await plane.publish(f"{prefix}/devices/{device}/state", b"", qos=1, retain=True)
@@ -433,9 +535,10 @@ async def run_fleet_sim(
         broker=broker_url,
         version=version,
         extra={
+            "workers": workers,
             "malformed_messages": observer.malformed,
-            "rooms_exit_nonzero": sum(1 for code in exit_codes if code != 0),
-            "rooms_stuck_at_stop": len(stuck),
+            "rooms_exit_nonzero": sum(r.get("exit_nonzero", 0) for r in worker_reports),
+            "rooms_stuck_at_stop": sum(r.get("stuck", 0) for r in worker_reports),
         },
     )
 
@@ -485,15 +588,25 @@ def _main(args: argparse.Namespace) -> int:
             broker = Mosquitto(Path(tempfile.mkdtemp(prefix="fleet-sim-broker-")))
             broker.start()
             url = broker.url
-        loop = asyncio.new_event_loop()
-        result = loop.run_until_complete(
-            run_fleet_sim(
-                args.rooms, url, timeout_s=args.timeout, connect_rate=args.connect_rate, prefix=args.prefix
+        workdir = None
+        if args.state_dir is not None:
+            args.state_dir.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="fleet-sim-", dir=args.state_dir))
+        try:
+            result = asyncio.run(
+                run_fleet_sim(
+                    args.rooms,
+                    url,
+                    timeout_s=args.timeout,
+                    connect_rate=args.connect_rate,
+                    prefix=args.prefix,
+                    workers=args.workers,
+                    workdir=workdir,
+                )
             )
-        )
-        if not _STUCK:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
     except AgentError as exc:
         print(f"fleet-sim: {exc}", file=sys.stderr)
         return 1
@@ -512,13 +625,7 @@ def _main(args: argparse.Namespace) -> int:
         )
         if out["rejected"]:
             print(f"not applied: {out['rejected']}")
-    code = 0 if result.acked == result.rooms else 1
-    if _STUCK:  # waiting for a room that hangs in its stop would hang the command: leave now
-        print(f"fleet-sim: {len(_STUCK)} rooms did not stop within the budget", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return 0 if result.acked == result.rooms else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -547,4 +654,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="rooms started per second (a real fleet reconnects with jitter, too)",
     )
     p.add_argument("--prefix", default="roomagent/v1", help="topic prefix")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,  # noqa: S108 - tmpfs on purpose
+        metavar="DIR",
+        help="where the rooms keep their state (default /dev/shm: on a real fleet every room has its own "
+        "disk, so N rooms' fsyncs must not queue on one disk here; pass a disk path to include them)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="processes the rooms run in (default: one per CPU)",
+    )
     p.set_defaults(func=_main)
+
+
+def _worker_entry() -> None:
+    from agent.logs import configure_logging
+
+    configure_logging("error", "json", stream=sys.stderr)
+    loop = asyncio.new_event_loop()
+    report = loop.run_until_complete(_worker_main(sys.argv[2:]))
+    print(json.dumps(report), flush=True)
+    if _STUCK:  # a room hangs in its stop: waiting would hang the worker; leave without waiting
+        sys.stderr.flush()
+        os._exit(0)
+    loop.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    _worker_entry()
