@@ -22,7 +22,16 @@ acked within ``--timeout``) and extra detail (connect time, rejections by reason
 
 from __future__ import annotations
 
-__all__ = ["FleetKeys", "FleetSimError", "FleetSimResult", "percentile", "register", "run_fleet_sim"]
+__all__ = [
+    "FleetKeys",
+    "FleetSimError",
+    "FleetSimResult",
+    "agent_services",
+    "percentile",
+    "register",
+    "run_fleet_sim",
+    "run_rooms",
+]
 
 import argparse
 import asyncio
@@ -316,14 +325,12 @@ async def run_rooms(
     ``stop`` is set; returns ``{"exit_nonzero", "stuck"}`` (rooms that did not stop within the budget are
     left in :data:`_STUCK` for the caller to abandon)."""
     try:
-        from agent.daemon.main import build_services
         from agent.daemon.runtime import Runtime
         from agent.daemon.supervisor import Supervisor
     except ModuleNotFoundError as exc:  # pragma: no cover - only while branches land
         raise FleetSimError(f"fleet-sim needs the daemon: {exc}") from exc
     if importlib_find("agent.control.service") is None:
         raise FleetSimError("fleet-sim needs the control plane (agent.control.service), not built here")
-    room_services = _room_services_factory(build_services)
     runtimes = []
     for i in range(first, first + count):
         config = _room_config(
@@ -339,7 +346,7 @@ async def run_rooms(
         for n, rt in enumerate(runtimes):
             supervisors.append(
                 asyncio.create_task(
-                    Supervisor(rt, room_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
+                    Supervisor(rt, agent_services(rt)).run(), name=f"fleet-sim.room[{rt.device_id}]"
                 )
             )
             if connect_rate > 0 and n % 10 == 9:
@@ -543,20 +550,30 @@ async def run_fleet_sim(
     )
 
 
-def _room_services_factory(build_services: Any) -> Any:
-    """The services of one room: the daemon's own list once it wires the control plane in; until
-    then the control plane's stand-alone wiring (``ControlService`` with its file apply target)."""
+def agent_services(runtime: Any) -> list[Any]:
+    """The services ``roomagent run`` starts for ``runtime``; until the daemon wires the control plane
+    in itself, the control plane's stand-alone wiring (``ControlService`` with its file apply target)
+    is added here so the simulated rooms and the soak always run a control plane."""
+    import importlib
+
     import agent.control.service as control
+    from agent.daemon.main import SERVICE_PROVIDERS, build_services
 
     if hasattr(control, "services"):
-        return build_services
+        return list(build_services(runtime))
+    # The daemon's provider list names agent.control.service, which has no provider yet: build the
+    # same list without it, then add the control plane's stand-alone wiring.
     from agent.control.standalone import FileApplyTarget
+    from agent.daemon.state import StateReporter
 
-    def standalone(runtime: Any) -> list[Any]:
-        target = FileApplyTarget(runtime.state_dir / "running")
-        return [control.ControlService(runtime.config, target, state_dir=runtime.state_dir)]
-
-    return standalone
+    services: list[Any] = [StateReporter(runtime)]
+    for module_name, function_name in SERVICE_PROVIDERS:
+        if module_name == "agent.control.service" or importlib_find(module_name) is None:
+            continue
+        services.extend(getattr(importlib.import_module(module_name), function_name)(runtime))
+    target = FileApplyTarget(runtime.state_dir / "running")
+    services.append(control.ControlService(runtime.config, target, state_dir=runtime.state_dir))
+    return services
 
 
 def importlib_find(name: str) -> Any:
