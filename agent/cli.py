@@ -73,7 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    description = __doc__.splitlines()[0] if __doc__ else None
+    description = __doc__.splitlines()[0].replace("``", "") if __doc__ else None
     parser = argparse.ArgumentParser(prog="roomagent", description=description)
     parser.add_argument("--version", action="version", version=f"roomagent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -169,3 +169,15 @@ def test_startup_benchmark_reports_ready_time_and_rss(agent_env: dict[str, str])
     assert results["startup.rss_after_idle"]["unit"] == "MB"
     assert results["startup.rss_after_idle"]["value"] > results["startup.rss_after_idle"]["baseline"]
     assert results["startup.clean_stops"]["value"] == 1
+
+
+def test_systemd_configuration_directory_is_read_without_config(
+    tmp_path: Path, agent_env: dict[str, str], spawn
+) -> None:
+    conf_dir = tmp_path / "etc-roomagent"
+    conf_dir.mkdir()
+    (conf_dir / "agent.toml").write_text('[device]\nid = "room-1"\nlocation = "HQ"\n')
+    proc = spawn(env={**agent_env, "CONFIGURATION_DIRECTORY": str(conf_dir)})
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 2
+    assert f"{conf_dir / 'agent.toml'}: device.location: " in err

@@ -166,3 +166,32 @@ def test_random_keys_never_decrypt_each_others_frames() -> None:
     ct = sframe.encrypt(5, k1, 9, 9, b"", b"frame")
     with pytest.raises(AuthenticationError):
         sframe.decrypt(5, k2, b"", ct)
+
+
+def test_oversized_frames_are_refused_before_the_aead() -> None:
+    """cryptography's AEADs panic (a BaseException) on 2 GiB bodies; the 64 MiB cap stops far earlier.
+
+    The buffer is an untouched anonymous mapping: only the header page is ever read.
+    """
+    import mmap
+
+    from agent.e2ee.context import ReceiverContext, SenderContext
+    from agent.e2ee.suites import MAX_FRAME_BYTES
+
+    with mmap.mmap(-1, MAX_FRAME_BYTES + 64) as big:
+        view = memoryview(big)
+        try:
+            for suite in (1, 4):
+                with pytest.raises(MalformedCiphertextError):
+                    sframe.decrypt(suite, KEY, b"", view)
+                receiver = ReceiverContext()
+                receiver.add_key(0, KEY, suite)  # the all-zero header is KID 0, CTR 0
+                with pytest.raises(MalformedCiphertextError):
+                    receiver.decrypt(b"", view)
+                assert receiver.drops["malformed"] == 1
+                with pytest.raises(InvalidParameterError):
+                    sframe.encrypt(suite, KEY, 0, 0, b"", view)
+                with pytest.raises(InvalidParameterError):
+                    SenderContext(suite, KEY, 0).encrypt(b"", view)  # type: ignore[arg-type]
+        finally:
+            view.release()

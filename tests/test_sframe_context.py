@@ -225,3 +225,33 @@ def test_receiver_rejects_bad_arguments() -> None:
         receiver.add_key(1, KEY, 4, epoch=-1)
     with pytest.raises(sframe.UnsupportedCipherSuiteError):
         receiver.add_key(1, KEY, 0)
+
+
+def test_decrypted_is_a_frozen_value() -> None:
+    sender, receiver = _pair()
+    result = receiver.decrypt(b"", sender.encrypt(b"", b"x"))
+    assert result == Decrypted(7, 0, b"x")
+    assert hash(result) == hash(Decrypted(7, 0, b"x"))
+    with pytest.raises(AttributeError):
+        result.ctr = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("suite", [1, 3, 4, 5])
+def test_encrypt_into_writes_the_same_sframe_ciphertext_in_place(suite: int) -> None:
+    sender, receiver = _pair(suite)
+    plain = os.urandom(5000)
+    out = bytearray(len(plain) + sender.max_overhead)
+    for expected_ctr in range(10):
+        n = sender.encrypt_into(b"meta", plain, out)
+        assert receiver.decrypt(b"meta", bytes(out[:n])) == Decrypted(7, expected_ctr, plain)
+    # encrypt and encrypt_into share one CTR sequence.
+    assert receiver.decrypt(b"meta", sender.encrypt(b"meta", plain)).ctr == 10
+
+
+def test_encrypt_into_refuses_small_or_read_only_buffers_without_using_a_ctr() -> None:
+    sender, _ = _pair()
+    with pytest.raises(InvalidParameterError, match="at least"):
+        sender.encrypt_into(b"", b"x" * 100, bytearray(100))
+    with pytest.raises(InvalidParameterError):
+        sender.encrypt_into(b"", b"x", bytes(200))  # type: ignore[arg-type]
+    assert sender.next_ctr == 0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.e2ee.header import MAX_VALUE, decode_header, encode_header
+from agent.e2ee.header import MAX_VALUE, KidHeaders, decode_header, encode_header
 from agent.e2ee.sframe import InvalidParameterError, SFrameHeaderError
 
 
@@ -35,7 +35,7 @@ def test_minimal_encoding(kid: int, ctr: int, encoded: str) -> None:
         ("0805", "extended CTR holding 5, which fits in C"),
         ("900010", "two-byte KID with a leading zero byte (0x10 fits in one)"),
         ("09000a", "two-byte CTR with a leading zero byte"),
-        ("f8" + "00" * 7 + "ff", "eight-byte KID holding 255"),
+        ("f0" + "00" * 7 + "ff", "eight-byte KID holding 255"),
     ],
 )
 def test_non_minimal_encoding_is_rejected(encoded: str, why: str) -> None:
@@ -75,3 +75,9 @@ def test_any_bytes_decode_or_header_error(data: bytes) -> None:
     except SFrameHeaderError:
         return
     assert data[:n] == encode_header(kid, ctr)  # whatever parses is exactly the canonical form
+
+
+@given(st.integers(0, MAX_VALUE), st.integers(0, MAX_VALUE))
+def test_precomputed_kid_headers_match_encode_header(kid: int, ctr: int) -> None:
+    """The sender's int-ops fast path produces byte-identical headers."""
+    assert KidHeaders(kid).encode(ctr) == encode_header(kid, ctr)

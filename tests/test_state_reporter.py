@@ -127,3 +127,41 @@ def test_reserved_state_fields_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="health"):
         runtime.update_state(health={"fake": "ok"})
     assert "fake" not in json.dumps(runtime.state_snapshot())
+
+
+async def test_idling_between_writes_is_not_a_stall(tmp_path: Path) -> None:
+    # Found by running the daemon with stall_timeout_s 2 and the default 5 s write interval: the
+    # reporter beat only per write and the watchdog took it for hung.
+    config = parse_config({"state": {"report_interval_s": 5.0}, "supervisor": {"stall_timeout_s": 0.3}})
+    runtime = Runtime(config, tmp_path)
+    reporter = StateReporter(runtime)
+    progress = Progress(reporter.name)
+    task = asyncio.create_task(reporter.run(progress))
+    ages = []
+    for _ in range(8):
+        await asyncio.sleep(0.1)
+        ages.append(progress.age())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert max(ages) < 0.3
+    assert reporter.writes == 2  # the first write and the final flush: no change, interval not reached
+
+
+async def test_a_burst_of_changes_is_written_once(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path, interval=30.0)
+    reporter = StateReporter(runtime)
+    task = asyncio.create_task(reporter.run(Progress(reporter.name)))
+    await eventually(lambda: read_state(tmp_path))
+    for version in range(1, 51):  # e.g. a control link replaying 50 retained documents
+        runtime.update_state(applied={"config": version})
+        await asyncio.sleep(0.001)
+
+    def last_one_written() -> None:
+        assert read_state(tmp_path)["applied"] == {"root": None, "policy": None, "config": 50}
+
+    await eventually(last_one_written)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reporter.writes <= 5  # first write, one or two for the burst, the final flush

@@ -4,7 +4,9 @@ Each run starts a real ``roomagent run`` (built-in defaults: simulated HAL, offl
 socket, as systemd would, and times from just before exec to the READY=1 datagram. The agents then idle
 together; after ``--idle-s`` seconds (default 30) each one's resident set (VmRSS) is read and it is
 stopped with SIGTERM. Figures are medians over ``--runs`` (default 5). Same-run baselines: the bare
-interpreter (``python -c pass`` start-up, and the RSS of an idle bare interpreter).
+interpreter (``python -c pass`` start-up, and the RSS of an idle bare interpreter). ``--config PATH``
+measures another set-up (e.g. with a media sink, so pipelines run); without ``[state] dir`` in it each
+agent gets its own state directory.
 """
 
 from __future__ import annotations
@@ -80,10 +82,12 @@ def run(args: list[str]) -> list[Result]:
     parser = argparse.ArgumentParser(prog="roomagent bench startup")
     parser.add_argument("--runs", type=int, default=5, help="agents to start (median over them)")
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle time before reading RSS")
+    parser.add_argument("--config", help="agent config to start with (default: the built-in sim defaults)")
     opts = parser.parse_args(args)
     if opts.runs < 1 or opts.idle_s < 0:
         parser.error("--runs must be >= 1 and --idle-s >= 0")
 
+    config_args = ["--config", opts.config] if opts.config else []
     procs: list[subprocess.Popen[bytes]] = []
     ready_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ra-bench-") as tmp:
@@ -99,7 +103,7 @@ def run(args: list[str]) -> list[Result]:
                     env = _env(os.path.join(tmp, f"state-{i}"), sock_path)
                     start = time.monotonic()
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "agent", "run"],
+                        [sys.executable, "-m", "agent", "run", *config_args],
                         env=env,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -128,6 +132,7 @@ def run(args: list[str]) -> list[Result]:
             runs=[round(x, 4) for x in ready_s],
             baseline_of="python -c pass",
             goal="< 1.0 s",
+            config=opts.config or "built-in defaults",
         ),
         result(
             "startup.rss_after_idle",

@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.daemon.main import run  # lazy: keeps other sub-commands fast
 
     try:
-        return run(config)
+        return run(config, source=str(path) if path is not None else "built-in defaults")
     except StateError as exc:
         print(f"state: {exc.path}: {exc.reason}", file=sys.stderr)
         return 1
@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run the device agent (systemd Type=notify service)",
-        description="Run the agent. Without --config: built-in defaults (simulated HAL, offline).",
+        description=(
+            "Run the agent. Without --config: $CONFIGURATION_DIRECTORY/agent.toml when systemd provides"
+            " one, else the built-in defaults (simulated HAL, offline). Exit codes: 0 stopped, 1 failed"
+            " (systemd restarts it), 2 bad configuration."
+        ),
     )
     p.add_argument("--config", type=Path, default=None, metavar="PATH", help="TOML config file")
     p.set_defaults(func=_run)

@@ -8,7 +8,15 @@ there yet is skipped, so branches land independently.
 
 from __future__ import annotations
 
-__all__ = ["SERVICE_PROVIDERS", "build_runtime", "build_services", "prepare_state_dir", "run"]
+__all__ = [
+    "SERVICE_PROVIDERS",
+    "StopDeadline",
+    "build_runtime",
+    "build_services",
+    "prepare_state_dir",
+    "run",
+    "serve",
+]
 
 import asyncio
 import importlib
@@ -91,38 +99,75 @@ def build_services(runtime: Runtime) -> list[Service]:
         if module is None:
             runtime.logger.debug("service_provider_absent", module=module_name)
             continue
-        provider = cast(Callable[[Runtime], list[Service]], getattr(module, function_name))
-        services.extend(provider(runtime))
+        provider = getattr(module, function_name, None)
+        if provider is None:
+            # The sub-system exists but is not wired for the daemon yet: say so, run without it.
+            runtime.logger.warning("service_provider_missing", module=module_name, function=function_name)
+            continue
+        services.extend(cast(Callable[[Runtime], list[Service]], provider)(runtime))
     return services
 
 
-def _hard_exit(log: Any) -> None:
-    log.critical("stop_deadline_exceeded", deadline_s=STOP_DEADLINE_S)
-    sys.stdout.flush()
-    os._exit(EXIT_GAVE_UP)
+class StopDeadline:
+    """Ends the process with exit 1 if a stop takes longer than ``seconds`` (default 5 s).
+
+    A thread timer fires even if a misbehaving service blocks the event loop, or a worker thread keeps
+    ``asyncio.run()`` from returning. Only ``run()`` (the process) uses one: in-process callers of
+    :func:`serve` (tests, simulations) must not be ``os._exit``-ed.
+    """
+
+    def __init__(self, log: Any, seconds: float = STOP_DEADLINE_S) -> None:
+        self._log = log
+        self._seconds = seconds
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def arm(self, _reason: str = "") -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self._seconds, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _expire(self) -> None:
+        self._log.critical("stop_deadline_exceeded", deadline_s=self._seconds)
+        sys.stdout.flush()
+        os._exit(EXIT_GAVE_UP)
 
 
 async def serve(
-    runtime: Runtime, services: list[Service], *, environ: Mapping[str, str] | None = None
+    runtime: Runtime,
+    services: list[Service],
+    *,
+    environ: Mapping[str, str] | None = None,
+    deadline: StopDeadline | None = None,
 ) -> int:
-    """Run the supervisor with signal handling and systemd notification; returns the exit code."""
+    """Run the supervisor with signal handling and systemd notification; returns the exit code.
+
+    Args:
+        runtime: the runtime the services were built with.
+        services: in start order.
+        environ: where ``NOTIFY_SOCKET`` / ``WATCHDOG_USEC`` come from (default ``os.environ``).
+        deadline: armed when a stop begins and when this returns (process use only).
+    """
     env = os.environ if environ is None else environ
     notifier = Notifier(env)
     loop = asyncio.get_running_loop()
     log = runtime.logger
-    deadline: list[threading.Timer] = []
 
     def on_signal(signame: str) -> None:
-        if deadline:
+        if runtime.stopping.is_set():
             log.warning("second_stop_signal", signal=signame)
             return
-        # A thread timer fires even if a misbehaving service blocks the event loop.
-        timer = threading.Timer(STOP_DEADLINE_S, _hard_exit, args=(log,))
-        timer.daemon = True
-        timer.start()
-        deadline.append(timer)
         runtime.request_stop(signame)
 
+    if deadline is not None:
+        runtime.on_stop(deadline.arm)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     supervisor = Supervisor(runtime, services, notifier=notifier, watchdog_interval=watchdog_interval(env))
@@ -131,23 +176,32 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        for timer in deadline:
-            timer.cancel()
         notifier.close()
+        if deadline is not None:
+            deadline.arm()  # bounds what is left: asyncio.run() waits for executor threads
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
     """``roomagent run`` after the config was validated: returns the process exit code."""
     runtime = build_runtime(config)
     runtime.logger.info(
         "agent_starting",
+        config=source,
         state_dir=str(runtime.state_dir),
         hal=config.hal.backend,
         mqtt="configured" if config.mqtt.url else "offline",
     )
-    services = build_services(runtime)
     try:
-        return asyncio.run(serve(runtime, services))
+        services = build_services(runtime)
+    except Exception as exc:  # a sub-system that cannot even be built (bad lab key file, sink, ...)
+        runtime.logger.critical("service_build_failed", error=type(exc).__name__, exc_info=exc)
+        return EXIT_GAVE_UP
+    deadline = StopDeadline(runtime.logger)
+    try:
+        return asyncio.run(serve(runtime, services, deadline=deadline))
     except Exception as exc:  # a bug in the daemon itself (not a service): exit non-zero, loudly
         runtime.logger.critical("agent_crashed", error=type(exc).__name__, exc_info=exc)
         return EXIT_GAVE_UP
+    finally:
+        deadline.cancel()
+        sys.stdout.flush()

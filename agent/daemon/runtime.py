@@ -59,6 +59,7 @@ class Runtime:
         }
         self._health_source: HealthSource | None = None
         self._state_changed = asyncio.Event()
+        self._stop_callbacks: list[Callable[[str], None]] = []
 
     # -- device state -------------------------------------------------------------------------------
     def update_state(self, **fields: Any) -> None:
@@ -66,7 +67,8 @@ class Runtime:
 
         ``applied`` is merged per kind (``update_state(applied={"policy": 7})``); any other field replaces
         its old value (``online=True``, ``identity={...}``, ``audit_head={...}``, ``inventory=[...]``).
-        Values must be JSON-serialisable and must never carry keys or personal data.
+        Values must be JSON-serialisable and must never carry keys or personal data. Call it on the
+        event loop (from a worker thread: ``loop.call_soon_threadsafe(runtime.update_state, ...)``).
 
         Raises:
             ValueError: a reserved field (``device``, ``health``, ``agent``, ``updated_at``).
@@ -130,7 +132,13 @@ class Runtime:
         return "; ".join(f"{k} {v}" for k, v in self.status.items())
 
     def request_stop(self, reason: str = "requested") -> None:
-        """Begin a graceful stop (idempotent)."""
+        """Begin a graceful stop (idempotent). Use this rather than setting ``stopping`` directly."""
         if not self.stopping.is_set():
             self.logger.info("agent_stop_requested", reason=reason)
             self.stopping.set()
+            for callback in self._stop_callbacks:
+                callback(reason)
+
+    def on_stop(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once when a stop is requested (the daemon arms its stop deadline)."""
+        self._stop_callbacks.append(callback)

@@ -24,6 +24,7 @@ from agent.errors import StateError
 from agent.persist import atomic_write_json
 
 STATE_FILE = "state.json"
+MIN_SPACING_S = 0.25
 
 
 class StateReporter:
@@ -51,6 +52,11 @@ class StateReporter:
             self.writes += 1
 
     async def run(self, progress: Progress) -> None:
+        # Beat well within the stall timeout even when the write interval is longer: idling between
+        # writes is not a hang.
+        turn_s = min(self._interval_s, self._runtime.config.supervisor.stall_timeout_s / 3)
+        loop = asyncio.get_running_loop()
+        progress.beat()  # up: READY=1 need not wait for the first fsync
         try:
             while True:
                 snapshot = self._runtime.state_snapshot()
@@ -61,7 +67,16 @@ class StateReporter:
                     # A full disk must not stop the agent: the old file stays intact; retry next turn.
                     self._log.error("state_write_failed", path=exc.path, reason=exc.reason)
                 progress.beat()
-                await self._runtime.wait_state_changed(self._interval_s)
+                written = loop.time()
+                next_write = written + self._interval_s
+                while not await self._runtime.wait_state_changed(
+                    max(0.0, min(turn_s, next_write - loop.time()))
+                ):
+                    progress.beat()
+                    if loop.time() >= next_write:
+                        break
+                # A burst of changes becomes one write: at most one fsync per MIN_SPACING_S (flash wear).
+                await asyncio.sleep(max(0.0, written + min(MIN_SPACING_S, self._interval_s) - loop.time()))
         except asyncio.CancelledError:
             # On stop flush the final state, offline, then let the cancellation propagate.
             final = self._runtime.state_snapshot()

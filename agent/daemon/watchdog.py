@@ -59,6 +59,11 @@ class Watchdog:
         last_status: str | None = None
         stalled_before: list[str] = []
         while True:
+            if self._runtime.stopping.is_set():
+                # systemd stops enforcing the watchdog once the service leaves "running"; keep the
+                # supervisor's "stopping" STATUS instead of overwriting it with a summary.
+                await asyncio.sleep(self._period)
+                continue
             stalled = self._stalled()
             self._runtime.status["services"] = self._summary()
             status = self._runtime.status_line()

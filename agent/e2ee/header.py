@@ -13,12 +13,15 @@ authentication (§9.4).
 
 from __future__ import annotations
 
-__all__ = ["MAX_VALUE", "decode_header", "encode_header"]
+__all__ = ["MAX_HEADER_LENGTH", "MAX_VALUE", "KidHeaders", "decode_header", "encode_header"]
 
 from agent.e2ee.errors import InvalidParameterError, SFrameHeaderError
 
 MAX_VALUE = (1 << 64) - 1
 """KID and CTR are unsigned 64-bit integers (at most 8 bytes each, §4.3)."""
+
+MAX_HEADER_LENGTH = 17
+"""Config byte + 8-byte KID + 8-byte CTR."""
 
 # The 64 headers with KID < 8 and CTR < 8 are one config byte; prebuilt to skip int packing.
 _SHORT = tuple(bytes((k << 4 | c,)) for k in range(8) for c in range(8))
@@ -54,6 +57,31 @@ def encode_header(kid: int, ctr: int) -> bytes:
     return ((config << (klen << 3) | kid) << (clen << 3) | ctr).to_bytes(1 + klen + clen, "big")
 
 
+# Smallest value allowed in an extended field of n bytes: 8 for one byte (0-7 fit in the config
+# byte), otherwise no leading zero byte (§4.3 "minimum number of bytes").
+_MIN_EXTENDED = (0, 8, *(1 << ((n - 1) << 3) for n in range(2, 9)))
+
+
+def _config_entry(config: int) -> tuple[int, int, int, int, int, int, int, int]:
+    # X (0x80) / K (0x70) / Y (0x08) / C (0x07), §4.3 Figure 3.
+    klen = ((config >> 4) & 0x07) + 1 if config & 0x80 else 0
+    clen = (config & 0x07) + 1 if config & 0x08 else 0
+    return (
+        1 + klen + clen,  # header length
+        klen,
+        clen << 3,  # CTR bits: the KID sits above them in the extended bytes
+        _MIN_EXTENDED[klen],
+        (1 << (clen << 3)) - 1,
+        _MIN_EXTENDED[clen],
+        (config >> 4) & 0x07,  # KID when X = 0
+        config & 0x07,  # CTR when Y = 0
+    )
+
+
+# Everything the config byte determines, for each of its 256 values: one lookup per frame.
+_CONFIG = tuple(_config_entry(c) for c in range(256))
+
+
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """Parse the SFrame header at the start of ``data`` (§4.3).
 
@@ -67,28 +95,55 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     n = len(data)
     if n == 0:
         raise SFrameHeaderError("empty input, no config byte", length=0)
-    config = data[0]
-    pos = 1
-    if config & 0x80:
-        klen = ((config >> 4) & 0x07) + 1
-        end = pos + klen
-        if end > n:
-            raise SFrameHeaderError(f"header announces a {klen}-byte KID, input ends first", length=n)
-        kid = int.from_bytes(data[pos:end], "big")
-        if kid < 8 or kid.bit_length() <= (klen - 1) << 3:
+    if type(data) is not bytes:
+        data = bytes(data[:MAX_HEADER_LENGTH])  # int.from_bytes is several times slower on views
+    hlen, klen, cbits, kmin, cmask, cmin, kid, ctr = _CONFIG[data[0]]
+    if hlen == 1:
+        return kid, ctr, 1
+    if hlen > n:
+        raise SFrameHeaderError(f"header announces {hlen} bytes, input ends first", length=n)
+    # One int for the KID and CTR bytes together, split with shifts.
+    fields = int.from_bytes(data[1:hlen], "big")
+    if klen:
+        kid = fields >> cbits
+        if kid < kmin:
             raise SFrameHeaderError("KID is not minimally encoded (§4.3)", length=n)
-        pos = end
-    else:
-        kid = (config >> 4) & 0x07
-    if config & 0x08:
-        clen = (config & 0x07) + 1
-        end = pos + clen
-        if end > n:
-            raise SFrameHeaderError(f"header announces a {clen}-byte CTR, input ends first", length=n)
-        ctr = int.from_bytes(data[pos:end], "big")
-        if ctr < 8 or ctr.bit_length() <= (clen - 1) << 3:
+    if cbits:
+        ctr = fields & cmask
+        if ctr < cmin:
             raise SFrameHeaderError("CTR is not minimally encoded (§4.3)", length=n)
-        pos = end
-    else:
-        ctr = config & 0x07
-    return kid, ctr, pos
+    return kid, ctr, hlen
+
+
+class KidHeaders:
+    """Precomputed header pieces of one KID, so that a sender builds each header with int ops only.
+
+    ``short[ctr]`` is the whole header for CTR 0-7; for a CTR of ``clen`` bytes the header is
+    ``(high[clen] | ctr).to_bytes(length[clen], "big")`` (§4.3, identical to :func:`encode_header`).
+    """
+
+    __slots__ = ("high", "length", "short")
+
+    def __init__(self, kid: int) -> None:
+        encode_header(kid, 0)  # validates the KID
+        if kid < 8:
+            config, klen, kid_part = kid << 4, 0, 0
+        else:
+            klen = _length(kid)
+            config, kid_part = 0x80 | (klen - 1) << 4, kid
+        kbits = klen << 3
+        self.short: tuple[bytes, ...] = tuple(
+            ((config | c) << kbits | kid_part).to_bytes(1 + klen, "big") for c in range(8)
+        )
+        self.high: tuple[int, ...] = (
+            0,
+            *(((config | 0x08 | (clen - 1)) << kbits | kid_part) << (clen << 3) for clen in range(1, 9)),
+        )
+        self.length: tuple[int, ...] = (0, *(1 + klen + clen for clen in range(1, 9)))
+
+    def encode(self, ctr: int) -> bytes:
+        """The header for this KID and ``ctr`` (0 <= ctr < 2^64, not checked)."""
+        if ctr < 8:
+            return self.short[ctr]
+        clen = (ctr.bit_length() + 7) >> 3
+        return (self.high[clen] | ctr).to_bytes(self.length[clen], "big")

@@ -9,6 +9,7 @@ computation and one AEAD call. Each ``FrameKey`` is marked for encryption or for
 from __future__ import annotations
 
 __all__ = [
+    "MAX_FRAME_BYTES",
     "SUITES",
     "CipherSuite",
     "FrameKey",
@@ -39,6 +40,11 @@ from agent.e2ee.errors import (
 
 MIN_BASE_KEY_LENGTH = 16
 """Shortest base_key accepted: 128 bits, the smallest AES key of any suite."""
+
+MAX_FRAME_BYTES = 1 << 26
+"""Largest plaintext or ciphertext body accepted (64 MiB; a 4K key frame is a few MB). A hard cap
+checked before any AEAD call: cryptography's AEADs fail on bodies of 2^31 bytes or more (with a
+Rust panic, not an exception), and no media frame comes near it."""
 
 
 class KeyUsage(enum.Enum):
@@ -181,6 +187,16 @@ class FrameKey:
         sframe_key, sframe_salt = derive_key_salt(suite, kid, base_key)
         return cls(suite, kid, sframe_key, sframe_salt, usage)
 
+    @property
+    def gcm(self) -> AESGCM | None:
+        """The AES-GCM object of a GCM suite (``None`` for CTR-HMAC), for inlined hot paths."""
+        return self._gcm
+
+    @property
+    def salt(self) -> int:
+        """sframe_salt as an integer (nonce = salt XOR CTR, §4.4.3), for inlined hot paths."""
+        return self._salt
+
     def nonce(self, ctr: int) -> bytes:
         """§4.4.3: the nonce is sframe_salt XOR CTR, as an Nn-byte big-endian string."""
         return (self._salt ^ ctr).to_bytes(12, "big")
@@ -207,6 +223,8 @@ class FrameKey:
         """Return ``header + AEAD.Encrypt(sframe_key, nonce, header + metadata, plaintext)`` (§4.4.3)."""
         if self.usage is not KeyUsage.ENCRYPT:
             raise KeyUsageError(self.kid, self.usage.value, "encrypt")
+        if len(plaintext) > MAX_FRAME_BYTES:
+            raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, the cap is {MAX_FRAME_BYTES}")
         nonce = (self._salt ^ ctr).to_bytes(12, "big")
         aad = header + metadata if metadata else header
         if self._gcm is not None:
@@ -225,6 +243,10 @@ class FrameKey:
         """
         if self.usage is not KeyUsage.DECRYPT:
             raise KeyUsageError(self.kid, self.usage.value, "decrypt")
+        if len(ciphertext) > MAX_FRAME_BYTES + self.nt:
+            raise MalformedCiphertextError(
+                f"{len(ciphertext)} bytes, the cap is {MAX_FRAME_BYTES} plus the tag", length=len(ciphertext)
+            )
         if len(ciphertext) < self.nt:
             raise MalformedCiphertextError(
                 f"{len(ciphertext)} bytes after the header, the tag alone is {self.nt}",
