@@ -7,11 +7,13 @@ they enter a backend, with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "DecoderError",
     "DeviceBusyError",
     "DeviceGoneError",
     "DeviceIOError",
     "EncoderError",
     "HalError",
+    "PresetNotFoundError",
     "UnsupportedError",
 ]
 
@@ -42,3 +44,15 @@ class DeviceIOError(HalError):
 
 class EncoderError(HalError):
     """The encoder failed to open or to encode; the caller may fall back to another codec."""
+
+
+class PresetNotFoundError(HalError):
+    """No PTZ preset of that name is stored for the camera. ``preset`` names it."""
+
+    def __init__(self, preset: str, *, device: str | None = None) -> None:
+        self.preset = preset
+        super().__init__(f"no preset named {preset!r}", device=device)
+
+
+class DecoderError(HalError):
+    """A received packet could not be decoded (corrupt or truncated data)."""

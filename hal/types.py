@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CameraCapabilities",
+    "CameraSpec",
     "ControlInfo",
     "DeviceInfo",
     "EncodedPacket",
@@ -18,7 +19,34 @@ __all__ = [
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CameraSpec:
+    """One configured camera, mirroring ``agent.config.CameraSpec`` (hal never imports agent).
+
+    A ``sim`` camera is fully described here; a ``v4l2`` camera names its ``device`` node and the mode
+    to negotiate (the nearest the device offers is used).
+    """
+
+    id: str
+    backend: Literal["sim", "v4l2"] = "sim"
+    device: Path | None = None
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    pattern: Literal["bars", "gradient", "noise", "room"] = "bars"
+    pixel_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
+            raise ValueError(f"camera {self.id!r}: width and height must be even and at least 16")
+        if not 1 <= self.fps <= 120:
+            raise ValueError(f"camera {self.id!r}: fps must be 1..120")
+        if self.backend == "v4l2" and self.device is None:
+            raise ValueError(f"camera {self.id!r}: a v4l2 camera needs device (e.g. /dev/video0)")
 
 
 @dataclass(frozen=True, slots=True)

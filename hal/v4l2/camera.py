@@ -1,0 +1,235 @@
+"""A real V4L2 camera: capture through PyAV's ``video4linux2`` demuxer, controls through linuxpy.
+
+Capture negotiates the configured pixel format, size and frame rate (``input_format``,
+``video_size``, ``framerate`` demuxer options; the driver may adjust, and the frames say what it
+chose). Demuxing and decoding block, so they run in a worker thread. The privacy shutter is enforced
+in software (black frames) whether or not the camera has V4L2_CID_PRIVACY, which is set too when
+present. Presets are kept on the host (``hal.presets``): UVC has no standard preset storage.
+"""
+
+from __future__ import annotations
+
+__all__ = ["V4l2Camera"]
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import av
+import av.error
+import structlog
+
+from hal.errors import DeviceGoneError, DeviceIOError, HalError, UnsupportedError
+from hal.presets import PresetStore
+from hal.types import (
+    CameraCapabilities,
+    CameraSpec,
+    DeviceInfo,
+    Frame,
+    FrameMode,
+    IndicatorState,
+    PtzPosition,
+)
+from hal.v4l2.controls import V4l2Controls, translate_oserror
+
+log = structlog.get_logger()
+
+_RELATIVE = {"pan": "pan_relative", "tilt": "tilt_relative", "zoom": "zoom_relative"}
+_ABSOLUTE = {"pan": "pan_absolute", "tilt": "tilt_absolute", "zoom": "zoom_absolute"}
+
+
+def _av_error(exc: Exception, device: str, what: str) -> HalError:
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return translate_oserror(OSError(code, str(exc)), device, what)
+    return DeviceIOError(f"{what}: {exc}", device=device)
+
+
+class V4l2Camera:
+    """One opening of a V4L2 capture node (implements ``hal.protocols.Camera``)."""
+
+    def __init__(self, spec: CameraSpec, info: DeviceInfo, presets_dir: Path | None) -> None:
+        assert spec.device is not None
+        self._spec = spec
+        self._info = info
+        self._path = spec.device
+        self.controls = V4l2Controls(spec.device, spec.id)
+        self._presets = PresetStore(spec.id, presets_dir)
+        self._container: Any = None
+        self._seq = 0
+        self._shutter = False
+        self._indicator = IndicatorState.OFF
+        self.notices: list[tuple[int, str]] = []
+
+    @property
+    def info(self) -> DeviceInfo:
+        return self._info
+
+    # --- open / close ---------------------------------------------------------------------------
+    def _open_container(self) -> Any:
+        s = self._spec
+        options = {"video_size": f"{s.width}x{s.height}", "framerate": str(s.fps)}
+        if s.pixel_format:
+            options["input_format"] = s.pixel_format
+        try:
+            return av.open(str(self._path), format="video4linux2", options=options)
+        except av.error.FFmpegError as exc:
+            raise _av_error(exc, s.id, f"open {self._path}") from exc
+        except OSError as exc:
+            raise translate_oserror(exc, s.id, f"open {self._path}") from exc
+
+    async def __aenter__(self) -> Self:
+        self._container = await asyncio.to_thread(self._open_container)
+        stream = self._container.streams.video[0]
+        log.info(
+            "camera_opened",
+            camera=self._spec.id,
+            backend="v4l2",
+            path=str(self._path),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            pixel_format=stream.codec_context.pix_fmt,
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            await asyncio.to_thread(container.close)
+        self._indicator = IndicatorState.OFF
+
+    def capabilities(self) -> CameraCapabilities:
+        controls: tuple[Any, ...] = ()
+        try:
+            controls = tuple(self.controls.query().values())
+        except HalError as exc:
+            log.warning("controls_unavailable", camera=self._spec.id, error=str(exc))
+        names = {c.name for c in controls}
+        s = self._spec
+        return CameraCapabilities(
+            modes=(FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
+            controls=controls,
+            ptz=bool(names & {"pan_absolute", "tilt_absolute", "zoom_absolute"}),
+            privacy_shutter=True,  # enforced in software; V4L2_CID_PRIVACY too when present
+            indicator=False,
+        )
+
+    # --- capture --------------------------------------------------------------------------------
+    def _decode_iter(self) -> Iterator[Any]:
+        container = self._container
+        if container is None:
+            raise UnsupportedError("camera is not open (use `async with`)", device=self._spec.id)
+        yield from container.decode(video=0)
+
+    def _next_frame(self, it: Iterator[Any]) -> Any:
+        try:
+            return next(it)
+        except StopIteration:
+            raise DeviceGoneError("capture stream ended", device=self._spec.id) from None
+        except av.error.FFmpegError as exc:
+            raise _av_error(exc, self._spec.id, "capture") from exc
+        except OSError as exc:
+            raise translate_oserror(exc, self._spec.id, "capture") from exc
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        it = self._decode_iter()
+        while True:
+            image = await asyncio.to_thread(self._next_frame, it)
+            capture_ns = time.time_ns()
+            if self._shutter:
+                image = _black_like(image)
+            seq, self._seq = self._seq, self._seq + 1
+            yield Frame(
+                camera_id=self._spec.id,
+                seq=seq,
+                capture_ns=capture_ns,
+                width=image.width,
+                height=image.height,
+                pixel_format=image.format.name,
+                image=image,
+            )
+
+    # --- PTZ ------------------------------------------------------------------------------------
+    async def get_ptz(self) -> PtzPosition:
+        def read() -> PtzPosition:
+            known = self.controls.query()
+            values = {k: self.controls.get(n) for k, n in _ABSOLUTE.items() if n in known}
+            return PtzPosition(
+                pan=values.get("pan", 0), tilt=values.get("tilt", 0), zoom=values.get("zoom", 100)
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def set_ptz(
+        self, *, pan: int | None = None, tilt: int | None = None, zoom: int | None = None
+    ) -> None:
+        wanted = {_ABSOLUTE[k]: v for k, v in (("pan", pan), ("tilt", tilt), ("zoom", zoom)) if v is not None}
+        if wanted:
+            await asyncio.to_thread(self.controls.set_many, wanted)
+
+    async def move_ptz(self, *, pan: int = 0, tilt: int = 0, zoom: int = 0) -> None:
+        def move() -> None:
+            known = self.controls.query()
+            for axis, delta in (("pan", pan), ("tilt", tilt), ("zoom", zoom)):
+                if not delta:
+                    continue
+                if _RELATIVE[axis] in known:
+                    self.controls.set(_RELATIVE[axis], delta)
+                elif _ABSOLUTE[axis] in known:
+                    info = known[_ABSOLUTE[axis]]
+                    target = min(max(self.controls.get(_ABSOLUTE[axis]) + delta, info.minimum), info.maximum)
+                    self.controls.set(_ABSOLUTE[axis], target)
+                else:
+                    raise UnsupportedError(f"camera cannot {axis}", device=self._spec.id)
+
+        await asyncio.to_thread(move)
+
+    async def store_preset(self, name: str) -> None:
+        pos = await self.get_ptz()
+        await asyncio.to_thread(self._presets.store, name, pos)
+
+    async def recall_preset(self, name: str) -> None:
+        pos = self._presets.get(name)
+        await self.set_ptz(pan=pos.pan, tilt=pos.tilt, zoom=pos.zoom)
+
+    async def list_presets(self) -> dict[str, PtzPosition]:
+        return self._presets.list()
+
+    # --- shutter, indicator ---------------------------------------------------------------------
+    @property
+    def shutter_closed(self) -> bool:
+        return self._shutter
+
+    async def set_shutter(self, closed: bool) -> None:
+        self._shutter = closed
+        try:
+            if "privacy" in self.controls.query():
+                await asyncio.to_thread(self.controls.set, "privacy", int(closed))
+        except HalError as exc:
+            # The software shutter already holds: nothing of the picture leaves either way.
+            log.warning("privacy_control_failed", camera=self._spec.id, error=str(exc))
+        log.info("privacy_shutter", camera=self._spec.id, closed=closed)
+
+    @property
+    def indicator(self) -> IndicatorState:
+        return self._indicator
+
+    async def set_indicator(self, state: IndicatorState) -> None:
+        self._indicator = state
+
+    async def announce(self, message: str) -> None:
+        self.notices.append((time.time_ns(), message))
+        self._indicator = IndicatorState.NOTICE
+        log.info("camera_announce", camera=self._spec.id, length=len(message))
+
+
+def _black_like(image: Any) -> Any:
+    black = av.VideoFrame(image.width, image.height, "yuv420p")
+    for plane, value in zip(black.planes, (16, 128, 128), strict=True):
+        plane.update(bytes([value]) * plane.buffer_size)
+    return black
