@@ -309,24 +309,28 @@ def _keys_document(keys: FleetKeys, version: int, hpke: dict[str, str]) -> bytes
 
 
 def _hal_fault(runtime: Any, fault: str) -> bool:
-    """Flip a sim HAL fault switch (unplug then replug, or one encoder failure); False if unavailable."""
+    """Flip a sim HAL fault switch (unplug + replug 2 s later, or one encoder failure); False if absent."""
     try:
         from agent.media.service import media_of
     except ImportError:
         return False
     media = media_of(runtime)
-    inventory = getattr(media, "inventory", None) if media is not None else None
-    faults = getattr(inventory, "faults", None)
-    if faults is None:
+    if media is None or not media.pipelines or media.inventory is None:
         return False
-    try:
-        if fault == "camera_unplug":
-            faults.unplug("cam0")
-            asyncio.get_running_loop().call_later(2.0, faults.replug, "cam0")
-        else:
-            faults.fail_encoder(count=1)
-    except (AttributeError, TypeError):
+    if fault == "camera_unplug":
+        faults_of = getattr(media.inventory, "faults", None)
+        if faults_of is None:
+            return False
+        camera = faults_of(media.pipelines[0].camera_id)
+        camera.unplug()
+        asyncio.get_running_loop().call_later(2.0, camera.replug)
+        return True
+    # The pipeline's encoder factory carries the sim encoder fault switches (hal.encoder_factory().faults).
+    factory = getattr(media.pipelines[0], "_encoders", None)
+    switches = getattr(factory, "faults", None)
+    if switches is None:
         return False
+    switches.fail()
     return True
 
 
