@@ -14,7 +14,7 @@ and meanwhile:
 - samples RSS, open file descriptors, asyncio tasks and threads every ``--sample-every`` seconds.
 
 The figures: RSS growth (median of the last tenth of the run minus the median of the first tenth
-after a warm-up; goal < 10 MB), fd/task/thread counts at start and end, pushes applied, duplicates,
+after a warm-up; goal < 10 MB), fd/task/thread counts (medians of the same windows, and the maximum), pushes applied, duplicates,
 faults injected. Measuring in-process is what makes the task count exact; the pushing client and the
 sampler are a constant few hundred KiB beside the agent.
 """
@@ -354,14 +354,14 @@ def _report(
             (_median([s.rss_kib for s in last]) - _median([s.rss_kib for s in first])) / 1024, 2
         ),
         "rss_max_mb": round(max(s.rss_kib for s in samples) / 1024, 2),
-        "fds_start": first[0].fds,
-        "fds_end": last[-1].fds,
+        "fds_start": int(_median([s.fds for s in first])),
+        "fds_end": int(_median([s.fds for s in last])),
         "fds_max": max(s.fds for s in steady),
-        "tasks_start": first[0].tasks,
-        "tasks_end": last[-1].tasks,
+        "tasks_start": int(_median([s.tasks for s in first])),
+        "tasks_end": int(_median([s.tasks for s in last])),
         "tasks_max": max(s.tasks for s in steady),
-        "threads_start": first[0].threads,
-        "threads_end": last[-1].threads,
+        "threads_start": int(_median([s.threads for s in first])),
+        "threads_end": int(_median([s.threads for s in last])),
         "pushed": dict(tally.pushed),
         "applied_versions": len(tally.applied),
         "repeated_applied_acks": reacks,

@@ -210,7 +210,7 @@ class ReconcilingPlane:
                 if not self.acked(kind, version):
                     await self._publish(kind, envelope)
                     self.republished += 1
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(0.5)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

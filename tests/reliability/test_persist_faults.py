@@ -1,7 +1,7 @@
 """Persisted state under process crashes and full disks (agent.persist, the layer every store uses).
 
 Scenarios:
-- a writer is SIGKILLed at a random instant while replacing state version N with N+1, 60 times: the
+- a writer is SIGKILLed at a random instant while replacing state version N with N+1, 50 times: the
   file always loads, its checksum holds, and it is exactly N or N+1, never torn or empty;
 - the disk fills up (a real 256 KiB tmpfs) while persisting: ``StateError`` is raised, the old state
   is intact and no temporary file is left behind to eat the space that remains.
@@ -28,7 +28,7 @@ from tests.reliability.crash_writer import state
 
 pytestmark = pytest.mark.reliability
 
-KILLS = int(os.environ.get("RELIABILITY_KILLS", "60"))
+KILLS = int(os.environ.get("RELIABILITY_KILLS", "50"))
 SIZE = 2 * 1024 * 1024  # big enough that write + fsync takes a few milliseconds: a window to hit
 
 
