@@ -14,9 +14,10 @@ and meanwhile:
 - samples RSS, open file descriptors, asyncio tasks and threads every ``--sample-every`` seconds.
 
 The figures: RSS growth (median of the last tenth of the run minus the median of the first tenth
-after a warm-up; goal < 10 MB), fd/task/thread counts (medians of the same windows, and the maximum), pushes applied, duplicates,
-faults injected. Measuring in-process is what makes the task count exact; the pushing client and the
-sampler are a constant few hundred KiB beside the agent.
+after a warm-up; goal < 10 MB), fd/task/thread counts (medians of the same windows, and the maximum),
+pushes applied, documents applied twice (from the agent's audit log), faults injected. Measuring
+in-process is what makes the task count exact; the pushing client and the sampler are a constant few
+hundred KiB beside the agent.
 """
 
 from __future__ import annotations
