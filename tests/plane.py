@@ -167,10 +167,10 @@ class PlaneClient:
             return f"{PREFIX}/groups/{group}/desired/{kind}"
         return f"{PREFIX}/devices/{self.device}/desired/{kind}"
 
-    async def wait_for(self, predicate: Any, timeout: float = 5.0) -> Any:
+    async def wait_for(self, predicate: Any, wait_s: float = 5.0) -> Any:
         import asyncio
 
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_s):
             while True:
                 for item in [*self.acks, *self.states]:
                     if predicate(item):
@@ -178,8 +178,15 @@ class PlaneClient:
                 self._new.clear()
                 await self._new.wait()
 
-    async def push(self, kind: str, raw: bytes, *, group: str | None = None, retain: bool | None = None,
-                   timeout: float = 5.0) -> dict[str, Any]:
+    async def push(
+        self,
+        kind: str,
+        raw: bytes,
+        *,
+        group: str | None = None,
+        retain: bool | None = None,
+        wait_s: float = 5.0,
+    ) -> dict[str, Any]:
         """Publish and wait for the ack of this exact message (by count of acks on that kind)."""
         before = len(self.acks)
         try:
@@ -191,9 +198,15 @@ class PlaneClient:
         if retain is None:
             retain = kind in ("root", "policy", "config")
         await self.client.publish(self.topic(kind, group), raw, qos=1, retain=retain)
-        return await self.wait_for(lambda a: a in self.acks[before:] and a.get("kind") == "ack"
-                                   and a["doc_kind"] == kind and (sha is None or a["payload_sha256"] in (sha, None)),
-                                   timeout)
+        return await self.wait_for(
+            lambda a: (
+                a in self.acks[before:]
+                and a.get("kind") == "ack"
+                and a["doc_kind"] == kind
+                and (sha is None or a["payload_sha256"] in (sha, None))
+            ),
+            wait_s,
+        )
 
 
 class Beat:
@@ -204,9 +217,16 @@ class Beat:
         self.beats += 1
 
 
-def device_config(state_dir: Any, root_path: Any, url: str | None, *, device: str = "room-101",
-                  groups: list[str] | None = None, mqtt: dict[str, Any] | None = None,
-                  control: dict[str, Any] | None = None) -> Any:
+def device_config(
+    state_dir: Any,
+    root_path: Any,
+    url: str | None,
+    *,
+    device: str = "room-101",
+    groups: list[str] | None = None,
+    mqtt: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
+) -> Any:
     from agent.config import parse_config
 
     data: dict[str, Any] = {
@@ -223,7 +243,9 @@ def device_config(state_dir: Any, root_path: Any, url: str | None, *, device: st
 class RunningDevice:
     """A ControlService running in this event loop against a broker, plus a plane client."""
 
-    def __init__(self, service: Any, task: Any, plane_client: PlaneClient, listener: Any, client_cm: Any) -> None:
+    def __init__(
+        self, service: Any, task: Any, plane_client: PlaneClient, listener: Any, client_cm: Any
+    ) -> None:
         self.service = service
         self.task = task
         self.plane = plane_client
@@ -234,7 +256,9 @@ class RunningDevice:
         return not self.task.done()
 
 
-async def start_device(config: Any, target: Any, host: str, port: int, *, device: str = "room-101") -> RunningDevice:
+async def start_device(
+    config: Any, target: Any, host: str, port: int, *, device: str = "room-101"
+) -> RunningDevice:
     import asyncio
 
     import aiomqtt
@@ -242,8 +266,9 @@ async def start_device(config: Any, target: Any, host: str, port: int, *, device
     from agent.control.service import ControlService
 
     service = ControlService(config, target)
-    client_cm = aiomqtt.Client(host, port, identifier=f"plane-{device}-{id(service)}",
-                               protocol=aiomqtt.ProtocolVersion.V5)
+    client_cm = aiomqtt.Client(
+        host, port, identifier=f"plane-{device}-{id(service)}", protocol=aiomqtt.ProtocolVersion.V5
+    )
     client = await client_cm.__aenter__()
     pc = PlaneClient(client, device)
     listener = asyncio.create_task(pc.listen(), name="plane.listen")

@@ -32,7 +32,10 @@ class FaultyTarget(FileApplyTarget):
         dumped = body.model_dump(mode="json")
         self.applies.append((kind, dumped))
         await super().apply(kind, body)
-        if self.fail_bitrate is not None and (dumped.get("encoder") or {}).get("bitrate_kbps") == self.fail_bitrate:
+        if (
+            self.fail_bitrate is not None
+            and (dumped.get("encoder") or {}).get("bitrate_kbps") == self.fail_bitrate
+        ):
             raise RuntimeError("encoder refused the bitrate")
 
     async def healthy(self, timeout_s: float) -> bool:
@@ -109,16 +112,28 @@ async def test_newer_version_supersedes_apply_in_progress(mosquitto: Broker, tmp
         ack2 = await dev.plane.wait_for(lambda a: a.get("doc_version") == 2 and a.get("kind") == "ack")
         acks = {a["doc_version"]: a for a in dev.plane.acks}
         assert acks[1]["status"] == "superseded"
-        assert ack2["status"] == "applied" and ack2["doc_version"] == 2
+        assert (ack2["status"], ack2["doc_version"]) == ("applied", 2)
         assert running(tmp_path)["encoder"]["bitrate_kbps"] == 1200
+        # An older version arriving during an apply does not supersede it.
+        target.apply_delay_s = 0.5
+        await dev.plane.client.publish(dev.plane.topic("config"), bitrate(plane, 1400, version=5), qos=1)
+        await asyncio.sleep(0.2)
+        older = await dev.plane.push("config", bitrate(plane, 1300, version=4), retain=False)
+        assert (older["status"], older["reason"]) == ("rejected", "rollback")
+        v5 = await dev.plane.wait_for(lambda a: a.get("doc_version") == 5 and a.get("kind") == "ack")
+        assert v5["status"] == "applied"
     finally:
         await stop_device(dev)
 
 
 async def test_locked_device_refuses_media_documents(mosquitto: Broker, tmp_path: Path) -> None:
     plane = Plane()
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), FileApplyTarget(tmp_path / "state" / "running"),
-                             mosquitto.host, mosquitto.port)
+    dev = await start_device(
+        cfg(plane, tmp_path, mosquitto.url),
+        FileApplyTarget(tmp_path / "state" / "running"),
+        mosquitto.host,
+        mosquitto.port,
+    )
     try:
         dev.service.lock_state = lambda: True
         ack = await dev.plane.push("config", bitrate(plane, 1500))
@@ -126,16 +141,24 @@ async def test_locked_device_refuses_media_documents(mosquitto: Broker, tmp_path
         ack = await dev.plane.push("command", plane.sign("command", {"name": "keyframe", "args": {}}))
         assert ack["reason"] == "locked"
         # Privacy tightening still goes through while locked.
-        ack = await dev.plane.push("policy", plane.sign("policy", plane.policy(jurisdiction=None, telemetry__level="none")))
+        ack = await dev.plane.push(
+            "policy", plane.sign("policy", plane.policy(jurisdiction=None, telemetry__level="none"))
+        )
         assert ack["status"] == "applied"
     finally:
         await stop_device(dev)
 
 
-async def test_commands_reach_their_handlers_with_the_right_signers(mosquitto: Broker, tmp_path: Path) -> None:
+async def test_commands_reach_their_handlers_with_the_right_signers(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
     plane = Plane()
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), FileApplyTarget(tmp_path / "state" / "running"),
-                             mosquitto.host, mosquitto.port)
+    dev = await start_device(
+        cfg(plane, tmp_path, mosquitto.url),
+        FileApplyTarget(tmp_path / "state" / "running"),
+        mosquitto.host,
+        mosquitto.port,
+    )
     calls: list[tuple[str, dict[str, Any], frozenset[str]]] = []
 
     async def handler(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
@@ -146,23 +169,34 @@ async def test_commands_reach_their_handlers_with_the_right_signers(mosquitto: B
         dev.service.commands.register(name, handler)
     try:
         # Jurisdiction comes from the policy: set it first.
-        assert (await dev.plane.push("policy", plane.sign("policy", plane.policy(),
-                                                           signers=[plane.fleet, plane.customer])))["status"] == "applied"
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "keyframe", "args": {}}))
+        assert (
+            await dev.plane.push(
+                "policy", plane.sign("policy", plane.policy(), signers=[plane.fleet, plane.customer])
+            )
+        )["status"] == "applied"
+        keyframe = plane.sign("command", {"name": "keyframe", "args": {}})
+        ack = await dev.plane.push("command", keyframe)
         assert (ack["status"], ack["message"]) == ("applied", "keyframe done")
+        again = await dev.plane.push("command", keyframe)  # a QoS 1 duplicate: acked again, not re-run
+        assert (again["status"], again["message"]) == ("applied", "keyframe done")
         ack = await dev.plane.push("command", plane.sign("command", {"name": "snapshot", "args": {}}))
         assert ack["reason"] == "needs_customer"
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "snapshot", "args": {}},
-                                                         [plane.customer]))
+        ack = await dev.plane.push(
+            "command", plane.sign("command", {"name": "snapshot", "args": {}}, [plane.customer])
+        )
         assert ack["status"] == "applied"
         order = {"issuer": "Amtsgericht Berlin", "id": "4711", "jurisdiction": "DE"}
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "lock", "args": {"lawful_order": order}},
-                                                         [plane.legal]))
+        ack = await dev.plane.push(
+            "command", plane.sign("command", {"name": "lock", "args": {"lawful_order": order}}, [plane.legal])
+        )
         assert ack["status"] == "applied"
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "unlock", "args": {}}, [plane.customer]))
+        ack = await dev.plane.push(
+            "command", plane.sign("command", {"name": "unlock", "args": {}}, [plane.customer])
+        )
         assert (ack["status"], ack["reason"]) == ("rolled_back", "apply_failed")  # no unlock handler here
         ack = await dev.plane.push("keys", plane.sign("keys", {"meeting": "m1"}, [plane.fleet]))
-        assert ack["status"] == "rejected" and ack["reason"] in {"needs_customer", "invalid_body"}
+        assert ack["status"] == "rejected"
+        assert ack["reason"] in {"needs_customer", "invalid_body"}
         assert [c[0] for c in calls] == ["keyframe", "snapshot", "lock"]
     finally:
         await stop_device(dev)
@@ -170,8 +204,12 @@ async def test_commands_reach_their_handlers_with_the_right_signers(mosquitto: B
 
 async def test_group_documents_apply_and_broker_restart_converges(mosquitto: Broker, tmp_path: Path) -> None:
     plane = Plane()
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), FileApplyTarget(tmp_path / "state" / "running"),
-                             mosquitto.host, mosquitto.port)
+    dev = await start_device(
+        cfg(plane, tmp_path, mosquitto.url),
+        FileApplyTarget(tmp_path / "state" / "running"),
+        mosquitto.host,
+        mosquitto.port,
+    )
     try:
         ack = await dev.plane.push("config", bitrate(plane, 1500, devices=[], groups=["hq"]), group="hq")
         assert ack["status"] == "applied"
@@ -181,8 +219,12 @@ async def test_group_documents_apply_and_broker_restart_converges(mosquitto: Bro
         mosquitto.start()
         # The plane reconnects too (a new client); the device reconnects on its own with backoff.
         await stop_device(dev)
-        dev2 = await start_device(cfg(plane, tmp_path, mosquitto.url),
-                                  FileApplyTarget(tmp_path / "state" / "running"), mosquitto.host, mosquitto.port)
+        dev2 = await start_device(
+            cfg(plane, tmp_path, mosquitto.url),
+            FileApplyTarget(tmp_path / "state" / "running"),
+            mosquitto.host,
+            mosquitto.port,
+        )
         dev = dev2
         ack = await dev.plane.push("config", bitrate(plane, 1700, devices=[], groups=["hq"]), group="hq")
         assert ack["status"] == "applied"
@@ -192,13 +234,18 @@ async def test_group_documents_apply_and_broker_restart_converges(mosquitto: Bro
         await stop_device(dev)
 
 
-async def test_device_reconnects_after_broker_restart_and_gets_queued_document(mosquitto: Broker,
-                                                                               tmp_path: Path) -> None:
+async def test_device_reconnects_after_broker_restart_and_gets_queued_document(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
     import aiomqtt
 
     plane = Plane()
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), FileApplyTarget(tmp_path / "state" / "running"),
-                             mosquitto.host, mosquitto.port)
+    dev = await start_device(
+        cfg(plane, tmp_path, mosquitto.url),
+        FileApplyTarget(tmp_path / "state" / "running"),
+        mosquitto.host,
+        mosquitto.port,
+    )
     link = dev.service.link
     assert link is not None
     try:
@@ -209,7 +256,8 @@ async def test_device_reconnects_after_broker_restart_and_gets_queued_document(m
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
             await c.publish(dev.plane.topic("config"), bitrate(plane, 1900), qos=1, retain=True)
         async with asyncio.timeout(10):
-            while link.connections < 2 or not (tmp_path / "state" / "running" / "config.json").exists():
+            applied = tmp_path / "state" / "running" / "config.json"
+            while link.connections < 2 or not applied.exists():  # noqa: ASYNC110 - polls a file
                 await asyncio.sleep(0.05)
         assert running(tmp_path)["encoder"]["bitrate_kbps"] == 1900
         assert dev.alive()
@@ -224,8 +272,9 @@ async def test_mqtts_with_client_certificate(mosquitto_tls: TlsBroker, tmp_path:
 
     plane = Plane()
     dc = mosquitto_tls.client("room-101")
-    config = cfg(plane, tmp_path, mosquitto_tls.url,
-                 mqtt={"ca": str(dc.ca), "cert": str(dc.cert), "key": str(dc.key)})
+    config = cfg(
+        plane, tmp_path, mosquitto_tls.url, mqtt={"ca": str(dc.ca), "cert": str(dc.cert), "key": str(dc.key)}
+    )
     pc = mosquitto_tls.client("plane")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pc.ca))
     ctx.load_cert_chain(str(pc.cert), str(pc.key))
@@ -233,8 +282,13 @@ async def test_mqtts_with_client_certificate(mosquitto_tls: TlsBroker, tmp_path:
     from tests.plane import Beat, PlaneClient
 
     service = ControlService(config, FileApplyTarget(tmp_path / "state" / "running"))
-    async with aiomqtt.Client(mosquitto_tls.host, mosquitto_tls.port, tls_context=ctx, identifier="plane",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        mosquitto_tls.host,
+        mosquitto_tls.port,
+        tls_context=ctx,
+        identifier="plane",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         pcl = PlaneClient(client)
         listener = asyncio.create_task(pcl.listen())
         task = asyncio.create_task(service.run(Beat()))
@@ -247,3 +301,70 @@ async def test_mqtts_with_client_certificate(mosquitto_tls: TlsBroker, tmp_path:
                 t.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await t
+
+
+async def test_rotated_root_survives_restart(mosquitto: Broker, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    plane = Plane()
+    config = cfg(plane, tmp_path, mosquitto.url)
+    target = FileApplyTarget(tmp_path / "state" / "running")
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    old_fleet = plane.fleet
+    try:
+        plane.fleet = ed25519.Ed25519PrivateKey.generate()
+        assert (await dev.plane.push("root", plane.root()))["status"] == "applied"
+    finally:
+        await stop_device(dev)
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    try:
+        assert dev.service.trust.version == 2  # persisted, not the image's root v1
+        ack = await dev.plane.push(
+            "config",
+            bitrate(plane, 1500, version=2),
+        )
+        assert ack["status"] == "applied"
+        ack = await dev.plane.push("config", bitrate(plane, 1600, version=3, signers=[old_fleet]))
+        assert ack["reason"] == "bad_signature"
+    finally:
+        await stop_device(dev)
+
+
+async def test_persistent_session_delivers_command_sent_while_offline(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    import aiomqtt
+
+    plane = Plane()
+    config = cfg(plane, tmp_path, mosquitto.url)
+    target = FileApplyTarget(tmp_path / "state" / "running")
+    calls: list[str] = []
+
+    async def handler(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
+        calls.append(name)
+        return "ok"
+
+    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    await stop_device(dev)  # the session (subscriptions, QoS 1 queue) stays on the broker
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        await c.publish(
+            "roomagent/v1/devices/room-101/cmd",
+            plane.sign("command", {"name": "keyframe", "args": {}}),
+            qos=1,
+            retain=False,
+        )
+    from agent.control.service import ControlService
+    from tests.plane import Beat
+
+    service = ControlService(config, target)
+    service.commands.register("keyframe", handler)
+    task = asyncio.create_task(service.run(Beat()))
+    try:
+        async with asyncio.timeout(5):
+            while not calls:  # noqa: ASYNC110 - the handler list is filled by the service
+                await asyncio.sleep(0.02)
+        assert calls == ["keyframe"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

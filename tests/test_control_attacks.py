@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.control.dsse import Envelope, Signature
+from agent.control.dsse import Envelope
 from agent.control.standalone import FileApplyTarget
 from tests.broker import Broker
 from tests.plane import Plane, RunningDevice, device_config, now, start_device, stop_device
@@ -36,7 +36,9 @@ async def dev(plane: Plane, mosquitto: Broker, tmp_path: Path) -> AsyncIterator[
     root = tmp_path / "root.json"
     root.write_bytes(plane.root())
     config = device_config(tmp_path / "state", root, mosquitto.url)
-    d = await start_device(config, FileApplyTarget(tmp_path / "state" / "running"), mosquitto.host, mosquitto.port)
+    d = await start_device(
+        config, FileApplyTarget(tmp_path / "state" / "running"), mosquitto.host, mosquitto.port
+    )
     try:
         yield d
     finally:
@@ -89,8 +91,9 @@ async def equal_version(plane: Plane, dev: RunningDevice) -> tuple[str, bytes]:
 
 
 async def expired(plane: Plane, dev: RunningDevice) -> tuple[str, bytes]:
-    return "config", plane.sign("config", {}, issued_at=now() - dt.timedelta(days=40),
-                                expires=now() - dt.timedelta(days=1))
+    return "config", plane.sign(
+        "config", {}, issued_at=now() - dt.timedelta(days=40), expires=now() - dt.timedelta(days=1)
+    )
 
 
 async def issued_in_future(plane: Plane, dev: RunningDevice) -> tuple[str, bytes]:
@@ -164,8 +167,11 @@ ATTACKS: list[tuple[Attack, str]] = [
 
 def _snapshot(dev: RunningDevice) -> tuple[bytes, int, dict[str, int]]:
     svc = dev.service
-    return svc.state.path.read_bytes() if svc.state.path.exists() else b"", svc.trust.version, \
-        svc.state.applied_versions()
+    return (
+        svc.state.path.read_bytes() if svc.state.path.exists() else b"",
+        svc.trust.version,
+        svc.state.applied_versions(),
+    )
 
 
 @pytest.mark.parametrize(("attack", "reason"), ATTACKS, ids=[a.__name__ for a, _ in ATTACKS])
@@ -177,7 +183,7 @@ async def test_attack_is_rejected(attack: Attack, reason: str, plane: Plane, dev
     ack = await dev.plane.push(kind, raw)
 
     assert (ack["status"], ack["reason"]) == ("rejected", reason), ack
-    assert ack["device"] == "room-101" and ack["doc_kind"] == kind
+    assert (ack["device"], ack["doc_kind"]) == ("room-101", kind)
     # The ack is signed by the device identity published in its retained state.
     env: Envelope = ack["_env"]
     assert env.signatures[0].keyid == dev.service.identity.keyid
@@ -186,13 +192,25 @@ async def test_attack_is_rejected(attack: Attack, reason: str, plane: Plane, dev
     assert entries[-1]["seq"] == audit_before + 1
     assert (entries[-1]["event"], entries[-1]["reason"]) == ("rejected", reason)
     # Agent alive: the next valid document is applied.
-    good = await dev.plane.push("config", plane.sign("config", {"encoder": {"bitrate_kbps": 1234}}, version=50))
-    assert good["status"] == "applied" and dev.alive()
+    good = await dev.plane.push(
+        "config", plane.sign("config", {"encoder": {"bitrate_kbps": 1234}}, version=50)
+    )
+    assert good["status"] == "applied"
+    assert dev.alive()
     running = json.loads((dev.service.config.state_dir() / "running" / "config.json").read_text())
     assert running["encoder"]["bitrate_kbps"] == 1234
 
 
 def test_every_reason_code_is_distinct_per_attack_class() -> None:
-    assert {r for _, r in ATTACKS} >= {"bad_signature", "wrong_type", "rollback", "expired", "not_yet_valid",
-                                       "not_for_this_device", "too_large", "malformed", "invalid_body"}
+    assert {r for _, r in ATTACKS} >= {
+        "bad_signature",
+        "wrong_type",
+        "rollback",
+        "expired",
+        "not_yet_valid",
+        "not_for_this_device",
+        "too_large",
+        "malformed",
+        "invalid_body",
+    }
     assert base64  # keeps the import list honest for bad_base64 readers

@@ -28,22 +28,29 @@ def _write_config(tmp_path: Path, plane: Plane, url: str) -> Path:
     conf = tmp_path / "agent.toml"
     conf.write_text(
         f'[device]\nid = "room-101"\ngroups = ["hq"]\n[mqtt]\nurl = "{url}"\n[trust]\nroot = "{root}"\n'
-        f'[state]\ndir = "{tmp_path / "state"}"\n[control]\nhealth_timeout_s = 2.0\n[log]\nlevel = "warning"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n[control]\nhealth_timeout_s = 2.0\n'
+        '[log]\nlevel = "warning"\n'
     )
     return conf
 
 
 def _spawn(conf: Path, env: dict[str, str], delay: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "agent.control", "--config", str(conf), "--apply-delay", str(delay)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.control", "--config", str(conf), "--apply-delay", str(delay)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
-async def _acks(broker: Broker, want: int, timeout: float, start: Callable[[], object]) -> list[dict[str, object]]:
+async def _acks(
+    broker: Broker, want: int, wait_s: float, start: Callable[[], object]
+) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
         await c.subscribe(f"{PREFIX}/devices/room-101/ack", qos=1)
         start()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_s):
             async for m in c.messages:
                 out.append(json.loads(Envelope.parse(m.payload).payload))
                 if any(a.get("doc_version") == want and a.get("status") == "applied" for a in out):
@@ -51,7 +58,9 @@ async def _acks(broker: Broker, want: int, timeout: float, start: Callable[[], o
     return out
 
 
-async def test_kill_9_during_apply_converges(mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]) -> None:
+async def test_kill_9_during_apply_converges(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
     plane = Plane()
     conf = _write_config(tmp_path, plane, mosquitto.url)
     state = tmp_path / "state" / "control" / "state.json"
@@ -60,9 +69,11 @@ async def test_kill_9_during_apply_converges(mosquitto: Broker, tmp_path: Path, 
     try:
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
             topic = f"{PREFIX}/devices/room-101/desired/config"
-            await c.publish(topic, plane.sign("config", {"encoder": {"bitrate_kbps": 1000}}), qos=1, retain=True)
+            await c.publish(
+                topic, plane.sign("config", {"encoder": {"bitrate_kbps": 1000}}), qos=1, retain=True
+            )
         deadline = time.monotonic() + 10
-        while not running.exists() and time.monotonic() < deadline:
+        while not running.exists() and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.05)
         assert json.loads(running.read_text())["encoder"]["bitrate_kbps"] == 1000
         proc.send_signal(signal.SIGTERM)
@@ -72,7 +83,9 @@ async def test_kill_9_during_apply_converges(mosquitto: Broker, tmp_path: Path, 
         proc = _spawn(conf, agent_env, delay=3.0)
         await asyncio.sleep(1.0)
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
-            await c.publish(topic, plane.sign("config", {"encoder": {"bitrate_kbps": 2000}}), qos=1, retain=True)
+            await c.publish(
+                topic, plane.sign("config", {"encoder": {"bitrate_kbps": 2000}}), qos=1, retain=True
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             data = json.loads(state.read_text())
@@ -82,6 +95,13 @@ async def test_kill_9_during_apply_converges(mosquitto: Broker, tmp_path: Path, 
         assert json.loads(state.read_text())["pending"]["config"]["version"] == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        # The broker publishes the last will: the retained state now says offline.
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(f"{PREFIX}/devices/room-101/state", qos=1)
+            async with asyncio.timeout(5):
+                async for m in c.messages:
+                    if json.loads(bytes(m.payload))["online"] is False:  # type: ignore[arg-type]
+                        break
         # Old or new, never torn: both files parse, the running system is still v1.
         assert json.loads(running.read_text())["encoder"]["bitrate_kbps"] == 1000
         assert json.loads(state.read_text())["applied"]["config"]["version"] == 1
@@ -93,8 +113,11 @@ async def test_kill_9_during_apply_converges(mosquitto: Broker, tmp_path: Path, 
         assert any(a["doc_version"] == 2 and a["status"] == "applied" for a in acks)
         assert json.loads(running.read_text())["encoder"]["bitrate_kbps"] == 2000
         data = json.loads(state.read_text())
-        assert data["applied"]["config"]["version"] == 2 and data["pending"] == {}
-        audit = [json.loads(x) for x in (tmp_path / "state" / "audit" / "audit.jsonl").read_bytes().splitlines()]
+        assert data["applied"]["config"]["version"] == 2
+        assert data["pending"] == {}
+        audit = [
+            json.loads(x) for x in (tmp_path / "state" / "audit" / "audit.jsonl").read_bytes().splitlines()
+        ]
         assert "apply_interrupted" in [e["event"] for e in audit]
     finally:
         if proc.poll() is None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from securesystemslib.dsse import Envelope as SslEnvelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
@@ -138,3 +141,53 @@ def test_root_version_gap_and_expiry(plane: Plane, root: TrustedRoot) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     assert reason(plane.sign("config", {}, [key]), "config", root) == "bad_signature"
     assert Envelope.parse(plane.sign("config", {})).payload_type == payload_type("config")
+
+
+def test_date_only_timestamp_is_malformed_not_a_crash(plane: Plane, root: TrustedRoot) -> None:
+    payload = plane.payload("config", {})
+    payload["expires"] = "2099-01-01Z"  # fromisoformat would give a naive datetime
+    raw = plane.envelope("config", payload, [plane.fleet]).to_json()
+    assert reason(raw, "config", root) == "malformed"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.binary(max_size=512)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+        ),
+        max_leaves=20,
+    ).map(lambda v: json.dumps(v).encode())
+)
+def test_arbitrary_bytes_only_ever_reject(data: bytes, root: TrustedRoot) -> None:
+    for kind in ("config", "root", "command"):
+        with pytest.raises(Rejected):
+            verify_document(data, kind, root, ctx())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.fixed_dictionaries(
+        {},
+        optional={
+            "kind": st.sampled_from(["config", "policy", 1, None]),
+            "version": st.one_of(st.integers(-2, 3), st.booleans(), st.text(max_size=3)),
+            "issued_at": st.one_of(st.text(max_size=25), st.just("2020-01-01T00:00:00Z")),
+            "expires": st.one_of(st.text(max_size=25), st.just("2099-01-01T00:00:00Z")),
+            "targets": st.one_of(
+                st.none(),
+                st.just({"devices": ["room-101"]}),
+                st.dictionaries(st.text(max_size=5), st.integers()),
+            ),
+            "body": st.one_of(st.none(), st.just({}), st.dictionaries(st.text(max_size=5), st.integers())),
+        },
+    )
+)
+def test_fleet_signed_hostile_payloads_never_crash(
+    header: dict[str, object], plane: Plane, root: TrustedRoot
+) -> None:
+    raw = plane.envelope("config", json.dumps(header).encode(), [plane.fleet]).to_json()
+    with contextlib.suppress(Rejected):  # any typed rejection is fine; anything else fails the test
+        verify_document(raw, "config", root, ctx())

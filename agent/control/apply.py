@@ -20,18 +20,21 @@ __all__ = [
 ]
 
 import asyncio
-import datetime as dt
-from collections.abc import Mapping
+import copy
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel
 
+from agent.control.ack import Status
 from agent.control.documents import ConfigBody, body_model
 from agent.control.errors import ControlError, Reason
 from agent.control.verify import VerifiedDocument
+from agent.errors import StateError
 from agent.persist import atomic_write_json, read_json
 from agent.privacy.policy import DEFAULT_POLICY
 
@@ -64,9 +67,30 @@ class HealthCheckFailed(ControlError):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str  # applied | rolled_back | superseded
+    status: Status
     reason: Reason | None
     message: str
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _mutation(
+    method: Callable[Concatenate[ControlState, _P], _R],
+) -> Callable[Concatenate[ControlState, _P], _R]:
+    """Memory follows disk: if the write fails (ENOSPC, EIO), the in-memory state is restored too."""
+
+    @functools.wraps(method)
+    def wrapper(self: ControlState, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        before = copy.deepcopy(self._data)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self._data = before
+            raise
+
+    return wrapper
 
 
 def _empty() -> dict[str, Any]:
@@ -93,7 +117,9 @@ class ControlState:
 
     def outcome(self, kind: str, sha: str) -> Outcome | None:
         found = self._data["outcomes"].get(kind, {}).get(sha)
-        return None if found is None else Outcome(found["status"], found.get("reason"), found["message"])
+        if found is None:
+            return None
+        return Outcome(found["status"], found.get("reason"), found["message"])
 
     def pending(self) -> dict[str, Any]:
         return dict(self._data["pending"])
@@ -117,11 +143,19 @@ class ControlState:
         while len(outcomes) > _MAX_OUTCOMES:
             outcomes.pop(next(iter(outcomes)))
 
+    @_mutation
+    def record(self, doc: VerifiedDocument, outcome: Outcome) -> None:
+        """Remember a command's or key package's outcome so a redelivery is acked, not re-run."""
+        self._record(doc.kind, doc.payload_sha256, outcome)
+        self._save()
+
+    @_mutation
     def accept(self, doc: VerifiedDocument) -> None:
         """Raise the rollback floor of a non-transactional kind (command, keys, root)."""
         self._data["last_versions"][doc.kind] = doc.version
         self._save()
 
+    @_mutation
     def stage(self, doc: VerifiedDocument) -> None:
         prev = self._data["pending"].get(doc.kind)
         attempts = prev["attempts"] + 1 if prev and prev["sha"] == doc.payload_sha256 else 1
@@ -133,6 +167,7 @@ class ControlState:
         }
         self._save()
 
+    @_mutation
     def commit(self, doc: VerifiedDocument, outcome: Outcome) -> None:
         self._data["pending"].pop(doc.kind, None)
         self._data["last_versions"][doc.kind] = doc.version
@@ -141,6 +176,7 @@ class ControlState:
         self._record(doc.kind, doc.payload_sha256, outcome)
         self._save()
 
+    @_mutation
     def finish_without_commit(self, doc: VerifiedDocument, outcome: Outcome) -> None:
         """Rolled back or superseded: the version is spent (no replay), last-known-good stays."""
         pending = self._data["pending"].get(doc.kind)
@@ -151,6 +187,7 @@ class ControlState:
         self._record(doc.kind, doc.payload_sha256, outcome)
         self._save()
 
+    @_mutation
     def recover(self) -> list[tuple[str, dict[str, Any]]]:
         """At start: drop interrupted transactions (retried on redelivery) or give up on poison ones.
 
@@ -159,10 +196,14 @@ class ControlState:
         interrupted = list(self._data["pending"].items())
         for kind, pending in interrupted:
             if pending["attempts"] >= _MAX_CRASHES:
-                self._data["last_versions"][kind] = max(self._data["last_versions"].get(kind, 0),
-                                                        pending["version"])
-                self._record(kind, pending["sha"], Outcome("rolled_back", "apply_failed",
-                                                           "apply interrupted by agent crashes twice"))
+                self._data["last_versions"][kind] = max(
+                    self._data["last_versions"].get(kind, 0), pending["version"]
+                )
+                self._record(
+                    kind,
+                    pending["sha"],
+                    Outcome("rolled_back", "apply_failed", "apply interrupted by agent crashes twice"),
+                )
                 self._data["pending"].pop(kind)
         if interrupted:
             self._save()
@@ -211,7 +252,12 @@ class Transactions:
                 del self._running[doc.kind]
 
     async def _transaction(self, doc: VerifiedDocument, task: asyncio.Task[Any]) -> Outcome:
-        self._state.stage(doc)
+        try:
+            self._state.stage(doc)
+        except StateError as exc:
+            # Nothing was applied; the version is not spent (the disk is the problem, not the document).
+            log.error("control_stage_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
+            return Outcome("rejected", "state_error", f"cannot persist the transaction: {exc.reason}"[:300])
         try:
             await self._target.apply(doc.kind, doc.body)
             if not await self._target.healthy(self._timeout):
@@ -220,20 +266,35 @@ class Transactions:
             if id(task) in self._superseded:
                 self._superseded.discard(id(task))
                 out = Outcome("superseded", "superseded", "a newer version arrived during the apply")
-                self._state.finish_without_commit(doc, out)
+                self._finish_quietly(doc, out)
                 log.info("control_apply_superseded", kind=doc.kind, version=doc.version)
             raise
         except Exception as exc:  # the target may fail in any way: that is what rollback is for
             reason: Reason = "health_check_failed" if isinstance(exc, HealthCheckFailed) else "apply_failed"
             await self._roll_back(doc.kind)
             out = Outcome("rolled_back", reason, f"{type(exc).__name__}: {exc}"[:300])
-            self._state.finish_without_commit(doc, out)
+            self._finish_quietly(doc, out)
             log.warning("control_apply_rolled_back", kind=doc.kind, version=doc.version, reason=reason)
             return out
         out = Outcome("applied", None, f"{doc.kind} v{doc.version} applied and healthy")
-        self._state.commit(doc, out)
+        try:
+            self._state.commit(doc, out)
+        except StateError as exc:
+            # Applied but not durable: run last-known-good again so disk and system agree.
+            await self._roll_back(doc.kind)
+            out = Outcome("rolled_back", "state_error", f"cannot commit: {exc.reason}"[:300])
+            self._finish_quietly(doc, out)
+            log.error("control_commit_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
+            return out
         log.info("control_applied", kind=doc.kind, version=doc.version)
         return out
+
+    def _finish_quietly(self, doc: VerifiedDocument, out: Outcome) -> None:
+        try:
+            self._state.finish_without_commit(doc, out)
+        except StateError as exc:
+            # The staged record stays on disk; recover() drops it at the next start.
+            log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
 
     async def _roll_back(self, kind: str) -> None:
         try:

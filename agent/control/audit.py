@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["GENESIS", "HEAD_TYPE", "AuditLog", "ChainBroken", "ChainReport", "verify_chain"]
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -20,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import ControlError
 from agent.control.identity import DeviceIdentity
 from agent.control.keys import PublicKey
-from agent.persist import atomic_write_bytes
+from agent.errors import StateError
+
+log = structlog.get_logger()
 
 GENESIS = "0" * 64
 HEAD_TYPE = "application/vnd.roomagent.audit-head+json"
@@ -56,6 +61,7 @@ class AuditLog:
         self._device = device
         self.directory.mkdir(parents=True, exist_ok=True)
         self.seq, self.hash = self._recover()
+        self._write_head()
 
     def _recover(self) -> tuple[int, str]:
         """Find the last complete entry; a torn tail (crash mid-append) is cut off."""
@@ -63,7 +69,6 @@ class AuditLog:
             return 0, GENESIS
         data = self.path.read_bytes()
         lines = data.split(b"\n")
-        good = 0
         seq, last = 0, GENESIS
         offset = 0
         for raw in lines[:-1]:  # the part after the last newline is incomplete by construction
@@ -74,7 +79,6 @@ class AuditLog:
                 break
             last = hashlib.sha256(raw).hexdigest()
             offset += len(raw) + 1
-            good += 1
         if offset != len(data):
             with self.path.open("r+b") as f:
                 f.truncate(offset)
@@ -111,16 +115,44 @@ class AuditLog:
             "prev": self.hash,
         }
         raw = _canonical(entry)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, raw + b"\n")
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(str(self.path), f"cannot open audit log: {exc.strerror or exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(raw + b"\n")
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                # Keep the chain whole: cut off whatever part of this entry reached the file.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise StateError(str(self.path), f"audit append failed: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
         self.seq += 1
         self.hash = hashlib.sha256(raw).hexdigest()
-        atomic_write_bytes(self.head_path, self.head().to_json())
+        self._write_head()
         return entry
+
+    def _write_head(self) -> None:
+        """Replace the signed head (temp + rename, no fsync).
+
+        The head is derived data: the log lines are durable, and the head is re-signed from them at
+        every start, so a head lost in a power cut costs nothing; skipping its two fsyncs halves the
+        disk flushes per audited event. After a failed write it lags until the next entry.
+        """
+        tmp = self.head_path.with_name(f".{self.head_path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(self.head().to_json())
+            os.replace(tmp, self.head_path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.error("control_audit_head_write_failed", reason=exc.strerror or str(exc))
 
     def head(self) -> Envelope:
         return self._identity.sign_envelope(
@@ -128,7 +160,8 @@ class AuditLog:
         )
 
     def head_summary(self) -> dict[str, Any]:
-        return {"seq": self.seq, "hash": self.hash}
+        """For the retained state: seq, hash and the device-signed head envelope (verifiable offline)."""
+        return {"seq": self.seq, "hash": self.hash, "signed": self.head().to_dict()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,8 @@ class Mosquitto:
             "autosave_interval 1\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            "max_queued_messages 10000\n" + self._extra_conf
+            "max_queued_messages 10000\n"
+            "set_tcp_nodelay true\n" + self._extra_conf
         )
         self.conf_path.write_text(conf)
 

@@ -30,6 +30,7 @@ Reason = Literal[
     "apply_failed",
     "health_check_failed",
     "superseded",
+    "state_error",
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 

@@ -15,16 +15,18 @@ Hooks for other subsystems:
   are then rejected with ``locked``.
 - ``identity_providers`` / ``state_providers``: extra fields for the retained state (e.g.
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
+- ``state_filter``: applied to the state document before it is published (privacy's telemetry
+  allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
 """
 
 from __future__ import annotations
 
-__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress"]
+__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress", "services"]
 
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +35,14 @@ import structlog
 from agent import __version__
 from agent.config import AgentConfig
 from agent.control.ack import Ack, make_ack
-from agent.control.apply import TRANSACTIONAL, ApplyTarget, CommandHandler, ControlState, Outcome, Transactions
+from agent.control.apply import (
+    TRANSACTIONAL,
+    ApplyTarget,
+    CommandHandler,
+    ControlState,
+    Outcome,
+    Transactions,
+)
 from agent.control.audit import AuditLog
 from agent.control.documents import CommandBody
 from agent.control.dsse import Envelope, strict_json
@@ -42,6 +51,7 @@ from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
 from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
+from agent.errors import StateError
 from agent.privacy.policy import PolicyBody
 
 log = structlog.get_logger()
@@ -91,8 +101,15 @@ class ControlService:
 
     name = "control"
 
-    def __init__(self, config: AgentConfig, target: ApplyTarget, *, state_dir: Path | None = None,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        target: ApplyTarget,
+        *,
+        state_dir: Path | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        runtime: Any = None,
+    ) -> None:
         self.config = config
         self.device = config.device.id
         self.groups = tuple(config.device.groups)
@@ -107,15 +124,23 @@ class ControlService:
         self.lock_state: Callable[[], bool] = lambda: False
         self.identity_providers: dict[str, Callable[[], Any]] = {}
         self.state_providers: dict[str, Callable[[], Any]] = {}
+        self.state_filter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
+        self._runtime = runtime  # agent.daemon.runtime.Runtime when run by the daemon
         self._tg: asyncio.TaskGroup | None = None
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
         self.acks: list[tuple[Ack, Envelope]] = []  # recent acks, newest last (bounded)
         for kind, pending in self.state.recover():
-            self.audit.append("apply_interrupted", kind=kind, version=pending["version"], digest=pending["sha"],
-                              outcome="recovered", message=f"attempt {pending['attempts']}")
+            self.audit.append(
+                "apply_interrupted",
+                kind=kind,
+                version=pending["version"],
+                digest=pending["sha"],
+                outcome="recovered",
+                message=f"attempt {pending['attempts']}",
+            )
 
     # -- state -----------------------------------------------------------------------------------
     def state_document(self, online: bool) -> dict[str, Any]:
@@ -123,13 +148,15 @@ class ControlService:
         identity: dict[str, Any] = {"ed25519": self.identity.public_dict, "keyid": self.identity.keyid}
         for name, provider in self.identity_providers.items():
             identity[name] = provider()
+        base: dict[str, Any] = self._runtime.state_snapshot() if self._runtime is not None else {}
         doc: dict[str, Any] = {
+            **base,
             "device": self.device,
             "groups": list(self.groups),
             "online": online,
             "agent_version": __version__,
             "applied": applied,
-            "health": dict(self.health),
+            "health": {**base.get("health", {}), **self.health},
             "identity": identity,
             "audit_head": self.audit.head_summary(),
             "locked": self.lock_state(),
@@ -139,9 +166,24 @@ class ControlService:
         return doc
 
     def _state_bytes(self, online: bool) -> bytes:
-        return json.dumps(self.state_document(online), sort_keys=True, separators=(",", ":")).encode()
+        doc = self.state_document(online)
+        if self.state_filter is not None:
+            doc = self.state_filter(doc)
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def publish_state(self) -> None:
+        """Publish the retained state now (another subsystem's part of it changed)."""
+        self._publish_state()
 
     def _publish_state(self) -> None:
+        if self._runtime is not None:
+            # The daemon's state reporter writes the same fields to <state>/state.json.
+            applied = {"root": self.trust.version, **self.state.applied_versions()}
+            self._runtime.update_state(
+                applied=applied,
+                identity=self.state_document(True)["identity"],
+                audit_head=self.audit.head_summary(),
+            )
         if self.link is not None:
             self.link.publish_nowait(self.topics.state, self._state_bytes(True), retain=True)
 
@@ -151,8 +193,20 @@ class ControlService:
         assert isinstance(policy, PolicyBody)
         last = self.state.last_versions()
         last["root"] = self.trust.version
-        return VerifyContext(self.device, self.groups, self._clock(), last, policy,
-                             self.config.control.max_document_bytes, self.config.control.clock_skew_s)
+        for kind in TRANSACTIONAL:
+            # Only a newer version may supersede the transaction in progress.
+            running = self.transactions.running(kind)
+            if running is not None:
+                last[kind] = max(last.get(kind, 0), running.version)
+        return VerifyContext(
+            self.device,
+            self.groups,
+            self._clock(),
+            last,
+            policy,
+            self.config.control.max_document_bytes,
+            self.config.control.clock_skew_s,
+        )
 
     def _ack(self, ack: Ack) -> None:
         env = make_ack(self.identity, self.device, ack, self._clock())
@@ -160,13 +214,43 @@ class ControlService:
         if self.link is not None:
             self.link.publish_nowait(self.topics.ack, env.to_json())
 
-    def _audit(self, event: str, *, kind: str, version: int | None, digest: str | None,
-               signers: tuple[str, ...] = (), outcome: str, reason: str | None = None,
-               message: str | None = None) -> None:
-        entry = self.audit.append(event, kind=kind, version=version, digest=digest, signers=signers,
-                                  outcome=outcome, reason=reason, message=message, now=self._clock())
+    def _audit(
+        self,
+        event: str,
+        *,
+        kind: str,
+        version: int | None,
+        digest: str | None,
+        signers: tuple[str, ...] = (),
+        outcome: str,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Append an audit entry and publish it; False (logged) when the disk refuses it."""
+        try:
+            entry = self.audit.append(
+                event,
+                kind=kind,
+                version=version,
+                digest=digest,
+                signers=signers,
+                outcome=outcome,
+                reason=reason,
+                message=message,
+                now=self._clock(),
+            )
+        except StateError as exc:
+            log.error("control_audit_write_failed", audit_event=event, kind=kind, reason=exc.reason)
+            return False
         if self.link is not None:
             self.link.publish_nowait(self.topics.audit, json.dumps(entry, sort_keys=True).encode())
+        return True
+
+    def _refuse_unrecorded(self, doc: VerifiedDocument, what: str, exc: StateError | None = None) -> None:
+        # Fail closed: a document whose acceptance cannot be recorded is not acted on.
+        message = f"cannot persist {what}: {exc.reason if exc else 'audit log write failed'}"[:300]
+        self._ack(Ack(doc.kind, doc.version, doc.payload_sha256, "rejected", "state_error", message))
+        log.error("control_state_error", kind=doc.kind, version=doc.version, what=what)
 
     async def handle(self, kind: str, raw: bytes) -> None:
         """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it."""
@@ -174,8 +258,10 @@ class ControlService:
             if self.trust.root is None:
                 raise Rejected("bad_signature", "this device has no trust root")
             doc = verify_document(raw, kind, self.trust.root, self._context())
-            if self.lock_state() and (kind in ("config", "keys") or (
-                    isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)):
+            if self.lock_state() and (
+                kind in ("config", "keys")
+                or (isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)
+            ):
                 raise Rejected("locked", "the device is locked: media-affecting documents are refused")
         except Rejected as rej:
             version, sha = _peek(raw, self.config.control.max_document_bytes)
@@ -183,34 +269,66 @@ class ControlService:
             if rej.reason == "rollback" and sha is not None:
                 earlier = self.state.outcome(kind, sha)
                 if earlier is not None:  # redelivery (retained or QoS 1 duplicate): ack again, no re-apply
-                    self._ack(Ack(kind, version, sha, earlier.status, earlier.reason,  # type: ignore[arg-type]
-                                  earlier.message))
+                    self._ack(
+                        Ack(
+                            kind,
+                            version,
+                            sha,
+                            earlier.status,
+                            earlier.reason,
+                            earlier.message,
+                        )
+                    )
                     return
-            if running is not None and running.payload_sha256 == sha:
+            if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
-            self._audit("rejected", kind=kind, version=version, digest=sha, outcome="rejected",
-                        reason=rej.reason, message=rej.message)
+            self._audit(
+                "rejected",
+                kind=kind,
+                version=version,
+                digest=sha,
+                outcome="rejected",
+                reason=rej.reason,
+                message=rej.message,
+            )
             self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
             log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
             return
-        running = self.transactions.running(kind)
-        if running is not None and running.payload_sha256 == doc.payload_sha256:
+        if not self._audit(
+            "accepted",
+            kind=kind,
+            version=doc.version,
+            digest=doc.payload_sha256,
+            signers=doc.signer_keyids,
+            outcome="accepted",
+            message="+".join(sorted(doc.roles)),
+        ):
+            self._refuse_unrecorded(doc, "the audit entry")
             return
-        self._audit("accepted", kind=kind, version=doc.version, digest=doc.payload_sha256,
-                    signers=doc.signer_keyids, outcome="accepted", message="+".join(sorted(doc.roles)))
         if kind == "root":
-            self.trust.rotate(doc, raw)
+            try:
+                self.trust.rotate(doc, raw)
+            except StateError as exc:
+                self._refuse_unrecorded(doc, "the new root", exc)
+                return
             self._finish(doc, Outcome("applied", None, f"root v{doc.version} trusted"))
             self._publish_state()
             return
         if kind in TRANSACTIONAL:
             superseded = await self.transactions.supersede(kind)
             if superseded is not None:
-                self._finish(superseded, Outcome("superseded", "superseded",
-                                                 f"superseded by v{doc.version}"), audit_event="superseded")
+                self._finish(
+                    superseded,
+                    Outcome("superseded", "superseded", f"superseded by v{doc.version}"),
+                    audit_event="superseded",
+                )
             self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}")
             return
-        self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
+        try:
+            self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
+        except StateError as exc:
+            self._refuse_unrecorded(doc, "the command version", exc)
+            return
         self._spawn(self._command(doc), f"control.{kind}.v{doc.version}")
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -219,11 +337,31 @@ class ControlService:
         self._tg.create_task(coro, name=name)
 
     def _finish(self, doc: VerifiedDocument, outcome: Outcome, audit_event: str | None = None) -> None:
-        self._audit(audit_event or outcome.status, kind=doc.kind, version=doc.version, digest=doc.payload_sha256,
-                    signers=doc.signer_keyids, outcome=outcome.status, reason=outcome.reason,
-                    message=outcome.message)
-        self._ack(Ack(doc.kind, doc.version, doc.payload_sha256, outcome.status,  # type: ignore[arg-type]
-                      outcome.reason, outcome.message))
+        if doc.kind not in TRANSACTIONAL:  # transactions record their outcome in the same atomic write
+            try:
+                self.state.record(doc, outcome)
+            except StateError as exc:
+                log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
+        self._audit(
+            audit_event or outcome.status,
+            kind=doc.kind,
+            version=doc.version,
+            digest=doc.payload_sha256,
+            signers=doc.signer_keyids,
+            outcome=outcome.status,
+            reason=outcome.reason,
+            message=outcome.message,
+        )
+        self._ack(
+            Ack(
+                doc.kind,
+                doc.version,
+                doc.payload_sha256,
+                outcome.status,
+                outcome.reason,
+                outcome.message,
+            )
+        )
 
     async def _transaction(self, doc: VerifiedDocument) -> None:
         outcome = await self.transactions.run(doc)  # CancelledError (superseded/shutdown) propagates
@@ -255,11 +393,14 @@ class ControlService:
     async def run(self, progress: Progress) -> None:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
         self.health["control"] = "ok"
+        self._publish_state()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
                 try:
-                    self.link = ControlLink(self.config.mqtt, self.topics, self._on_message, self._state_bytes)
+                    self.link = ControlLink(
+                        self.config.mqtt, self.topics, self._on_message, self._state_bytes
+                    )
                 except LinkError as exc:
                     log.info("control_offline", reason=str(exc))
                     self.link = None
@@ -270,3 +411,18 @@ class ControlService:
                     await asyncio.sleep(1.0)
             finally:
                 self._tg = None
+
+
+def services(runtime: Any) -> list[ControlService]:
+    """The daemon's provider hook (``agent.daemon.main.SERVICE_PROVIDERS``).
+
+    The apply target is ``runtime.apply_target`` when the running system set one, else the file
+    target (``<state>/running/<kind>.json``) until media/privacy provide theirs. The service is
+    exposed as ``runtime.control`` so later providers can register command handlers and hooks.
+    """
+    from agent.control.standalone import FileApplyTarget
+
+    target = getattr(runtime, "apply_target", None) or FileApplyTarget(runtime.state_dir / "running")
+    service = ControlService(runtime.config, target, state_dir=runtime.state_dir, runtime=runtime)
+    runtime.control = service
+    return [service]

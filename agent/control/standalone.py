@@ -35,7 +35,9 @@ class FileApplyTarget:
     async def apply(self, kind: str, body: BaseModel) -> None:
         if self.apply_delay_s:
             await asyncio.sleep(self.apply_delay_s)
-        await asyncio.to_thread(atomic_write_json, self.directory / f"{kind}.json", body.model_dump(mode="json"))
+        await asyncio.to_thread(
+            atomic_write_json, self.directory / f"{kind}.json", body.model_dump(mode="json")
+        )
 
     async def healthy(self, timeout_s: float) -> bool:
         return self.directory.is_dir()

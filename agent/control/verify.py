@@ -9,10 +9,10 @@ TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the
 3. payloadType == topic kind == payload ``kind``                  -> ``wrong_type``
 4. signatures over DSSE PAE, each key id counted once, meeting a role threshold -> ``bad_signature``
 5. version strictly greater than the last of that kind (root: exactly N+1) -> ``rollback``/``version_gap``
-6. ``expires`` in the future, ``issued_at`` not beyond the clock skew (freeze)  -> ``expired``/``not_yet_valid``
+6. ``expires`` in the future, ``issued_at`` within the clock skew (freeze) -> ``expired``/``not_yet_valid``
 7. ``targets`` names this device or one of its groups              -> ``not_for_this_device``
 8. strict pydantic body                                           -> ``invalid_body``
-9. who may sign what (DESIGN.md table)                            -> ``needs_customer``/``lawful_order_mismatch``
+9. who may sign what (DESIGN.md table) -> ``needs_customer``/``lawful_order_mismatch``
 """
 
 from __future__ import annotations
