@@ -142,11 +142,6 @@ async def test_sigkill_at_random_points_during_apply(
     assert outcomes["new"] > 0, "no kill landed after the commit"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 5: a StateError (ENOSPC) from AuditLog.append escapes ControlService.handle and ends the "
-    "control process instead of acking the failure (found by this test)",
-)
 async def test_disk_full_while_persisting_keeps_old_state_and_acks_failure(
     mosquitto: Broker, plane: ReconcilingPlane, small_tmpfs: Path, tmp_path: Path
 ) -> None:
