@@ -256,6 +256,7 @@ def _room_config(
             "mqtt": {"url": broker_url, "prefix": prefix},
             "trust": {"root": str(root_path)},
             "state": {"dir": str(workdir / f"sim-{index:05d}"), "report_interval_s": 60.0},
+            "supervisor": {"stall_timeout_s": 180.0},  # beats every report_interval_s; no watchdog here
             "log": {"level": "warning"},
             "hal": {"backend": "sim", "cameras": [{"id": "cam0", "width": 320, "height": 240, "fps": 5}]},
             "media": {"enabled": False},
