@@ -3,8 +3,10 @@
 Each simulated room is the agent's own stack, not a model of it: an :class:`~agent.config.AgentConfig`
 (sim HAL, media off, its own state directory), a :class:`~agent.daemon.runtime.Runtime`, the services
 ``roomagent run`` builds (:func:`agent.daemon.main.build_services`: the state reporter and the control
-link from ``agent.control.service``) under a real :class:`~agent.daemon.supervisor.Supervisor`. All N run
-in one process and one event loop against one MQTT broker.
+link from ``agent.control.service``) under a real :class:`~agent.daemon.supervisor.Supervisor`. The rooms
+run in ``--workers`` child processes (``python -m agent.fleet.sim --worker``, one per CPU by default),
+their state on tmpfs by default (``--state-dir``); the plane below runs in this process on an otherwise
+idle event loop so that it timestamps each ack as it arrives. All talk to one MQTT broker.
 
 The measurement is the management plane's view, through the wire contract only (DESIGN.md):
 
