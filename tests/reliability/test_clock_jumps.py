@@ -7,16 +7,23 @@ an attacker on the network would make it, and check each decision:
 - ordering is by the signed ``version`` only: no clock position lets an older version back in;
 - expiry and "issued in the future" follow the injected clock, so a document refused while the clock
   was wrong is accepted once it is right again (and nothing applied in between is lost);
-- the verifier really does not read the system clock: a context set in 2001 judges by 2001.
+- the verifier really does not read the system clock: a context set in 2001 judges by 2001;
+- the same holds for the real ControlService with its injected clock: a year back, three days ahead,
+  then right again; each version is applied exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
+from agent.config import parse_config
 from agent.control.errors import Rejected
+from agent.control.service import ControlService
+from agent.control.standalone import FileApplyTarget
 from agent.control.verify import TrustedRoot, VerifyContext, verify_document, verify_initial_root
 from agent.fleet.sim import FleetKeys
 from agent.privacy.policy import PolicyBody
@@ -104,3 +111,58 @@ def test_the_verifier_does_not_read_the_system_clock(device: Device) -> None:
     device.root = verify_initial_root(KEYS.root_envelope(now=old))
     doc = policy(1, issued=old, valid_for=dt.timedelta(days=1))
     assert device.receive(doc, old + dt.timedelta(hours=1)) == "applied"
+
+
+class _Beat:
+    def beat(self) -> None:
+        pass
+
+
+async def test_the_control_service_under_a_jumping_clock(tmp_path: Path) -> None:
+    """The real ControlService (offline, documents handed to it) with its injected clock jumping."""
+    clock = [T0]
+    state = tmp_path / "state"
+    root = tmp_path / "root.json"
+    root.write_bytes(KEYS.root_envelope(now=T0 - dt.timedelta(days=1)))
+    config = parse_config(
+        {
+            "device": {"id": "room-101", "groups": ["hq"]},
+            "trust": {"root": str(root)},
+            "state": {"dir": str(state)},
+            "media": {"enabled": False},
+        }
+    )
+    service = ControlService(
+        config, FileApplyTarget(state / "running"), state_dir=state, clock=lambda: clock[0]
+    )
+    task = asyncio.create_task(service.run(_Beat()), name="test.control")
+    await asyncio.sleep(0.05)
+
+    async def push(raw: bytes, version: int) -> tuple[str, str | None]:
+        seen = len(service.acks)
+        await service.handle("policy", raw)
+        for _ in range(200):
+            fresh = [a for a, _ in service.acks[seen:] if a.doc_version == version]
+            if fresh:
+                return fresh[-1].status, fresh[-1].reason
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no ack for policy v{version}")
+
+    try:
+        v1 = policy(1, issued=T0)
+        v2 = policy(2, issued=T0 + dt.timedelta(minutes=10), valid_for=dt.timedelta(hours=1))
+        assert await push(v1, 1) == ("applied", None)
+        clock[0] = T0 - dt.timedelta(days=365)  # RTC reset a year back
+        assert await push(v2, 2) == ("rejected", "not_yet_valid")
+        assert await push(v1, 1) in (("applied", None), ("rejected", "rollback"))  # never re-applied
+        clock[0] = T0 + dt.timedelta(days=3)  # NTP overshoots: v2 has expired meanwhile
+        assert await push(v2, 2) == ("rejected", "expired")
+        clock[0] = T0 + dt.timedelta(minutes=15)  # the clock is right again: v2 goes in
+        assert await push(v2, 2) == ("applied", None)
+        assert service.state.applied_versions()["policy"] == 2
+        applied = [e for e in service.audit.path.read_text().splitlines() if '"event":"applied"' in e]
+        assert len(applied) == 2, "each version applied exactly once"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
