@@ -38,6 +38,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/roomagent bench all --json
 
+# Two simulated rooms exchanging E2EE video over loopback (docs/media.md); Ctrl-C or ARGS="--seconds 20".
+demo: $(STAMP)
+	$(BIN)/roomagent demo $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 

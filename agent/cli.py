@@ -19,6 +19,7 @@ from agent import __version__
 from agent.bench import BENCHMARKS
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.logs import configure_logging
 
 # module path -> each registers one or more sub-commands.
 _COMMAND_MODULES: list[str] = [
@@ -45,6 +46,8 @@ def _bench(args: argparse.Namespace) -> int:
     if "--json" in args.bench_args:
         args.bench_args = [a for a in args.bench_args if a != "--json"]
         args.json = True
+    # stdout carries the results: log lines (warnings and up) go to stderr.
+    configure_logging("warning", "json", stream=sys.stderr)
     results = []
     for name in names:
         target = BENCHMARKS.get(name)

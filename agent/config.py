@@ -135,6 +135,8 @@ class EncoderSection(_Strict):
     bitrate_kbps: Annotated[int, Field(ge=50, le=200_000)] = 2500
     keyframe_interval: Annotated[int, Field(ge=1, le=3000)] = 60
     low_latency: bool = True
+    # x264/x265 speed preset; unset: the HAL's default (veryfast for x264, ultrafast for x265).
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = None
 
 
 class HalSection(_Strict):

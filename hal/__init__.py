@@ -27,13 +27,23 @@ def open_inventory(cameras: Sequence[CameraSpec], *, backend: str, presets_dir: 
 
     ``sim`` simulates every camera in ``cameras`` (all must be sim specs). ``v4l2`` enumerates
     ``/sys/class/video4linux`` and maps configured cameras (v4l2 specs) onto their device nodes.
-    ``auto`` is v4l2 when real cameras are configured, else sim.
+    ``auto`` serves each camera by its own backend (both at once when both kinds are configured).
 
     Raises:
         UnsupportedError: unknown backend or a camera spec the backend cannot serve.
     """
     if backend == "auto":
-        backend = "v4l2" if any(c.backend == "v4l2" for c in cameras) else "sim"
+        sim = [c for c in cameras if c.backend == "sim"]
+        real = [c for c in cameras if c.backend == "v4l2"]
+        if sim and real:
+            from hal.composite import CompositeInventory
+            from hal.sim import SimInventory
+            from hal.v4l2 import V4l2Inventory
+
+            return CompositeInventory(
+                [SimInventory(sim, presets_dir=presets_dir), V4l2Inventory(real, presets_dir=presets_dir)]
+            )
+        backend = "v4l2" if real else "sim"
     if backend == "sim":
         from hal.sim import SimInventory
 

@@ -111,14 +111,14 @@ def _options(name: str, config: EncoderConfig) -> dict[str, str]:
     """Encoder private options: low latency means no B-frames, no lookahead, fast presets."""
     ll = config.low_latency
     if name == "libx264":
-        opts = {"preset": "veryfast", "forced-idr": "1"}
+        opts = {"preset": config.preset or "veryfast", "forced-idr": "1"}
         if ll:
             opts["tune"] = "zerolatency"
         return opts
     if name == "libx265":
         # repeat-headers: VPS/SPS/PPS before every keyframe, so a receiver can join at any of them.
         params = "log-level=error:repeat-headers=1"
-        opts = {"preset": "ultrafast", "forced-idr": "1", "x265-params": params}
+        opts = {"preset": config.preset or "ultrafast", "forced-idr": "1", "x265-params": params}
         if ll:
             opts["tune"] = "zerolatency"
         return opts

@@ -131,6 +131,9 @@ class EncoderConfig:
     bitrate_kbps: int = 2500
     keyframe_interval: int = 60
     low_latency: bool = True
+    # Speed preset for encoders that have one (libx264/libx265: "ultrafast" ... "medium");
+    # None: the HAL's default for that encoder.
+    preset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

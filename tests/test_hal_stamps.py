@@ -5,6 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hal.errors import UnsupportedError
 from hal.stamps import Stamp, block_size, read_stamp, stamp_region, write_stamp
@@ -70,3 +72,22 @@ def test_too_small_to_stamp() -> None:
 def test_packed_formats_are_refused_for_writing() -> None:
     with pytest.raises(UnsupportedError):
         write_stamp(_frame().reformat(format="rgb24"), 1, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seq=st.integers(0, 2**32 - 1),
+    ns=st.integers(0, 2**64 - 1),
+    flips=st.sets(st.integers(0, 127), min_size=1, max_size=5),
+)
+def test_any_few_flipped_blocks_are_detected_never_misread(seq: int, ns: int, flips: set[int]) -> None:
+    # CRC-32 has Hamming distance >= 6 at this message length: up to 5 wrong blocks always show.
+    luma = np.full((240, 320), 90, np.uint8)
+    write_stamp(luma, seq, ns)
+    assert read_stamp(luma) == Stamp(seq, ns)
+    side = 8
+    for bit in flips:
+        row, col = divmod(bit, 32)
+        block = luma[row * side : (row + 1) * side, col * side : (col + 1) * side]
+        block[:] = 251 - block  # 16 <-> 235
+    assert read_stamp(luma) is None

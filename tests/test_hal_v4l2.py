@@ -13,6 +13,7 @@ from typing import Any
 import linuxpy.ioctl
 import pytest
 from linuxpy.video import raw
+from linuxpy.video.device import PixelFormat
 
 from hal import open_inventory
 from hal.errors import DeviceBusyError, DeviceGoneError, DeviceIOError, UnsupportedError
@@ -129,6 +130,9 @@ class _FakeKernel:
             0x00980900: [b"Brightness", 0, 255, 1, 128, 128],
         }
         self.fail: OSError | None = None
+        self.formats = [PixelFormat.YUYV, PixelFormat.MJPEG]
+        self.sizes = [(640, 480), (1280, 720)]
+        self.rates = [15, 30]
 
     def ioctl(self, fd: int, request: int, arg: Any = None, *rest: Any) -> Any:
         if self.fail is not None:
@@ -150,6 +154,20 @@ class _FakeKernel:
         elif request == raw.IOC.S_EXT_CTRLS:
             for i in range(arg.count):
                 self._set(arg.controls[i].id, arg.controls[i].value)
+        elif request == raw.IOC.ENUM_FMT:
+            if arg.index >= len(self.formats):
+                raise OSError(errno.EINVAL, "no more")
+            arg.pixelformat, arg.description, arg.flags = int(self.formats[arg.index]), b"fmt", 0
+        elif request == raw.IOC.ENUM_FRAMESIZES:
+            if arg.index >= len(self.sizes):
+                raise OSError(errno.EINVAL, "no more")
+            arg.type = 1  # V4L2_FRMSIZE_TYPE_DISCRETE
+            arg.discrete.width, arg.discrete.height = self.sizes[arg.index]
+        elif request == raw.IOC.ENUM_FRAMEINTERVALS:
+            if arg.index >= len(self.rates):
+                raise OSError(errno.EINVAL, "no more")
+            arg.type = 1  # V4L2_FRMIVAL_TYPE_DISCRETE
+            arg.discrete.numerator, arg.discrete.denominator = 1, self.rates[arg.index]
         else:
             raise OSError(errno.ENOTTY, "unexpected ioctl")
         return 0
@@ -221,3 +239,109 @@ def test_failing_ioctls_become_typed_errors(
     assert "VIDIOC_S_CTRL" in str(err.value)
     fake.fail = None
     assert controls.get("pan_absolute") == 0  # the failed write changed nothing
+
+
+async def test_auto_serves_sim_and_real_cameras_together(sysfs: Path, tmp_path: Path) -> None:
+    from hal.composite import CompositeInventory
+    from hal.sim import SimInventory
+
+    sim = SimInventory([CameraSpec(id="sim0", width=320, height=240)])
+    real = V4l2Inventory(
+        [CameraSpec(id="front", backend="v4l2", device=Path("/dev/video2"))],
+        sysfs_root=sysfs,
+        poll_s=0.05,
+        use_udev=False,
+    )
+    inv = CompositeInventory([sim, real])
+    assert {d.id for d in inv.list_devices()} == {"sim0", "video0", "front", "video10"}
+    assert inv.open_camera("sim0").info.backend == "sim"
+    assert inv.open_camera("front").info.backend == "v4l2"
+    with pytest.raises(DeviceGoneError):
+        inv.open_camera("nowhere")
+    events = inv.events()
+    sim.faults("sim0").unplug()
+    first = await asyncio.wait_for(anext(events), 2)
+    assert (first.action, first.device.id) == ("removed", "sim0")
+    _add_node(sysfs, "video5", "USB cam", bus="usb4/4-1/4-1:1.0")
+    second = await asyncio.wait_for(anext(events), 2)
+    assert (second.action, second.device.id) == ("added", "video5")
+    await events.aclose()  # type: ignore[attr-defined]
+    mixed = [CameraSpec(id="sim0"), CameraSpec(id="front", backend="v4l2", device=Path("/dev/video2"))]
+    assert isinstance(open_inventory(mixed, backend="auto", presets_dir=None), CompositeInventory)
+
+
+def test_capture_modes_are_enumerated(kernel: tuple[_FakeKernel, Path]) -> None:
+    from hal.types import DeviceInfo, FrameMode
+    from hal.v4l2 import V4l2Camera
+
+    _, node = kernel
+    spec = CameraSpec(id="ptz", backend="v4l2", device=node)
+    cam = V4l2Camera(spec, DeviceInfo(id="ptz", kind="camera", backend="v4l2", name="x"), None)
+    modes = cam.capabilities().modes
+    assert FrameMode("yuyv422", 1280, 720, 30.0) in modes
+    assert FrameMode("mjpeg", 640, 480, 30.0) in modes
+    assert len(modes) == 4
+
+
+# --- the capture thread: bounded, drop-oldest, typed errors ------------------------------------------
+
+
+async def _wait_until(predicate: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_slow_consumer_gets_the_newest_frames_then_the_unplug() -> None:
+    from hal.v4l2.reader import FrameReader
+
+    def unplugged_after_ten() -> Any:
+        yield from range(10)
+        raise OSError(errno.ENODEV, "No such device")
+
+    reader = FrameReader(unplugged_after_ten(), "cam", depth=2)
+    reader.start()
+    await _wait_until(lambda: not reader.running)
+    assert reader.dropped == 8
+    assert [(await reader.get())[0] for _ in range(2)] == [8, 9]  # the newest two, oldest first
+    with pytest.raises(DeviceGoneError):
+        await reader.get()
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [(OSError(errno.EIO, "I/O error"), DeviceIOError), (OSError(errno.EBUSY, "busy"), DeviceBusyError)],
+)
+async def test_capture_errors_are_typed(failure: OSError, error: type[Exception]) -> None:
+    from hal.v4l2.reader import FrameReader
+
+    def failing() -> Any:
+        yield "frame"
+        raise failure
+
+    reader = FrameReader(failing(), "cam", depth=4)
+    reader.start()
+    assert (await asyncio.wait_for(reader.get(), 2))[0] == "frame"
+    with pytest.raises(error):
+        await asyncio.wait_for(reader.get(), 2)
+
+
+async def test_a_wedged_driver_is_reported_not_waited_for_forever() -> None:
+    import threading
+
+    from hal.v4l2.reader import FrameReader
+
+    release = threading.Event()
+
+    def wedged() -> Any:
+        yield "frame"
+        release.wait(5)  # a read stuck in the driver
+
+    reader = FrameReader(wedged(), "cam")
+    reader.start()
+    await asyncio.wait_for(reader.get(), 2)
+    assert reader.stop(0.1) is False
+    release.set()
+    assert reader.stop(2) is True

@@ -210,3 +210,24 @@ def test_constructor_arguments_are_checked_at_once() -> None:
         Packetizer(-1)
     with pytest.raises(ValueError, match="empty"):
         Packetizer(1).packetize(b"", 0, keyframe=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=20), st.booleans())
+def test_the_receiver_survives_any_datagrams_and_any_reassembled_payloads(
+    datagrams: list[bytes], framed: bool
+) -> None:
+    from agent.media.keys import LabKey, LabReceiver
+    from agent.media.receiver import MediaReceiver
+
+    receiver = MediaReceiver(LabReceiver(LabKey(suite=4, kid=1, key=bytes(32))))
+    pk = Packetizer(9, mtu=100)
+    for i, d in enumerate(datagrams):
+        if framed and d:
+            for p in pk.packetize(d, i * 3000, keyframe=bool(i % 2)):
+                receiver.handle_datagram(p, i * 0.01)
+        else:
+            receiver.handle_datagram(d, i * 0.01)
+    r = receiver.report()
+    assert r["frames_decoded"] == 0
+    assert r["frames_received"] == r["decrypt_failures"] + r["malformed_frames"] + r["unprotected_refused"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -96,6 +97,12 @@ def test_only_the_protect_module_can_make_a_protected_frame() -> None:
             kid=1,
             _token=object(),
         )
+
+
+def test_a_plain_copy_cannot_be_relabelled_as_protected() -> None:
+    plain = plain_copy_frame(Packet(MARKER))
+    with pytest.raises(TypeError, match="disagrees"):
+        dataclasses.replace(plain, protected=True)
 
 
 def test_plain_copy_passes_only_when_e2ee_is_not_required(udp: socket.socket) -> None:

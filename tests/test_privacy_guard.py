@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -122,3 +123,41 @@ async def test_service_enforces_the_shutter_when_keys_arrive(guard: tuple[Privac
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_intervention_lands_in_the_hash_chained_audit_log(tmp_path: Path) -> None:
+    from agent.control.audit import AuditLog, verify_chain
+    from agent.control.identity import DeviceIdentity
+    from agent.control.keys import parse_public_key
+    from agent.privacy.guard import audit_to
+
+    identity = DeviceIdentity.load_or_create(tmp_path)
+    log = AuditLog(tmp_path / "audit", identity, "room-a")
+    g = PrivacyGuard(state_dir=tmp_path, device_id="room-a", policy=DE, audit=audit_to(log))
+    order = {"lawful_order": {"issuer": "AG Berlin", "id": "7 Js 1/26", "jurisdiction": "DE"}}
+    await g.intervene("lock", order, roles_met={"legal"}, doc_version=9)
+    entries = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert entries[-1]["event"] == "intervention"
+    assert entries[-1]["outcome"] == "locked"
+    assert "7 Js 1/26" in entries[-1]["message"]
+    report = verify_chain(
+        log.path.read_bytes(), log.head_path.read_bytes(), parse_public_key(identity.public_dict)
+    )
+    assert report.entries == len(entries)
+
+
+async def test_lock_stops_a_lab_key_too_and_a_restart_keeps_the_room_dark(tmp_path: Path) -> None:
+    from agent.media.keys import KeySource, write_lab_key
+
+    lab = write_lab_key(tmp_path / "lab.json")
+    source = KeySource()
+    source.use_lab_key(lab)
+    g = PrivacyGuard(state_dir=tmp_path, device_id="room-a", key_source=source)
+    await g.intervene("lock", {}, roles_met={"customer"})
+    assert source.current()[0] is None
+    # After a restart the media path loads the lab key again; the guard, bound to it, stops it.
+    restarted = KeySource()
+    restarted.use_lab_key(lab)
+    g2 = PrivacyGuard(state_dir=tmp_path, device_id="room-a", key_source=restarted)
+    g2.enforce_lock()
+    assert restarted.current()[0] is None

@@ -4,6 +4,7 @@ key packages that each room verifies and opens; frames from room A then decrypt 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.control.errors import Rejected
+from agent.control.identity import DeviceIdentity
 from agent.control.keys import private_key_pem
 from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.e2ee.context import ReceiverContext, SenderContext
@@ -35,12 +37,28 @@ class Recorder:
         self.keys = keys
 
 
-async def _publish_states(broker: Broker, identities: dict[str, HpkeIdentity]) -> None:
-    """Each room's retained state, as its agent publishes it (identity.hpke)."""
+def _state(room: str, hpke: HpkeIdentity, device_dir: Path) -> dict:
+    """A room's retained state as its agent publishes it: Ed25519 identity, HPKE keys, attestation."""
+    device = DeviceIdentity.load_or_create(device_dir / room)
+    attestation = device.sign_envelope("hpke-identity", {"device": room, "hpke": hpke.public_keys()})
+    identity = {
+        "ed25519": device.public_dict,
+        "hpke": hpke.public_keys(),
+        "hpke_attestation": attestation.to_dict(),
+    }
+    return {"device": room, "online": True, "identity": identity}
+
+
+async def _publish_states(broker: Broker, identities: dict[str, HpkeIdentity], device_dir: Path) -> None:
     async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         for room, identity in identities.items():
-            state = {"device": room, "online": True, "identity": {"hpke": identity.public_keys()}}
+            state = _state(room, identity, device_dir)
             await client.publish(f"{PREFIX}/devices/{room}/state", json.dumps(state), qos=1, retain=True)
+
+
+async def _publish_raw(broker: Broker, room: str, state: dict) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.publish(f"{PREFIX}/devices/{room}/state", json.dumps(state), qos=1, retain=True)
 
 
 async def _collect_keys(broker: Broker, rooms: list[str], ready: asyncio.Event) -> dict[str, bytes]:
@@ -71,7 +89,7 @@ async def test_meeting_start_pushes_customer_signed_packages_that_rooms_open(
     customer_pem.write_bytes(private_key_pem(plane.customer))
     rooms = ["room-a", "room-b"]
     identities = {room: HpkeIdentity.generate() for room in rooms}
-    await _publish_states(mosquitto, identities)
+    await _publish_states(mosquitto, identities, tmp_path / "devices")
     ready = asyncio.Event()
     collector = asyncio.create_task(_collect_keys(mosquitto, rooms, ready))
     await ready.wait()
@@ -130,7 +148,7 @@ async def test_meeting_start_names_rooms_without_hpke_keys(
 ) -> None:
     key = tmp_path / "customer.pem"
     key.write_bytes(private_key_pem(ed25519.Ed25519PrivateKey.generate()))
-    await _publish_states(mosquitto, {"room-a": HpkeIdentity.generate()})
+    await _publish_states(mosquitto, {"room-a": HpkeIdentity.generate()}, tmp_path / "devices")
     result = await asyncio.to_thread(
         _roomctl,
         agent_env,
@@ -148,3 +166,50 @@ async def test_meeting_start_names_rooms_without_hpke_keys(
     assert result.returncode == 3
     assert "room-x" in result.stderr
     assert "room-a" not in result.stderr.split(":")[-1]
+
+
+async def test_broker_swapping_a_rooms_hpke_key_or_identity_is_refused(
+    mosquitto: Broker, agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    key = tmp_path / "customer.pem"
+    key.write_bytes(private_key_pem(ed25519.Ed25519PrivateKey.generate()))
+    pins = tmp_path / "pins.json"
+    rooms = {"room-a": HpkeIdentity.generate(), "room-b": HpkeIdentity.generate()}
+    await _publish_states(mosquitto, rooms, tmp_path / "devices")
+    start = [
+        "meeting",
+        "start",
+        "--rooms",
+        "room-a,room-b",
+        "--broker",
+        mosquitto.url,
+        "--customer-key",
+        str(key),
+        "--pins",
+        str(pins),
+        "--timeout",
+        "3",
+        "--json",
+    ]
+    first = await asyncio.to_thread(_roomctl, agent_env, *start)
+    assert first.returncode == 0, first.stderr
+    assert {r["pinned"] for r in json.loads(first.stdout)["rooms"].values()} == {"new"}
+    # The attack, 1: the broker operator swaps room-b's HPKE key for its own, keeping the attestation.
+    vendor = HpkeIdentity.generate()
+    state = _state("room-b", rooms["room-b"], tmp_path / "devices")
+    state["identity"]["hpke"] = vendor.public_keys()
+    forged = json.loads(json.dumps(state))
+    att = forged["identity"]["hpke_attestation"]
+    payload = json.loads(base64.b64decode(att["payload"]))
+    payload["hpke"] = vendor.public_keys()
+    att["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    await _publish_raw(mosquitto, "room-b", forged)
+    swapped = await asyncio.to_thread(_roomctl, agent_env, *start)
+    assert swapped.returncode == 3
+    assert "room-b" in swapped.stderr
+    assert "not signed" in swapped.stderr
+    # The attack, 2: it replaces room-b's whole identity with its own, validly self-signed: the pin refuses.
+    await _publish_raw(mosquitto, "room-b", _state("room-b", vendor, tmp_path / "vendor-devices"))
+    replaced = await asyncio.to_thread(_roomctl, agent_env, *start)
+    assert replaced.returncode == 3
+    assert "pinned" in replaced.stderr

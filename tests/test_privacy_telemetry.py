@@ -36,7 +36,7 @@ def test_minimal_state_keeps_protocol_and_minimal_fields_only() -> None:
     out = TelemetryFilter(_policy("minimal")).filter_state(STATE)
     assert out["applied"] == STATE["applied"]
     assert out["identity"] == STATE["identity"]
-    assert out["health"] == {"status": "ok"}
+    assert out["health"] == STATE["health"]
     assert out["e2ee"] == {"active": True, "epoch": 3}
     assert out["media"] == {"sending": True}
     assert "inventory" not in out
@@ -45,6 +45,7 @@ def test_minimal_state_keeps_protocol_and_minimal_fields_only() -> None:
 def test_none_state_keeps_only_what_the_control_protocol_needs() -> None:
     out = TelemetryFilter(_policy("none")).filter_state(STATE)
     assert set(out) == {"device", "online", "applied", "identity", "audit_head", "privacy"}
+    assert "health" not in out
     assert out["privacy"] == {"state": "active", "locked": False}
 
 
@@ -57,9 +58,9 @@ def test_standard_state_never_carries_key_bytes_or_personal_data() -> None:
 
 
 def test_policy_fields_extend_the_list_but_cannot_open_secrets() -> None:
-    f = TelemetryFilter(_policy("minimal", ["health.cpu_percent", "e2ee.base_key", "media.peer_ip"]))
+    f = TelemetryFilter(_policy("minimal", ["media.bitrate_kbps", "e2ee.base_key", "media.peer_ip"]))
     out = f.filter_state(STATE)
-    assert out["health"] == {"status": "ok", "cpu_percent": 41.0}
+    assert out["media"] == {"sending": True, "bitrate_kbps": 2400}
     assert "base_key" not in out["e2ee"]
     assert "peer_ip" not in out["media"]
 

@@ -11,7 +11,7 @@ import pytest
 from agent.e2ee import sframe
 from agent.e2ee.context import CounterStore, Decrypted, KeyUsage, ReceiverContext, SenderContext
 from agent.e2ee.counter import counter_key_id
-from agent.e2ee.header import decode_header
+from agent.e2ee.header import decode_header, encode_header
 from agent.e2ee.sframe import (
     AuthenticationError,
     InvalidParameterError,
@@ -255,3 +255,130 @@ def test_encrypt_into_refuses_small_or_read_only_buffers_without_using_a_ctr() -
     with pytest.raises(InvalidParameterError):
         sender.encrypt_into(b"", b"x", bytes(200))  # type: ignore[arg-type]
     assert sender.next_ctr == 0
+
+
+# Every header shape the decrypt fast path handles (KID 0-7, CTR 0 .. 2^64-1) and the general path.
+_CTRS = [0, 7, 8, 255, 256, 65535, 65536, 1 << 24, 1 << 56, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("kid", [0, 7, 8, 300])
+@pytest.mark.parametrize("suite", [1, 4, 5])
+def test_fast_and_general_decrypt_paths_agree(suite: int, kid: int) -> None:
+    """bytes input (fast path for GCM with KID 0-7) and bytearray input (general path) give the same."""
+    fast, general = ReceiverContext(), ReceiverContext()
+    fast.add_key(kid, KEY, suite)
+    general.add_key(kid, KEY, suite)
+    for ctr in _CTRS:
+        frame = sframe.encrypt(suite, KEY, kid, ctr, b"meta", f"frame {ctr}".encode())
+        expected = Decrypted(kid, ctr, f"frame {ctr}".encode())
+        assert fast.decrypt(b"meta", frame) == expected
+        assert general.decrypt(b"meta", bytearray(frame)) == expected
+        for receiver in (fast, general):  # the replay must be seen by whichever path runs
+            with pytest.raises(ReplayError):
+                receiver.decrypt(b"meta", frame)
+    assert (
+        fast.drops
+        == general.drops
+        == {"unknown_kid": 0, "auth_failed": 0, "replay": len(_CTRS), "malformed": 0}
+    )
+
+
+def test_fast_path_errors_are_the_general_path_errors() -> None:
+    """Non-minimal, truncated and tampered headers for KID 7: same typed errors and drop counters."""
+    sender, receiver = _pair()
+    good = sender.encrypt(b"", b"x" * 20)
+    with pytest.raises(SFrameHeaderError):
+        receiver.decrypt(b"", bytes([0x78, 0x03]) + good[1:])  # CTR 3 in an extended byte (§4.3)
+    with pytest.raises(SFrameHeaderError):
+        receiver.decrypt(b"", bytes([0x79, 0x00, 0x09]) + bytes(16))  # leading zero byte
+    with pytest.raises(SFrameHeaderError):
+        receiver.decrypt(b"", bytes([0x7F, 0x01]))  # announces 9 bytes, has 2
+    with pytest.raises(MalformedCiphertextError):
+        receiver.decrypt(b"", bytes([0x7F]) + (1 << 63).to_bytes(8, "big") + bytes(15))
+    with pytest.raises(AuthenticationError) as info:
+        receiver.decrypt(b"other metadata", good)
+    assert (info.value.kid, info.value.ctr) == (7, 0)
+    assert receiver.decrypt(b"", good) == Decrypted(7, 0, b"x" * 20)  # the failure moved nothing
+    assert dict(receiver.drops) == {"unknown_kid": 0, "auth_failed": 1, "replay": 0, "malformed": 4}
+
+
+def test_fast_path_follows_key_changes() -> None:
+    sender, receiver = _pair()
+    receiver.decrypt(b"", sender.encrypt(b"", b"a"))
+    receiver.remove_key(7)
+    with pytest.raises(UnknownKidError):
+        receiver.decrypt(b"", sender.encrypt(b"", b"b"))
+    receiver.add_key(7, bytes(32), 4, epoch=1)  # another key for KID 7: the old frames fail
+    with pytest.raises(AuthenticationError):
+        receiver.decrypt(b"", sender.encrypt(b"", b"c"))
+    receiver.add_key(7, KEY, 4, epoch=2)
+    assert receiver.decrypt(b"", sender.encrypt(b"", b"d")).plaintext == b"d"
+    receiver.retire_epoch(2)
+    with pytest.raises(UnknownKidError):
+        receiver.decrypt(b"", sender.encrypt(b"", b"e"))
+
+
+def test_concurrent_decrypts_accept_each_frame_once() -> None:
+    """Threads racing on the same frames: every CTR is accepted exactly once, the rest are replays."""
+    sender, receiver = _pair(window=4096)
+    frames = [sender.encrypt(b"", b"p") for _ in range(500)]
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for frame in frames:
+            try:
+                ctr = receiver.decrypt(b"", frame).ctr
+            except ReplayError:
+                continue
+            with lock:
+                accepted.append(ctr)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(accepted) == list(range(500))
+    assert receiver.drops["replay"] == 3 * 500
+
+
+@pytest.mark.parametrize("kid", [3, 300])
+@pytest.mark.parametrize("start", [250, 65_530, (1 << 24) - 3, (1 << 56) - 3])
+def test_sender_headers_stay_minimal_across_ctr_length_boundaries(
+    tmp_path: Path, kid: int, start: int
+) -> None:
+    """The cached header span of the sender switches length exactly where §4.3 says, with a store too."""
+    store = tmp_path / "ctr.json"
+    atomic_write_json(store, {"format": 1, "high_water": {counter_key_id(4, KEY, kid): start}})
+    stored = SenderContext(4, KEY, kid, counter_store=CounterStore(store))
+    out = bytearray(64)
+    for ctr in range(start, start + 12):
+        frame = stored.encrypt(b"m", b"x") if ctr % 2 else bytes(out[: stored.encrypt_into(b"m", b"x", out)])
+        assert frame[:-17] == encode_header(kid, ctr)  # decode_header is strict: minimal or an error
+        assert sframe.decrypt(4, KEY, b"m", frame) == (kid, ctr, b"x")
+    fresh = SenderContext(4, KEY, kid)
+    for ctr in range(300):
+        assert fresh.encrypt(b"", b"")[:-16] == encode_header(kid, ctr)
+
+
+@pytest.mark.parametrize("suite", [1, 4, 5])
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 300_000])
+def test_large_frames_sealed_in_place_are_the_stateless_ciphertext(suite: int, size: int) -> None:
+    """Frames from 64 KiB on are encrypted straight into the result: same bytes as sframe.encrypt."""
+    sender, receiver = _pair(suite)
+    plaintext = os.urandom(size)
+    for ctr in range(3):
+        frame = sender.encrypt(b"meta", plaintext)
+        assert type(frame) is bytes
+        assert frame == sframe.encrypt(suite, KEY, 7, ctr, b"meta", plaintext)
+        assert receiver.decrypt(b"meta", frame) == Decrypted(7, ctr, plaintext)
+
+
+def test_large_frames_from_other_buffers() -> None:
+    """A large bytearray encrypts as bytes would; a non-byte memoryview is a typed error, not another."""
+    plaintext = os.urandom(128 * 1024)
+    expected = sframe.encrypt(4, KEY, 7, 0, b"", plaintext)
+    assert SenderContext(4, KEY, 7).encrypt(b"", bytearray(plaintext)) == expected  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError):
+        SenderContext(4, KEY, 7).encrypt(b"", memoryview(plaintext).cast("I"))  # type: ignore[arg-type]

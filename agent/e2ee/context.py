@@ -21,9 +21,10 @@ __all__ = [
 ]
 
 import hmac
+import io
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -47,12 +48,34 @@ from agent.e2ee.suites import MAX_FRAME_BYTES, FrameKey, KeyUsage, check_base_ke
 _log = structlog.get_logger()
 
 _DROP_REASONS = ("unknown_kid", "auth_failed", "replay", "malformed")
+_IN_PLACE_MIN = 64 * 1024  # SenderContext.encrypt seals frames from this size on in place
+_SLICE_MAX = 4096  # frames up to this size are sliced (copied) for the AEAD, larger ones viewed
 
 
 def _check_kid(kid: object) -> int:
     if type(kid) is not int or not 0 <= kid <= MAX_VALUE:
         raise InvalidParameterError("kid", f"must be an integer in 0..2^64-1, got {kid!r}")
     return kid
+
+
+def _seal_in_place(
+    gcm_encrypt_into: Callable[[bytes, bytes, bytes, memoryview], int],
+    header: bytes,
+    nonce: bytes,
+    aad: bytes,
+    plaintext: bytes,
+) -> bytes:
+    # A large frame is encrypted straight into the bytes object that is returned, after the header,
+    # instead of copying the AEAD output behind the header (a second pass over the frame). BytesIO
+    # owns the zeroed bytes object alone (the argument is a temporary), so getbuffer() gives a
+    # writable view of it and getvalue() hands back that same object. Should an interpreter copy in
+    # either step, the result is the same, only slower.
+    hlen = len(header)
+    out = io.BytesIO(bytes(hlen + len(plaintext) + 16))
+    with out.getbuffer() as view:
+        view[:hlen] = header
+        gcm_encrypt_into(nonce, plaintext, aad, view[hlen:])
+    return out.getvalue()
 
 
 class SenderContext:
@@ -78,6 +101,7 @@ class SenderContext:
         "_limit",
         "_lock",
         "_salt",
+        "_span",
         "_store",
         "cipher_suite",
         "kid",
@@ -116,6 +140,9 @@ class SenderContext:
             first = counter_store.high_water(self._key_id)
             self._limit = first  # nothing reserved yet in this process
         self._counter = itertools.count(first)
+        # (lo, hi, high, length): every CTR in lo..hi-1 is reserved and has a header of ``length``
+        # bytes, (high | CTR).to_bytes(length); empty until the first frame.
+        self._span = (0, 0, 0, 0)
         _log.debug("sframe_sender_ready", kid=kid, cipher_suite=suite.value, first_ctr=first)
 
     @property
@@ -136,22 +163,23 @@ class SenderContext:
         # beyond the one that puts the header in front of the ciphertext.
         # next() on itertools.count is atomic: each call gets its own CTR without a lock.
         ctr = next(self._counter)
-        if ctr >= self._limit:
-            self._reserve(ctr)
-        headers = self._headers
-        if ctr < 8:
-            header = headers.short[ctr]
-        else:
-            clen = (ctr.bit_length() + 7) >> 3
-            header = (headers.high[clen] | ctr).to_bytes(headers.length[clen], "big")
+        lo, hi, high, length = self._span
+        header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         try:
-            if len(plaintext) > MAX_FRAME_BYTES:
-                raise InvalidParameterError("plaintext", f"{len(plaintext)} bytes, cap {MAX_FRAME_BYTES}")
+            size = len(plaintext)
             gcm_encrypt = self._gcm_encrypt
             if gcm_encrypt is not None:
                 # §4.4.3: nonce = salt XOR CTR; AAD = header + metadata.
                 nonce = (self._salt ^ ctr).to_bytes(12, "big")
-                return header + gcm_encrypt(nonce, plaintext, header + metadata)
+                if size < _IN_PLACE_MIN:  # also far below MAX_FRAME_BYTES: one compare per packet
+                    return header + gcm_encrypt(nonce, plaintext, header + metadata)
+            if size > MAX_FRAME_BYTES:
+                raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
+            gcm_encrypt_into = self._gcm_encrypt_into
+            if gcm_encrypt_into is not None:
+                if type(plaintext) is bytes:  # len() is the byte count (not so for every buffer)
+                    return _seal_in_place(gcm_encrypt_into, header, nonce, header + metadata, plaintext)
+                return header + gcm_encrypt(nonce, plaintext, header + metadata)  # type: ignore[misc]
             return self._key.seal(ctr, header, metadata, plaintext)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
@@ -180,9 +208,8 @@ class SenderContext:
         if size > MAX_FRAME_BYTES:
             raise InvalidParameterError("plaintext", f"{size} bytes, cap {MAX_FRAME_BYTES}")
         ctr = next(self._counter)
-        if ctr >= self._limit:
-            self._reserve(ctr)
-        header = self._headers.encode(ctr)
+        lo, hi, high, length = self._span
+        header = (high | ctr).to_bytes(length, "big") if lo <= ctr < hi else self._header(ctr)
         hlen = len(header)
         try:
             gcm_encrypt_into = self._gcm_encrypt_into
@@ -198,6 +225,22 @@ class SenderContext:
             return len(sealed)
         except TypeError as exc:
             raise InvalidParameterError("metadata/plaintext", f"must be bytes: {exc}") from exc
+
+    def _header(self, ctr: int) -> bytes:
+        # Slow path of the header: reserve ``ctr`` if needed, then record the span of CTRs that
+        # share its header length and are reserved. Threads may store spans in any order: each is
+        # correct for every CTR inside it (lo bounds it below, so a late CTR never gets a longer,
+        # non-minimal header), and its hi never exceeds a persisted high-water mark.
+        if ctr >= self._limit:
+            self._reserve(ctr)
+        if ctr < 8:
+            return self._headers.short[ctr]
+        clen = (ctr.bit_length() + 7) >> 3
+        headers = self._headers
+        high, length = headers.high[clen], headers.length[clen]
+        lo = 8 if clen == 1 else 1 << ((clen - 1) << 3)  # CTR 0-7 sits in the config byte (§4.3)
+        self._span = (lo, min(self._limit, 1 << (clen << 3)), high, length)
+        return (high | ctr).to_bytes(length, "big")
 
     def _reserve(self, ctr: int) -> None:
         # Slow path, before ``ctr`` is used. Invariant: every CTR handed out is below a persisted
@@ -251,6 +294,27 @@ class _ReceiverKey:
         self.bits = 0  # bit i set: CTR top - i accepted
 
 
+_AeadDecrypt = Callable[[bytes, bytes | memoryview, bytes], bytes]
+_FastConfig = tuple[_ReceiverKey, _AeadDecrypt, int, int, int, int, int, int, int]
+
+
+def _fast_config(entry: _ReceiverKey, gcm_decrypt: _AeadDecrypt, config: int) -> _FastConfig:
+    # (entry, its AES-GCM decrypt, salt, KID, header length, header base, smallest CTR, shortest
+    # and longest frame) for a config byte with X=0. The header read as one big-endian int is
+    # base + CTR (§4.3); a CTR below the smallest one is not minimally encoded, and lengths outside
+    # the range are malformed: the fast path leaves both to the general path, which raises the
+    # typed error.
+    kid = config >> 4
+    if config & 0x08:  # Y=1: CTR in the clen bytes after the config byte
+        clen = (config & 0x07) + 1
+        hlen = 1 + clen
+        base = config << (clen << 3)
+        smallest = 8 if clen == 1 else 1 << ((clen - 1) << 3)
+    else:  # Y=0: CTR 0-7 in the config byte
+        hlen, base, smallest = 1, config & 0xF8, 0
+    return entry, gcm_decrypt, entry.salt, kid, hlen, base, smallest, hlen + 16, hlen + 16 + MAX_FRAME_BYTES
+
+
 class ReceiverContext:
     """Decrypts frames from any sender whose key was added, by the KID in the header (§4.4.4).
 
@@ -275,6 +339,7 @@ class ReceiverContext:
         self._drops: dict[str, int] = dict.fromkeys(_DROP_REASONS, 0)
         self.drops: Mapping[str, int] = MappingProxyType(self._drops)
         self._lock = threading.Lock()
+        self._fast: tuple[_FastConfig | None, ...] = (None,) * 256
 
     # --- key management -------------------------------------------------------------------------
 
@@ -326,7 +391,21 @@ class ReceiverContext:
                 oldest = min(self._epochs)
                 self._retire_locked(oldest)
                 retired.append(oldest)
+            self._rebuild_fast_locked()
         _log.info("sframe_key_added", kid=kid, epoch=epoch, cipher_suite=suite.value, retired_epochs=retired)
+
+    def _rebuild_fast_locked(self) -> None:
+        # The fast-path table of decrypt: for each config byte of a GCM key with KID 0-7 (§4.3: X=0),
+        # the key and everything the config byte fixes. Replaced whole (one atomic store), so a
+        # concurrent decrypt sees either the old table or the new one.
+        fast: list[_FastConfig | None] = [None] * 256
+        for kid in range(8):
+            entry = self._keys.get(kid)
+            if entry is None or entry.gcm is None:
+                continue
+            for config in range(kid << 4, (kid << 4) + 16):
+                fast[config] = _fast_config(entry, entry.gcm.decrypt, config)
+        self._fast = tuple(fast)
 
     def _retire_locked(self, epoch: int) -> int:
         kids = self._epochs.pop(epoch, set())
@@ -340,6 +419,7 @@ class ReceiverContext:
         """Forget every key of ``epoch`` (no-op for an unknown epoch)."""
         with self._lock:
             count = self._retire_locked(epoch)
+            self._rebuild_fast_locked()
         _log.info("sframe_epoch_retired", epoch=epoch, keys=count)
 
     def remove_key(self, kid: int) -> None:
@@ -352,6 +432,7 @@ class ReceiverContext:
                     kids.discard(kid)
                     if not kids:
                         del self._epochs[entry.epoch]
+            self._rebuild_fast_locked()
         _log.info("sframe_key_removed", kid=kid, known=entry is not None)
 
     @property
@@ -376,8 +457,63 @@ class ReceiverContext:
                 :class:`AuthenticationError` (``auth_failed``), :class:`ReplayError` (``replay``),
                 :class:`InvalidParameterError` for non-bytes arguments (not counted).
         """
-        # Per-frame hot path: one header parse, one dict lookup, one AEAD call, int ops for the
-        # window; the ciphertext is passed to the AEAD as a memoryview (no copy).
+        # Fast path, the common case of a media stream: bytes in, a GCM key with KID 0-7, a
+        # minimally encoded header, a CTR above every CTR accepted so far. One table lookup by the
+        # config byte gives the key and the header layout; anything else (and every error) takes
+        # the general path below, which raises the same typed errors and counts the same drops.
+        if type(ciphertext) is bytes and type(metadata) is bytes and ciphertext:
+            fast = self._fast[ciphertext[0]]
+            if fast is not None:
+                entry, gcm_decrypt, salt, kid, hlen, base, smallest, shortest, longest = fast
+                header = ciphertext[:hlen]
+                ctr = int.from_bytes(header, "big") - base
+                n = len(ciphertext)
+                if shortest <= n <= longest and ctr >= smallest and ctr > entry.top:
+                    try:
+                        # §4.4.4: nonce = salt XOR CTR, AAD = header + metadata. Small frames are
+                        # sliced (a copy is cheaper than a memoryview), large ones are not copied.
+                        plaintext = gcm_decrypt(
+                            (salt ^ ctr).to_bytes(12, "big"),
+                            ciphertext[hlen:] if n <= _SLICE_MAX else memoryview(ciphertext)[hlen:],
+                            header + metadata,
+                        )
+                    except InvalidTag:
+                        self._count_drop("auth_failed")
+                        raise AuthenticationError(kid, ctr) from None
+                    # §9.3 window, decided under the lock: another thread may have accepted this
+                    # CTR or a higher one since the check above. (acquire/release in try/finally is
+                    # the `with` statement without its two extra method lookups and calls.)
+                    lock = self._lock
+                    lock.acquire()
+                    try:
+                        top = entry.top
+                        if ctr > top:
+                            shift = ctr - top
+                            window = self.replay_window
+                            entry.bits = ((entry.bits << shift) | 1) & self._mask if shift < window else 1
+                            entry.top = ctr
+                            replay = None
+                        else:
+                            replay = self._accept_old(entry, top - ctr)
+                    finally:
+                        lock.release()
+                    if replay is not None:
+                        self._count_drop("replay")
+                        raise ReplayError(kid, ctr, too_old=replay)
+                    d: Decrypted = _new_decrypted(Decrypted)
+                    _set_kid(d, kid)
+                    _set_ctr(d, ctr)
+                    _set_plaintext(d, plaintext)
+                    return d
+        return self._decrypt_general(metadata, ciphertext)
+
+    def _count_drop(self, reason: str) -> None:
+        with self._lock:
+            self._drops[reason] += 1
+
+    def _decrypt_general(self, metadata: bytes, ciphertext: bytes) -> Decrypted:
+        # One header parse, one dict lookup, one AEAD call, int ops for the window; the ciphertext
+        # is passed to the AEAD as a memoryview (no copy).
         if type(ciphertext) is bytes:
             view = memoryview(ciphertext)
             head = ciphertext[:MAX_HEADER_LENGTH]

@@ -1,7 +1,8 @@
 """``roomctl meeting start``: hand out a meeting's SFrame keys, signed by the customer.
 
 1. read each room's HPKE public keys from its retained state (``{p}/devices/{id}/state``,
-   ``identity.hpke``);
+   ``identity.hpke_attestation``), signed by the room's Ed25519 identity key, which ``--pins``
+   pins on first use (the broker cannot substitute its own key for a room's);
 2. generate one fresh base key and KID per sending room and seal it with HPKE to every room
    (:func:`agent.privacy.keys.seal_meeting`);
 3. build one ``keys`` document per recipient room (targets: that room only), sign it with the
@@ -14,7 +15,7 @@ Key bytes are never printed; only KIDs, epochs and outcomes.
 
 from __future__ import annotations
 
-__all__ = ["build_key_envelopes", "register", "start_meeting"]
+__all__ = ["MeetingError", "attested_hpke_keys", "build_key_envelopes", "register", "start_meeting"]
 
 import argparse
 import asyncio
@@ -34,8 +35,9 @@ from urllib.parse import urlsplit
 
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import PrivateKey, load_private_key
+from agent.control.keys import PrivateKey, keyid_of, load_private_key, parse_public_key
 from agent.errors import AgentError
+from agent.persist import atomic_write_json
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.keys import KeysBody, seal_meeting
 
@@ -141,14 +143,61 @@ async def _read_public_keys(
     return states
 
 
-def _hpke_keys(state: Any) -> dict[str, str] | None:
-    if not isinstance(state, dict):
-        return None
-    identity = state.get("identity")
-    hpke = identity.get("hpke") if isinstance(identity, dict) else None
-    if isinstance(hpke, dict) and all(isinstance(v, str) for v in hpke.values()):
-        return hpke
-    return None
+_ATTESTATION_TYPE = payload_type("hpke-identity")
+
+
+def attested_hpke_keys(
+    room: str, state: Any, pinned: dict[str, Any] | None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The room's HPKE public keys, checked against its Ed25519 identity (and the pin, if any).
+
+    The retained state travels through the vendor's broker, which could swap a room's HPKE key for
+    its own and so read the meeting. The device signs its HPKE keys with its Ed25519 identity key
+    (``identity.hpke_attestation``); with a pinned identity key (``--pins``) a swapped identity is
+    refused too. Returns (hpke keys, the room's Ed25519 key dict).
+
+    Raises:
+        MeetingError: no state, no attestation, a bad signature, or an identity that differs from the pin.
+    """
+    identity = state.get("identity") if isinstance(state, dict) else None
+    if not isinstance(identity, dict):
+        raise MeetingError(f"{room}: no identity in its retained state", 3)
+    ed25519 = identity.get("ed25519")
+    try:
+        key = parse_public_key(ed25519)
+    except ValueError as exc:
+        raise MeetingError(f"{room}: unreadable identity key: {exc}", 3) from exc
+    if pinned is not None and keyid_of(pinned) != key.keyid:
+        raise MeetingError(
+            f"{room}: identity key {key.keyid[:16]} is not the pinned {keyid_of(pinned)[:16]}", 3
+        )
+    raw = identity.get("hpke_attestation")
+    try:
+        env = Envelope.parse(json.dumps(raw).encode())
+        payload = json.loads(env.payload)
+    except ValueError as exc:
+        raise MeetingError(f"{room}: no valid HPKE attestation in its state", 3) from exc
+    signed = env.payload_type == _ATTESTATION_TYPE and any(
+        s.keyid == key.keyid and key.verify(s.sig, env.pae()) for s in env.signatures
+    )
+    hpke = payload.get("hpke") if isinstance(payload, dict) else None
+    if not signed or payload.get("device") != room or not isinstance(hpke, dict):
+        raise MeetingError(f"{room}: HPKE keys not signed by the room's identity key", 3)
+    if not all(isinstance(v, str) for v in hpke.values()):
+        raise MeetingError(f"{room}: malformed HPKE keys", 3)
+    return hpke, key.to_dict()
+
+
+def _load_pins(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        pins = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise MeetingError(f"--pins {path}: unreadable ({exc})") from exc
+    if not isinstance(pins, dict):
+        raise MeetingError(f"--pins {path}: not a JSON object of device -> key")
+    return pins
 
 
 async def _wait_acks(
@@ -210,17 +259,27 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with _client(args, broker) as client:
             states = await _read_public_keys(client, args.prefix, rooms, args.timeout)
-            public = {room: _hpke_keys(states.get(room)) for room in rooms}
-            missing = sorted(room for room, keys in public.items() if keys is None)
+            missing = sorted(room for room in rooms if room not in states)
             if missing:
-                raise MeetingError(f"no HPKE public keys in the retained state of: {', '.join(missing)}", 3)
+                raise MeetingError(f"no retained state (HPKE public keys) from: {', '.join(missing)}", 3)
+            pins_path = Path(args.pins) if args.pins else None
+            pins = _load_pins(pins_path)
+            public: dict[str, dict[str, str]] = {}
+            new_pins: dict[str, Any] = {}
+            for room in rooms:
+                public[room], identity_key = attested_hpke_keys(room, states[room], pins.get(room))
+                if room not in pins:
+                    new_pins[room] = identity_key
+            if pins_path is not None and new_pins:
+                # Trust on first use: later meetings refuse a room whose identity key changed.
+                atomic_write_json(pins_path, {**pins, **new_pins})
             try:
                 packages = seal_meeting(
                     meeting=meeting,
                     epoch=args.epoch,
                     suite=args.suite,
                     key_expires=key_expires,
-                    rooms={room: keys for room, keys in public.items() if keys is not None},
+                    rooms=public,
                     kem=args.kem,
                 )
             except KeyDeliveryError as exc:
@@ -246,6 +305,7 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
         "rooms": {
             room: {
                 "kid": next(s.kid for s in packages[room].senders if s.device == room),
+                "pinned": None if pins_path is None else ("new" if room in new_pins else "match"),
                 "ack": None if room not in acks else acks[room].get("status"),
                 "reason": None if room not in acks else acks[room].get("reason"),
             }
@@ -295,6 +355,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--ttl", type=int, default=8 * 3600, help="key lifetime in seconds (default 8 h)")
     p.add_argument("--version", type=int, help="document version (default: current Unix time)")
+    p.add_argument(
+        "--pins",
+        help="JSON file of pinned room identity keys (added on first use; a changed key is refused)",
+    )
     p.add_argument("--prefix", default="roomagent/v1", help="MQTT topic prefix")
     p.add_argument("--ca", help="CA certificate for mqtts")
     p.add_argument("--cert", help="client certificate for mqtts")

@@ -30,7 +30,7 @@ def _receive(args: argparse.Namespace) -> int:
     from agent.media.keys import LabReceiver, load_lab_key
     from agent.media.receiver import MediaReceiver, bind_udp
 
-    configure_logging(level="warning")
+    configure_logging(level="warning", stream=sys.stderr)
     key_file = args.key_file
     try:
         if key_file is None and args.config is not None:
@@ -46,16 +46,18 @@ def _receive(args: argparse.Namespace) -> int:
     except AgentError as exc:
         print(f"receive: {exc}", file=sys.stderr)
         return 2
+    opener: Any = LabReceiver(lab) if lab is not None else _NoKey()
+    receiver = MediaReceiver(
+        opener, snapshot_dir=None if args.snapshot_dir is None else Path(args.snapshot_dir)
+    )
+    if args.file is not None:
+        return _receive_file(receiver, Path(args.file), args.json)
     host, port = args.listen
     try:
         sock = bind_udp(host, port)
     except OSError as exc:
         print(f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    opener: Any = LabReceiver(lab) if lab is not None else _NoKey()
-    receiver = MediaReceiver(
-        opener, snapshot_dir=None if args.snapshot_dir is None else Path(args.snapshot_dir)
-    )
     stop = threading.Event()
     thread = threading.Thread(target=receiver.serve, args=(sock, stop), name="receive", daemon=True)
     thread.start()
@@ -77,14 +79,33 @@ def _receive(args: argparse.Namespace) -> int:
         stop.set()
         thread.join(2.0)
         sock.close()
-    report = receiver.report()
-    if args.json:
+    _print_report(receiver.report(), args.json)
+    return 0
+
+
+def _receive_file(receiver: Any, path: Path, as_json: bool) -> int:
+    """Read back a file sink's records: the same verification as over the network."""
+    from agent.media.errors import RecordFileError
+    from agent.media.sink import read_records
+
+    status = 0
+    try:
+        for record in read_records(path):
+            receiver.handle_record(record)
+    except RecordFileError as exc:
+        print(f"receive: {exc}", file=sys.stderr)
+        status = 1  # the complete records before the damage were verified and are reported
+    _print_report(receiver.report(), as_json)
+    return status
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(report))
     else:
         print(file=sys.stderr)
         for key, value in report.items():
             print(f"{key}: {value}")
-    return 0
 
 
 class _NoKey:
@@ -110,8 +131,10 @@ def _lab_key(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
     from agent.media.demo import run_demo
 
+    configure_logging(level="warning", stream=sys.stderr)
     return run_demo(
         seconds=args.seconds,
         width=args.width,
@@ -124,7 +147,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("receive", help="receive, decrypt, decode and verify an RTP/SFrame stream")
-    p.add_argument("--listen", type=_host_port, required=True, metavar="HOST:PORT")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--listen", type=_host_port, metavar="HOST:PORT", help="receive RTP/UDP here")
+    source.add_argument("--file", metavar="PATH", help="read back a file sink's record file instead")
     p.add_argument("--key-file", help="lab key file (JSON) shared with the sender")
     p.add_argument("--config", help="read [e2ee] lab_key_file from this agent config")
     p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")

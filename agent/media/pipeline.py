@@ -65,6 +65,7 @@ class StreamSettings:
     bitrate_kbps: int = 2500
     keyframe_interval: int = 60
     codecs: tuple[str, ...] = ("libx264",)  # FFmpeg encoder preference, first that opens wins
+    preset: str | None = None  # x264/x265 speed preset; None: the HAL default
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 7680 and 16 <= self.height <= 4320) or self.width % 2 or self.height % 2:
@@ -89,6 +90,7 @@ class StreamSettings:
             bitrate_kbps=self.bitrate_kbps,
             keyframe_interval=self.keyframe_interval,
             low_latency=True,
+            preset=self.preset,
         )
 
 
@@ -108,6 +110,7 @@ class PipelineStats:
     encoder_opens: int = 0
     camera_gone: int = 0
     camera_recovered: int = 0
+    protect_ns: int = 0  # thread time spent sealing (or, with plain_copy, copying) frames
     latencies_ns: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
     def as_dict(self) -> dict[str, int]:
@@ -174,6 +177,7 @@ class MediaPipeline:
         plain_copy: bool = False,
         queue_size: int = 3,
         replug_poll_s: float = 0.05,
+        shutter_when_idle: bool = True,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -196,10 +200,12 @@ class MediaPipeline:
         self._camera: Camera | None = None
         self._indicator_on = False
         self._progress: Progress | None = None
-        self._last_sent_mono = 0.0
-        self._sent_event: asyncio.Event | None = None
+        self._last_sent_mono = 0.0  # reset by apply(): healthy() waits for frames after it
+        self._last_sent_any = 0.0
         self._encoder_name: str | None = None
-        self._remove_key_listener = keys.add_listener(self.request_keyframe)
+        self._queue_size = queue_size
+        self._shutter_when_idle = shutter_when_idle
+        self._shutter_ours: bool | None = None  # what this pipeline last set on the camera
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -216,15 +222,29 @@ class MediaPipeline:
         self._e2ee_required = required
         self._sink.e2ee_required = required
 
-    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
-        """Change size, frame rate, codec, bitrate or keyframe interval live.
+    def set_sink(self, sink: Sink) -> None:
+        """Send to another sink from the next frame on (a pushed ``[media] sink``); closes the old one.
+
+        Any sink is safe to point anywhere: it only ever carries SFrame-protected frames.
+        """
+        old, self._sink = self._sink, sink
+        sink.e2ee_required = self._e2ee_required
+        old.close()
+        self.request_keyframe()  # the new destination needs a picture to start from
+        _log.info("media_sink_changed", camera=self.camera_id, sink=sink.url)
+
+    def set_shutter_when_idle(self, enabled: bool) -> None:
+        """Follow policy ``camera.shutter_when_idle``: closed while no meeting key is set."""
+        self._shutter_when_idle = enabled
+
+    def check(self, body: Mapping[str, Any]) -> StreamSettings:
+        """The settings ``body`` would give, validated, without applying them.
 
         ``body`` holds any of ``width``, ``height``, ``fps``, ``codec``, ``bitrate_kbps``,
-        ``keyframe_interval``, ``codecs`` (the encoder preference list). The encoder is reopened on
-        the next frame and starts with a keyframe; use :meth:`healthy` to wait for sealed frames.
+        ``keyframe_interval``, ``codecs`` (the encoder preference list).
 
         Raises:
-            ValueError: an unknown key or an invalid value; nothing changed.
+            ValueError: an unknown key or an invalid value.
         """
         allowed = {"width", "height", "fps", "codec", "bitrate_kbps", "keyframe_interval", "codecs"}
         unknown = set(body) - allowed
@@ -245,7 +265,18 @@ class MediaPipeline:
                 raise ValueError(f"{key} must be an integer")
         if "codec" in changes and not isinstance(changes["codec"], str):
             raise ValueError("codec must be a string")
-        new = replace(self._settings, **changes)  # __post_init__ validates
+        return replace(self._settings, **changes)  # __post_init__ validates
+
+    def apply(self, body: Mapping[str, Any]) -> StreamSettings:
+        """Change size, frame rate, codec, bitrate or keyframe interval live (keys as :meth:`check`).
+
+        The encoder is reopened on the next frame and starts with a keyframe; use :meth:`healthy` to
+        wait for sealed frames.
+
+        Raises:
+            ValueError: an unknown key or an invalid value; nothing changed.
+        """
+        new = self.check(body)
         if new != self._settings:
             self._settings = new
             self._settings_gen += 1
@@ -274,6 +305,7 @@ class MediaPipeline:
             "plain_copy": self._plain_copy,
             "key": self._keys.describe(),
             "indicator_on": self._indicator_on,
+            "shutter_closed_idle": bool(self._shutter_ours),
             "stats": self.stats.as_dict(),
         }
 
@@ -283,33 +315,46 @@ class MediaPipeline:
         """Run until cancelled. Camera loss is waited out; other failures raise (to be restarted)."""
         self._loop = asyncio.get_running_loop()
         self._progress = progress
+        self._queue = _DropOldestQueue(self._queue_size)  # fresh per run: a restart starts clean
         worker = threading.Thread(target=self._work, name=f"{self.name}.encode", daemon=True)
         worker.start()
         try:
-            while True:
-                try:
-                    camera = self._inventory.open_camera(self.camera_id)
-                    async with camera:
-                        self._camera = camera
-                        if self.stats.camera_gone:
-                            self.stats.camera_recovered += 1
-                            _log.info("media_camera_back", camera=self.camera_id)
-                        self.request_keyframe()
-                        await self._capture(camera, progress)
-                except DeviceGoneError:
-                    self._camera = None
-                    self._indicator_on = False  # the LED went with the device
-                    self.stats.camera_gone += 1
-                    _log.warning("media_camera_gone", camera=self.camera_id)
-                    while not await self._camera_present():
-                        progress.beat()  # an idle wait, not a hang
-                        await asyncio.sleep(self._replug_poll_s)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._camera_loop(progress), name=f"{self.name}.capture")
+                tg.create_task(self._indicator_watch(), name=f"{self.name}.indicator")
         finally:
             self._queue.put_stop()
             await asyncio.to_thread(worker.join, 5.0)
             await self._set_indicator(False)
             self._camera = None
-            self._remove_key_listener()
+
+    async def _camera_loop(self, progress: Progress) -> None:
+        while True:
+            try:
+                camera = self._inventory.open_camera(self.camera_id)
+                async with camera:
+                    self._camera = camera
+                    if self.stats.camera_gone:
+                        self.stats.camera_recovered += 1
+                        _log.info("media_camera_back", camera=self.camera_id)
+                    self.request_keyframe()
+                    await self._capture(camera, progress)
+            except DeviceGoneError:
+                self._camera = None
+                self._indicator_on = False  # the LED went with the device
+                self.stats.camera_gone += 1
+                _log.warning("media_camera_gone", camera=self.camera_id)
+                while not await self._camera_present():
+                    progress.beat()  # an idle wait, not a hang
+                    await asyncio.sleep(self._replug_poll_s)
+
+    async def _indicator_watch(self) -> None:
+        """The indicator goes OFF when frames stop leaving (stalled camera, encoder trouble)."""
+        while True:
+            await asyncio.sleep(0.1)
+            quiet_s = max(0.3, 3.0 / self._settings.fps)
+            if self._indicator_on and time.monotonic() - self._last_sent_any > quiet_s:
+                await self._set_indicator(False)
 
     async def _camera_present(self) -> bool:
         return any(d.id == self.camera_id for d in self._inventory.list_devices())
@@ -325,7 +370,10 @@ class MediaPipeline:
                 continue
             next_due = max(next_due + interval_ns, frame.capture_ns + interval_ns / 2)
             sealer, _, _ = self._keys.current()
-            if sealer is None and not self._plain_copy:
+            idle = sealer is None and not self._plain_copy
+            if await self._follow_shutter(camera, closed=idle and self._shutter_when_idle) and not idle:
+                continue  # captured while the shutter was still closed: a black picture, skip it
+            if idle:
                 # No key: nothing may leave. Do not encode; wait (an idle turn, not a hang).
                 self.stats.dropped_no_key += 1
                 progress.beat()
@@ -334,6 +382,28 @@ class MediaPipeline:
                 continue
             if self._queue.put(frame):
                 self.stats.dropped_queue += 1
+
+    async def _follow_shutter(self, camera: Camera, *, closed: bool) -> bool:
+        """Close the privacy shutter when idle (policy), open it again when a meeting starts.
+
+        Only a shutter this pipeline closed is opened again by it; it never overrides someone else's.
+        Returns True when it changed the shutter.
+        """
+        if closed == self._shutter_ours:
+            return False
+        if not closed and self._shutter_ours is None:
+            self._shutter_ours = False
+            return False
+        try:
+            await camera.set_shutter(closed)
+        except HalError as exc:
+            _log.warning("media_shutter_failed", camera=self.camera_id, error=str(exc))
+            return False
+        self._shutter_ours = closed
+        _log.info(
+            "media_shutter", camera=self.camera_id, closed=closed, reason="idle" if closed else "in_meeting"
+        )
+        return True
 
     # --- indicator -------------------------------------------------------------------------------
 
@@ -428,6 +498,7 @@ class MediaPipeline:
         return encoder
 
     def _send_packet(self, packet: Any, sealer: Any) -> None:
+        started = time.thread_time_ns()
         try:
             sealed: ProtectedFrame = (
                 plain_copy_frame(packet) if self._plain_copy else protect_frame(sealer, packet)
@@ -437,9 +508,11 @@ class MediaPipeline:
             _log.error("media_seal_failed", camera=self.camera_id, error=str(exc))
             self._indicator_from_worker(False)
             return
+        self.stats.protect_ns += time.thread_time_ns() - started
         self._indicator_from_worker(True)  # lit before the frame leaves
+        sink = self._sink
         try:
-            self._sink.send(sealed)
+            sink.send(sealed)
         except PlaintextRefusedError as exc:
             self.stats.refused += 1
             _log.error("media_plaintext_refused", camera=self.camera_id, sink=exc.sink)
@@ -453,10 +526,11 @@ class MediaPipeline:
         if sealed.keyframe:
             self.stats.keyframes += 1
         self.stats.latencies_ns.append(time.time_ns() - sealed.capture_ns)
-        self._last_sent_mono = time.monotonic()
+        self._last_sent_mono = self._last_sent_any = time.monotonic()
         loop, progress = self._loop, self._progress
         if loop is not None and progress is not None:
-            loop.call_soon_threadsafe(progress.beat)
+            with contextlib.suppress(RuntimeError):  # the loop closed while this frame left
+                loop.call_soon_threadsafe(progress.beat)
 
 
 def _settings_log(settings: StreamSettings) -> dict[str, Any]:
@@ -471,7 +545,14 @@ def _settings_log(settings: StreamSettings) -> dict[str, Any]:
 
 
 def settings_from(
-    width: int, height: int, fps: int, *, codecs: Sequence[str], bitrate_kbps: int, keyframe_interval: int
+    width: int,
+    height: int,
+    fps: int,
+    *,
+    codecs: Sequence[str],
+    bitrate_kbps: int,
+    keyframe_interval: int,
+    preset: str | None = None,
 ) -> StreamSettings:
     """Stream settings from a camera spec and the ``[hal.encoder]`` section."""
     return StreamSettings(
@@ -482,4 +563,5 @@ def settings_from(
         bitrate_kbps=bitrate_kbps,
         keyframe_interval=keyframe_interval,
         codecs=tuple(codecs),
+        preset=preset,
     )

@@ -15,6 +15,7 @@ __all__ = ["ProtectedFrame", "plain_copy_frame", "protect_frame"]
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.media.errors import MalformedFrameError
 from agent.media.frame import FrameHeader
 from agent.media.keys import FrameSealer
 from agent.media.rtp import ticks_from_ns
@@ -53,6 +54,13 @@ class ProtectedFrame:
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
             raise TypeError("ProtectedFrame is made only by agent.media.protect (protect_frame)")
+        # dataclasses.replace() passes the token on: at least keep the flag and the header honest.
+        try:
+            header = FrameHeader.decode(self.payload)
+        except MalformedFrameError as exc:
+            raise TypeError(f"ProtectedFrame payload has no valid frame header: {exc.reason}") from exc
+        if header.unprotected == self.protected:
+            raise TypeError("ProtectedFrame.protected disagrees with its frame header")
 
 
 def protect_frame(sealer: FrameSealer, packet: _Packet) -> ProtectedFrame:

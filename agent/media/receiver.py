@@ -28,6 +28,7 @@ from agent.media.errors import MalformedFrameError
 from agent.media.frame import split_frame
 from agent.media.keys import FrameOpener
 from agent.media.rtp import AssembledFrame, Depacketizer
+from agent.media.sink import FileRecord
 from hal.errors import HalError
 
 _log = structlog.get_logger()
@@ -59,20 +60,23 @@ class ReceiverStats:
     stamps_missing: int = 0
     stamps_out_of_order: int = 0
     stamps_skipped: int = 0  # capture sequence numbers never seen (lost or dropped frames)
+    stamp_restarts: int = 0  # capture sequence restarted (camera reopened), time still moving on
     snapshots: int = 0
+    picture_size: tuple[int, int] | None = None  # of the newest decoded picture
     latencies_ms: list[float] = field(default_factory=list)
     first_decoded: float | None = None
     last_decoded: float | None = None
 
 
 class _Stream:
-    __slots__ = ("codec", "decoder", "last_seq", "need_keyframe")
+    __slots__ = ("codec", "decoder", "last_ns", "last_seq", "need_keyframe")
 
     def __init__(self) -> None:
         self.decoder: Any = None
         self.codec: str | None = None
         self.need_keyframe = True
         self.last_seq: int | None = None
+        self.last_ns: int | None = None
 
 
 class MediaReceiver:
@@ -103,6 +107,10 @@ class MediaReceiver:
         self._last_snapshot: dict[int, float] = {}
         self._allow_unprotected = allow_unprotected
 
+    def set_opener(self, opener: FrameOpener) -> None:
+        """Re-key the receiver (a new meeting or lab key); streams resume at their next keyframe."""
+        self._opener = opener
+
     # --- input -----------------------------------------------------------------------------------
 
     def handle_datagram(self, datagram: bytes, now: float | None = None) -> None:
@@ -112,6 +120,20 @@ class MediaReceiver:
     def poll(self, now: float | None = None) -> None:
         for frame in self.depacketizer.poll(time.monotonic() if now is None else now):
             self.handle_frame(frame)
+
+    def handle_record(self, record: FileRecord) -> None:
+        """One record of a file sink (``agent.media.sink.read_records``): a whole frame, no loss."""
+        self.handle_frame(
+            AssembledFrame(
+                ssrc=record.ssrc,
+                timestamp=record.timestamp,
+                keyframe=record.keyframe,
+                payload=record.payload,
+                first_seq=0,
+                packets=1,
+                after_loss=False,
+            )
+        )
 
     def handle_frame(self, frame: AssembledFrame) -> None:
         self.stats.frames_received += 1
@@ -178,18 +200,22 @@ class MediaReceiver:
         if stats.first_decoded is None:
             stats.first_decoded = mono
         stats.last_decoded = mono
+        stats.picture_size = (picture.width, picture.height)
         stamp = picture.stamp
         if stamp is None:
             stats.stamps_missing += 1
         else:
             stats.stamps_read += 1
-            if stream.last_seq is not None:
-                if stamp.seq <= stream.last_seq:
-                    stats.stamps_out_of_order += 1
+            if stream.last_seq is None or stream.last_ns is None:
+                stream.last_seq, stream.last_ns = stamp.seq, stamp.capture_ns
+            elif stamp.capture_ns <= stream.last_ns or stamp.seq == stream.last_seq:
+                stats.stamps_out_of_order += 1  # captured before (or as) a picture already shown
+            else:
+                if stamp.seq < stream.last_seq:
+                    stats.stamp_restarts += 1  # the camera was reopened (e.g. replugged): seq from 0
                 else:
                     stats.stamps_skipped += stamp.seq - stream.last_seq - 1
-            if stream.last_seq is None or stamp.seq > stream.last_seq:
-                stream.last_seq = stamp.seq
+                stream.last_seq, stream.last_ns = stamp.seq, stamp.capture_ns
             if len(stats.latencies_ms) < _MAX_LATENCIES:
                 stats.latencies_ms.append((now_ns - stamp.capture_ns) / 1e6)
         if self._snapshot_dir is not None:
@@ -237,11 +263,16 @@ class MediaReceiver:
             "decrypt_failures_by_reason": dict(s.decrypt_failures_by_reason),
             "stamps_read": s.stamps_read,
             "stamps_skipped": s.stamps_skipped,
+            "stamp_restarts": s.stamp_restarts,
             "skipped_until_keyframe": s.skipped_until_keyframe,
             "malformed_frames": s.malformed_frames,
             "unprotected_refused": s.unprotected_refused,
             "decode_errors": s.decode_errors,
             "snapshots": s.snapshots,
+            "picture_size": None if s.picture_size is None else list(s.picture_size),
+            "last_stamp_seq": max(
+                (st.last_seq for st in self._streams.values() if st.last_seq is not None), default=None
+            ),
             "streams": len(self._streams),
             "packets_received": rtp.packets,
             "packets_lost": rtp.lost,

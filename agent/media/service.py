@@ -12,7 +12,9 @@ from __future__ import annotations
 
 __all__ = ["Media", "build_media", "media_of", "services"]
 
+import asyncio
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ from urllib.parse import urlsplit
 import structlog
 
 from agent.config import AgentConfig
+from agent.media.errors import SinkError
 from agent.media.keys import KeySource, load_lab_key
 from agent.media.pipeline import MediaPipeline, Progress, StreamSettings
-from agent.media.sink import open_sink
+from agent.media.sink import Sink, open_sink
 from hal.protocols import EncoderFactory, Inventory
 
 _log = structlog.get_logger()
@@ -48,6 +51,63 @@ class Media:
     def set_e2ee_required(self, required: bool) -> None:
         for p in self.pipelines:
             p.set_e2ee_required(required)
+
+    def set_shutter_when_idle(self, enabled: bool) -> None:
+        for p in self.pipelines:
+            p.set_shutter_when_idle(enabled)
+
+    def apply_config(self, body: Mapping[str, Any]) -> list[str]:
+        """Apply a ``config`` document body (``cameras``, ``encoder``, ``media``) to the pipelines live.
+
+        Every change is validated for every pipeline before any is applied, so a bad body changes
+        nothing. ``cameras[].width/height/fps`` and ``encoder.bitrate_kbps/keyframe_interval/codecs``
+        are live; ``media.sink`` reopens each pipeline's sink; ``media.mtu`` applies to the new sinks.
+        Returns the names of the pipelines that changed; then await :meth:`healthy`.
+
+        Raises:
+            ValueError: an invalid value, a camera id that is not running, or an unopenable sink.
+        """
+        cameras = {c["id"]: c for c in body.get("cameras") or []}
+        encoder = body.get("encoder") or {}
+        media = body.get("media") or {}
+        running = {p.camera_id for p in self.pipelines}
+        unknown = set(cameras) - running
+        if unknown:
+            raise ValueError(f"cameras not running here: {', '.join(sorted(unknown))}")
+        plans: list[tuple[MediaPipeline, dict[str, Any]]] = []
+        for p in self.pipelines:
+            change: dict[str, Any] = {}
+            cam = cameras.get(p.camera_id, {})
+            change.update({k: cam[k] for k in ("width", "height", "fps") if k in cam})
+            change.update({k: encoder[k] for k in ("bitrate_kbps", "keyframe_interval") if k in encoder})
+            if "codecs" in encoder:
+                change["codecs"] = tuple(encoder["codecs"])
+            p.check(change)  # raises before anything changed
+            plans.append((p, change))
+        sinks: list[Sink] = []
+        if media.get("sink"):
+            try:
+                for p in self.pipelines:
+                    url = _sink_url(media["sink"], p.camera_id, len(self.pipelines))
+                    sinks.append(open_sink(url, mtu=int(media.get("mtu", 1200))))
+            except SinkError as exc:
+                for sink in sinks:
+                    sink.close()
+                raise ValueError(f"media.sink: {exc.reason}") from exc
+        changed = []
+        for i, (p, change) in enumerate(plans):
+            if change and p.apply(change) is not None:
+                changed.append(p.name)
+            if sinks:
+                p.set_sink(sinks[i])
+                if p.name not in changed:
+                    changed.append(p.name)
+        return changed
+
+    async def healthy(self, timeout_s: float) -> bool:
+        """True when every pipeline sends sealed frames again within ``timeout_s`` (after an apply)."""
+        results = await asyncio.gather(*(p.healthy(timeout_s) for p in self.pipelines))
+        return all(results)
 
 
 def _sink_url(url: str, camera_id: str, cameras: int) -> str:
@@ -118,6 +178,7 @@ def build_media(
             bitrate_kbps=enc.bitrate_kbps,
             keyframe_interval=enc.keyframe_interval,
             codecs=tuple(enc.codecs),
+            preset=enc.preset,
         )
         media.pipelines.append(
             MediaPipeline(

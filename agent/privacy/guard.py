@@ -18,10 +18,10 @@ time and keeps the camera shutters closed while the room is idle (no meeting key
 
 from __future__ import annotations
 
-__all__ = ["PrivacyGuard", "ShutterControl"]
+__all__ = ["AuditAppender", "PrivacyGuard", "ShutterControl", "audit_to"]
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,10 @@ from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 from agent.privacy.sframe_keys import SFrameKeyTarget
 from agent.privacy.telemetry import TelemetryFilter
 
+# An idle wait beats this often, so the supervisor's stall detection (as low as ~0.5 s in tests) never
+# mistakes a quiet room for a hung service.
+_IDLE_TURN_S = 0.2
+
 
 class ShutterControl(Protocol):
     """A privacy shutter and an in-room announcer: ``hal.protocols.Camera`` (or the media pipeline)."""
@@ -50,6 +54,38 @@ class ShutterControl(Protocol):
     async def set_shutter(self, closed: bool) -> None: ...
 
     async def announce(self, message: str) -> None: ...
+
+
+class AuditAppender(Protocol):
+    """The control plane's audit log (``agent.control.audit.AuditLog.append``)."""
+
+    def append(
+        self,
+        event: str,
+        *,
+        kind: str | None = ...,
+        version: int | None = ...,
+        outcome: str,
+        reason: str | None = ...,
+        message: str | None = ...,
+    ) -> dict[str, Any]: ...
+
+
+def audit_to(log: AuditAppender) -> AuditFn:
+    """An intervention audit callback writing to the device's hash-chained audit log."""
+
+    def append(event: str, fields: dict[str, Any]) -> None:
+        order = fields.get("lawful_order")
+        ref = "" if not order else f" order {order['issuer']}/{order['id']} ({order['jurisdiction']})"
+        log.append(
+            event,
+            kind="command",
+            version=fields.get("doc_version"),
+            outcome=str(fields["state"]),
+            message=f"{fields['command']} by {fields['role']}{ref}",
+        )
+
+    return append
 
 
 class _Progress(Protocol):
@@ -85,9 +121,9 @@ class PrivacyGuard:
         self._log = structlog.get_logger()
         self.identity = HpkeIdentity.load_or_create(state_dir / "identity" / "hpke.json")
         self.telemetry = TelemetryFilter(policy)
-        self._cameras = list(cameras)
+        self.cameras = list(cameras)
         self.interventions = InterventionState(
-            state_dir / "privacy" / "intervention.json", audit=audit, announcers=self._cameras
+            state_dir / "privacy" / "intervention.json", audit=audit, announcers=self.cameras
         )
         self.interventions.add_listener(self._on_intervention)
         self.key_source = key_source if key_source is not None else KeySource()
@@ -102,6 +138,25 @@ class PrivacyGuard:
         self._camera_dirty = asyncio.Event()
         self._camera_dirty.set()  # enforce once at start
         self.shutter_closed: bool | None = None
+        self._state_sinks: list[Callable[[dict[str, Any]], None]] = []
+        self._policy_listeners: list[Callable[[PolicyBody], None]] = []
+
+    def add_policy_listener(self, listener: Callable[[PolicyBody], None]) -> None:
+        """Call ``listener(policy)`` now and after every applied policy (e.g. media's E2EE switch)."""
+        self._policy_listeners.append(listener)
+        listener(self._policy)
+
+    def add_state_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        """Also send :meth:`state_fragment` to ``sink`` now and whenever it changes (the daemon's
+        ``update_state``, the control plane's state publisher)."""
+        self._state_sinks.append(sink)
+        sink(self.state_fragment())
+
+    def _publish_state(self) -> None:
+        if self._state_sinks:
+            fragment = self.state_fragment()
+            for sink in self._state_sinks:
+                sink(fragment)
 
     # --- what the device publishes -------------------------------------------------------------------
     @property
@@ -141,7 +196,10 @@ class PrivacyGuard:
         self._policy = policy
         self.telemetry.set_policy(policy)
         self.keys.on_policy(policy)
+        for listener in self._policy_listeners:
+            listener(policy)
         self._camera_dirty.set()
+        self._publish_state()
         self._log.info("privacy_policy_applied", level=policy.telemetry.level)
 
     def install_keys(self, body: KeysBody) -> KeySet:
@@ -174,7 +232,7 @@ class PrivacyGuard:
 
     def add_camera(self, camera: ShutterControl) -> None:
         """A camera (or pipeline) whose shutter follows the policy and that announces interventions."""
-        self._cameras.append(camera)
+        self.cameras.append(camera)
         self.interventions.add_announcer(camera)
         self._camera_dirty.set()
 
@@ -182,10 +240,19 @@ class PrivacyGuard:
     async def _on_intervention(self, record: InterventionRecord) -> None:
         if record.state is not RoomState.ACTIVE:
             self.keys.clear(record.state.value)  # media stops: no sender key, nothing leaves
+            self.enforce_lock()
         await self.enforce_camera()
+        self._publish_state()
+
+    def enforce_lock(self) -> None:
+        """While locked or deprovisioned no sender key of any origin (meeting or lab) stays set."""
+        if not self.interventions.media_allowed and self.key_source.current()[0] is not None:
+            self.key_source.set_sender(None, 0)
+            self._log.warning("privacy_media_stopped", reason=self.interventions.state.value)
 
     def _on_keys(self, keys: KeySet) -> None:
         self._camera_dirty.set()
+        self._publish_state()
 
     def shutter_should_close(self) -> bool:
         if not self.interventions.media_allowed:
@@ -196,14 +263,17 @@ class PrivacyGuard:
         """Close or open every camera's shutter as the policy and the room's state require."""
         self._camera_dirty.clear()
         closed = self.shutter_should_close()
-        for camera in self._cameras:
+        for camera in self.cameras:
             try:
                 await camera.set_shutter(closed)
             except Exception as exc:  # one broken camera must not keep the others open
                 self._log.error("privacy_shutter_failed", error=type(exc).__name__)
+        if not self.cameras:
+            return  # the media pipelines own the shutters (they follow shutter_when_idle themselves)
         if closed != self.shutter_closed:
             self._log.info("privacy_shutter", state="closed" if closed else "open")
-        self.shutter_closed = closed
+            self.shutter_closed = closed
+            self._publish_state()
 
     async def run(self, progress: _Progress) -> None:
         """Supervised service: key expiry timer and camera shutter enforcement, until cancelled."""
@@ -212,7 +282,7 @@ class PrivacyGuard:
             while True:
                 progress.beat()
                 try:
-                    async with asyncio.timeout(5.0):
+                    async with asyncio.timeout(_IDLE_TURN_S):
                         await self._camera_dirty.wait()
                 except TimeoutError:
                     continue  # an idle turn: beat and wait again

@@ -194,6 +194,10 @@ class InterventionState:
         """Run ``listener(record)`` after each transition (media stops, keys are cleared, ...)."""
         self._listeners.append(listener)
 
+    def set_audit(self, audit: AuditFn | None) -> None:
+        """Where intervention audit entries go (the device's audit log)."""
+        self._audit = audit
+
     def add_announcer(self, announcer: Announcer) -> None:
         self._announcers.append(announcer)
 

@@ -77,17 +77,20 @@ class SFrameKeyTarget:
         self._store = counter_store
         self._on_change = on_change
         self._own: MeetingKey | None = None
+        self._sealer: MeetingSealer | None = None
         self._peers: dict[int, MeetingKey] = {}
         self._log = structlog.get_logger()
 
     def apply_keys(self, keys: KeySet) -> None:
         if keys.own != self._own:
             if keys.own is None:
+                self._sealer = None
                 self.key_source.set_sender(None, 0)
             else:
                 own = keys.own
                 context = SenderContext(own.suite, own.base_key, own.kid, counter_store=self._store)
-                self.key_source.set_sender(MeetingSealer(context), own.epoch, origin="meeting")
+                self._sealer = MeetingSealer(context)
+                self.key_source.set_sender(self._sealer, own.epoch, origin="meeting")
             self._own = keys.own
         wanted = {k.kid: k for k in keys.peers}
         for kid, key in self._peers.items():
@@ -99,3 +102,11 @@ class SFrameKeyTarget:
         self._peers = wanted
         if self._on_change is not None:
             self._on_change(keys)
+
+    def bind_key_source(self, key_source: KeySource) -> None:
+        """Drive another ``KeySource`` (the media path's, once it exists) with the current sender key."""
+        if key_source is self.key_source:
+            return
+        self.key_source = key_source
+        if self._sealer is not None and self._own is not None:
+            key_source.set_sender(self._sealer, self._own.epoch, origin="meeting")

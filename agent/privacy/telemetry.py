@@ -143,16 +143,29 @@ LOG_FIELDS: dict[str, frozenset[str]] = {
 
 # Retained state document: protocol fields always, then per level.
 PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
-    {"device", "online", "time", "applied", "identity", "audit_head", "privacy.locked", "privacy.state"}
+    {
+        "device",
+        "groups",
+        "online",
+        "time",
+        "updated_at",
+        "applied",
+        "identity",
+        "audit_head",
+        "locked",
+        "privacy.locked",
+        "privacy.state",
+    }
+)
+# minimal: whether the room works (per-service health), and its privacy posture; no media figures.
+_MINIMAL_STATE = frozenset(
+    {"health", "agent_version", "privacy", "e2ee.required", "e2ee.active", "e2ee.epoch", "media.sending"}
 )
 STATE_FIELDS: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "minimal": frozenset(
-        {"health.status", "health.ok", "privacy", "e2ee.active", "e2ee.epoch", "media.sending"}
-    ),
-    "standard": frozenset(
-        {"health", "privacy", "e2ee", "media", "inventory", "groups", "version", "uptime_s"}
-    ),
+    "minimal": _MINIMAL_STATE,
+    "standard": _MINIMAL_STATE
+    | frozenset({"e2ee", "media", "inventory", "agent", "restarts", "version", "uptime_s"}),
 }
 
 
@@ -175,27 +188,45 @@ def _never(key: str, value: Any) -> bool:
     return name in NEVER or name.endswith(_NEVER_SUFFIXES)
 
 
-def _scrub(value: Any) -> Any:
-    """Remove never-allowed keys anywhere inside an allowed subtree."""
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
+def _scrub(value: Any, *, names: bool = True) -> Any:
+    """Remove never-allowed keys (and always bytes) anywhere inside an allowed subtree.
+
+    ``names=False`` for the protocol's own fields (signed attestations carry a ``payload``): their
+    content is made by the agent for the fleet plane, so only bytes values are removed.
+    """
     if isinstance(value, Mapping):
-        return {k: _scrub(v) for k, v in value.items() if not _never(str(k), v)}
+        return {
+            k: _scrub(v, names=names)
+            for k, v in value.items()
+            if not (_is_bytes(v) or (names and _never(str(k), v)))
+        }
     if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value if not isinstance(v, bytes | bytearray | memoryview)]
+        return [_scrub(v, names=names) for v in value if not _is_bytes(v)]
     return value
 
 
 def _filter(
-    value: Mapping[str, Any], allowed: frozenset[str], prefixes: frozenset[str], path: str
+    value: Mapping[str, Any],
+    allowed: frozenset[str],
+    prefixes: frozenset[str],
+    path: str,
+    protocol: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in value.items():
         full = f"{path}{key}"
-        if _never(str(key), item):
+        if full in protocol and not _is_bytes(item):
+            out[key] = _scrub(item, names=False)
+        elif _never(str(key), item):
             continue
-        if full in allowed:
+        elif full in allowed:
             out[key] = _scrub(item)
         elif full in prefixes and isinstance(item, Mapping):
-            inner = _filter(item, allowed, prefixes, full + ".")
+            inner = _filter(item, allowed, prefixes, full + ".", protocol)
             if inner:
                 out[key] = inner
     return out
@@ -233,7 +264,7 @@ class TelemetryFilter:
     def filter_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """The state document as it may leave the device."""
         _, _, state_allowed, state_prefixes = self._lists
-        return _filter(state, state_allowed, state_prefixes, "")
+        return _filter(state, state_allowed, state_prefixes, "", PROTOCOL_STATE_FIELDS)
 
 
 def install_log_filter(telemetry: TelemetryFilter) -> None:

@@ -13,7 +13,7 @@ __all__ = ["V4l2Camera"]
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -22,7 +22,7 @@ import av
 import av.error
 import structlog
 
-from hal.errors import DeviceGoneError, DeviceIOError, HalError, UnsupportedError
+from hal.errors import DeviceIOError, HalError, UnsupportedError
 from hal.presets import PresetStore
 from hal.types import (
     CameraCapabilities,
@@ -34,9 +34,11 @@ from hal.types import (
     PtzPosition,
 )
 from hal.v4l2.controls import V4l2Controls, translate_oserror
+from hal.v4l2.reader import FrameReader
 
 log = structlog.get_logger()
 
+_CLOSE_WAIT_S = 2.0
 _RELATIVE = {"pan": "pan_relative", "tilt": "tilt_relative", "zoom": "zoom_relative"}
 _ABSOLUTE = {"pan": "pan_absolute", "tilt": "tilt_absolute", "zoom": "zoom_absolute"}
 
@@ -59,6 +61,7 @@ class V4l2Camera:
         self.controls = V4l2Controls(spec.device, spec.id)
         self._presets = PresetStore(spec.id, presets_dir)
         self._container: Any = None
+        self._reader: FrameReader | None = None
         self._seq = 0
         self._shutter = False
         self._indicator = IndicatorState.OFF
@@ -93,15 +96,28 @@ class V4l2Camera:
             height=stream.codec_context.height,
             pixel_format=stream.codec_context.pix_fmt,
         )
+        self._reader = FrameReader(self._container.decode(video=0), self._spec.id)
+        self._reader.start()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         container, self._container = self._container, None
+        reader, self._reader = self._reader, None
         if container is not None:
-            await asyncio.to_thread(container.close)
+            await asyncio.to_thread(self._close, container, reader)
         self._indicator = IndicatorState.OFF
+
+    def _close(self, container: Any, reader: FrameReader | None) -> None:
+        # Closing the demuxer under the reader thread would free FFmpeg state it still uses.
+        if reader is None or reader.stop(_CLOSE_WAIT_S):
+            container.close()
+        else:
+            # A read is stuck in the driver (a wedged camera): leaking the handle beats a crash.
+            log.warning("camera_close_abandoned", camera=self._spec.id, waited_s=_CLOSE_WAIT_S)
+        if reader is not None and reader.dropped:
+            log.info("capture_frames_dropped", camera=self._spec.id, dropped=reader.dropped)
 
     def capabilities(self) -> CameraCapabilities:
         controls: tuple[Any, ...] = ()
@@ -111,8 +127,14 @@ class V4l2Camera:
             log.warning("controls_unavailable", camera=self._spec.id, error=str(exc))
         names = {c.name for c in controls}
         s = self._spec
+        modes: tuple[FrameMode, ...] = ()
+        try:
+            modes = tuple(self.controls.modes())
+        except HalError as exc:
+            log.warning("modes_unavailable", camera=s.id, error=str(exc))
         return CameraCapabilities(
-            modes=(FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
+            # the device's modes; the configured one when it cannot say
+            modes=modes or (FrameMode(s.pixel_format or "auto", s.width, s.height, float(s.fps)),),
             controls=controls,
             ptz=bool(names & {"pan_absolute", "tilt_absolute", "zoom_absolute"}),
             privacy_shutter=True,  # enforced in software; V4L2_CID_PRIVACY too when present
@@ -120,27 +142,16 @@ class V4l2Camera:
         )
 
     # --- capture --------------------------------------------------------------------------------
-    def _decode_iter(self) -> Iterator[Any]:
-        container = self._container
-        if container is None:
-            raise UnsupportedError("camera is not open (use `async with`)", device=self._spec.id)
-        yield from container.decode(video=0)
-
-    def _next_frame(self, it: Iterator[Any]) -> Any:
-        try:
-            return next(it)
-        except StopIteration:
-            raise DeviceGoneError("capture stream ended", device=self._spec.id) from None
-        except av.error.FFmpegError as exc:
-            raise _av_error(exc, self._spec.id, "capture") from exc
-        except OSError as exc:
-            raise translate_oserror(exc, self._spec.id, "capture") from exc
-
     async def frames(self) -> AsyncIterator[Frame]:
-        it = self._decode_iter()
+        """Frames as the driver delivers them (the newest kept when the consumer is slower).
+
+        Raises DeviceGoneError when the camera is unplugged, other HalErrors on capture failures.
+        """
+        reader = self._reader
+        if reader is None:
+            raise UnsupportedError("camera is not open (use `async with`)", device=self._spec.id)
         while True:
-            image = await asyncio.to_thread(self._next_frame, it)
-            capture_ns = time.time_ns()
+            image, capture_ns = await reader.get()
             if self._shutter:
                 image = _black_like(image)
             seq, self._seq = self._seq, self._seq + 1

@@ -8,7 +8,7 @@ becomes a typed ``HalError`` here, where it enters.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_IDS", "V4l2Controls", "translate_oserror"]
+__all__ = ["CONTROL_IDS", "V4l2Controls", "ffmpeg_pixel_format", "translate_oserror"]
 
 import ctypes
 import errno
@@ -19,9 +19,16 @@ from pathlib import Path
 
 from linuxpy.ioctl import ioctl
 from linuxpy.video import raw
+from linuxpy.video.device import (
+    BufferType,
+    FrameSizeType,
+    iter_read_formats,
+    iter_read_frame_intervals,
+    iter_read_frame_sizes,
+)
 
 from hal.errors import DeviceBusyError, DeviceGoneError, DeviceIOError, HalError, UnsupportedError
-from hal.types import ControlInfo
+from hal.types import ControlInfo, FrameMode
 
 # HAL control name -> V4L2 control id (linux/v4l2-controls.h, camera class).
 CONTROL_IDS: dict[str, int] = {
@@ -37,6 +44,28 @@ _NEXT = int(raw.ControlFlag.NEXT_CTRL) | int(raw.ControlFlag.NEXT_COMPOUND)
 _DISABLED = int(raw.ControlFlag.DISABLED)
 _CTRL_CLASS_TYPE = int(raw.CtrlType.CTRL_CLASS)
 _MAX_CONTROLS = 512
+_MAX_MODES = 256
+
+# V4L2 fourcc names (linuxpy PixelFormat) -> FFmpeg names, as the video4linux2 demuxer's
+# input_format option takes them.
+_FFMPEG_FORMATS = {
+    "YUYV": "yuyv422",
+    "UYVY": "uyvy422",
+    "YUV420": "yuv420p",
+    "NV12": "nv12",
+    "NV21": "nv21",
+    "RGB24": "rgb24",
+    "BGR24": "bgr24",
+    "GREY": "gray",
+    "MJPEG": "mjpeg",
+    "JPEG": "mjpeg",
+    "H264": "h264",
+}
+
+
+def ffmpeg_pixel_format(v4l2_name: str) -> str:
+    """The FFmpeg name of a V4L2 pixel format (``YUYV`` -> ``yuyv422``); unknown ones lower-cased."""
+    return _FFMPEG_FORMATS.get(v4l2_name, v4l2_name.lower())
 
 
 def translate_oserror(exc: OSError, device: str, what: str) -> HalError:
@@ -109,6 +138,32 @@ class V4l2Controls:
         with self._lock:
             self._cache = found
         return found
+
+    def modes(self) -> list[FrameMode]:
+        """Capture modes: VIDIOC_ENUM_FMT, then ENUM_FRAMESIZES and ENUM_FRAMEINTERVALS per format
+        (discrete sizes; a stepwise range contributes its largest size). ``fps`` is the fastest rate."""
+        fd = self._open()
+        modes: list[FrameMode] = []
+        try:
+            for fmt in iter_read_formats(fd, BufferType.VIDEO_CAPTURE):
+                name = ffmpeg_pixel_format(fmt.pixel_format.name)
+                for size in iter_read_frame_sizes(fd, fmt.pixel_format):
+                    if size.type == FrameSizeType.DISCRETE:
+                        width, height = int(size.info.width), int(size.info.height)
+                    else:
+                        width, height = int(size.info.max_width), int(size.info.max_height)
+                    rates = [
+                        float(t.max_fps)
+                        for t in iter_read_frame_intervals(fd, fmt.pixel_format, width, height)
+                    ]
+                    modes.append(FrameMode(name, width, height, max(rates, default=0.0)))
+                    if len(modes) >= _MAX_MODES:
+                        return modes
+        except OSError as exc:
+            raise translate_oserror(exc, self._device, "VIDIOC_ENUM_FMT") from exc
+        finally:
+            os.close(fd)
+        return modes
 
     def _id(self, name: str) -> tuple[int, ControlInfo]:
         try:

@@ -1,0 +1,67 @@
+"""Privacy scenario rooms: real ControlServices with the privacy guard wired in, a plane client each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from agent.control.service import ControlService
+from agent.control.standalone import FileApplyTarget
+from agent.privacy.guard import PrivacyGuard
+from agent.privacy.wiring import PrivacyApplyTarget, wire_control
+from tests.broker import Broker
+from tests.plane import Beat, Plane, PlaneClient, device_config
+
+
+@dataclass
+class Room:
+    service: ControlService
+    guard: PrivacyGuard
+    plane: PlaneClient
+    tasks: list[asyncio.Task[Any]]
+
+
+@contextlib.asynccontextmanager
+async def running_rooms(
+    plane: Plane, broker: Broker, tmp_path: Path, *devices: str
+) -> AsyncIterator[list[Room]]:
+    """Real ControlServices with the privacy guard wired in before they connect; one plane client each."""
+    root = tmp_path / "root.json"
+    root.write_bytes(plane.root())
+    rooms: list[Room] = []
+    stack = contextlib.AsyncExitStack()
+    try:
+        for device in devices:
+            state = tmp_path / device
+            config = device_config(state, root, broker.url, device=device)
+            guard = PrivacyGuard(state_dir=state, device_id=device)
+            service = ControlService(config, PrivacyApplyTarget(guard, FileApplyTarget(state / "running")))
+            wire_control(service, guard, policy=service.state.last_known_good("policy"))  # type: ignore[arg-type]
+            client = await stack.enter_async_context(
+                aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=f"plane-{device}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                )
+            )
+            pc = PlaneClient(client, device)
+            tasks = [asyncio.create_task(pc.listen(), name=f"plane.{device}")]
+            await asyncio.sleep(0.05)  # subscribed before the device's first state
+            tasks.append(asyncio.create_task(service.run(Beat()), name=f"control.{device}"))
+            await pc.wait_for(lambda s, d=device: s.get("device") == d and s.get("online") is True, 5.0)
+            rooms.append(Room(service, guard, pc, tasks))
+        yield rooms
+    finally:
+        for room in rooms:
+            for task in room.tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await stack.aclose()
