@@ -64,5 +64,5 @@ def test_twenty_rooms_apply_one_group_push(mosquitto: Broker, agent_env: dict[st
     assert out["rooms"] == 20
     assert out["acked"] == 20
     assert out["rejected"] == {}
-    assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["all_acked_s"] * 1000 + 0.1
+    assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["all_acked_s"] * 1000 + 1.0  # s rounded to ms
     assert out["rooms_stuck_at_stop"] == 0
