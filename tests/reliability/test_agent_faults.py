@@ -5,8 +5,8 @@ Scenarios (issue 9):
   every pushed version is eventually applied exactly once (the agent's audit log has one ``applied``
   entry per version) and acked;
 - the agent is SIGKILLed at random instants while it applies, 50 times: its persisted control state
-  always loads and holds the old or the new version, never a torn file, and after the last kill the
-  agent converges on the newest document;
+  always loads and holds the old version or a newer pushed one (never a torn file, never a step
+  back), and after the last kill the agent converges on the newest document;
 - the disk fills up while the agent persists an apply: the old state is kept, the failure is acked,
   and once space is back the next document applies.
 """
@@ -115,9 +115,10 @@ async def test_sigkill_at_random_points_during_apply(
         state = agent.control_state()  # StateError here would be a torn file
         assert isinstance(state, dict)
         found = state.get("applied", {}).get("config", {}).get("version")
-        assert found in (applied, version), (
-            f"after a kill: config v{found}, expected v{applied} or v{version}"
-        )
+        # Old or new: the last applied version, or one pushed since (a document the killed agent had
+        # received but not acked is redelivered from its persistent session before the newer one).
+        assert isinstance(found, int), state
+        assert applied <= found <= version, f"after a kill: config v{found}, expected v{applied}..v{version}"
         outcomes["new" if found == version else "old"] += 1
         applied = found
         pending = state.get("pending", {}).get("config")
