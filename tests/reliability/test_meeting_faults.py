@@ -8,7 +8,7 @@ fall back to the next codec of its preference list (libvpx), as when a hardware 
 
 Expected: frames stop while the camera is gone (nothing is sent, the in-use indicator goes off, the
 pipeline keeps running), resume after the replug; after the encoder failure the stream continues in
-VP8; the receiver never sees a decrypt failure, and no frame is reordered across the codec switch.
+VP8; the receiver never sees a decrypt failure or a frame out of order.
 """
 
 from __future__ import annotations
@@ -100,9 +100,6 @@ async def test_camera_unplug_and_encoder_failure_while_a_meeting_runs(tmp_path: 
             lambda: receiver.stats.frames_decoded >= decoded_while_gone + 10, 20, "frames after the replug"
         )
 
-        # A reopened camera restarts its sequence numbers (as V4L2 does at STREAMON); the receiver
-        # counts the restarted numbers as out of order until they pass the old ones (reported to issue 7).
-        ooo_after_replug = receiver.stats.stamps_out_of_order
         # The encoder fails, and libx264 cannot be reopened (injected): fall back to libvpx.
         real_trial = encoders._trial_cached
 
@@ -119,9 +116,6 @@ async def test_camera_unplug_and_encoder_failure_while_a_meeting_runs(tmp_path: 
             lambda: receiver.stats.frames_decoded >= decoded_at_switch + 10, 20, "VP8 frames decoded"
         )
         assert pipeline.stats.encoder_errors >= 1
-        assert receiver.stats.stamps_out_of_order == ooo_after_replug, (
-            "frames reordered across the codec switch"
-        )
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -130,4 +124,7 @@ async def test_camera_unplug_and_encoder_failure_while_a_meeting_runs(tmp_path: 
 
     figures = receiver.report()
     assert receiver.stats.decrypt_failures == 0, figures
+    # A reopened camera restarts its sequence numbers (as V4L2 does at STREAMON); the receiver must
+    # see a new capture run there, not reordered frames.
+    assert receiver.stats.stamps_out_of_order == 0, figures
     print(f"camera unplug/replug + encoder failure with fallback survived: {figures}")
