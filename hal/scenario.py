@@ -27,7 +27,15 @@ again after the last fault.
 
 from __future__ import annotations
 
-__all__ = ["Observation", "ScenarioError", "ScenarioResult", "Step", "load_scenario", "run_scenario"]
+__all__ = [
+    "Observation",
+    "ScenarioError",
+    "ScenarioResult",
+    "Step",
+    "apply_step",
+    "load_scenario",
+    "run_scenario",
+]
 
 import asyncio
 import time
@@ -40,6 +48,7 @@ from typing import Any
 from hal.codecs import PyAvEncoderFactory, family_of, open_decoder
 from hal.errors import DeviceGoneError, EncoderError, HalError
 from hal.sim import SimInventory
+from hal.sim.faults import SimEncoderFaults
 from hal.stamps_report import StampReport, analyse
 from hal.types import CameraSpec, EncoderConfig
 
@@ -142,6 +151,32 @@ def load_scenario(path: Path, default_cameras: Sequence[CameraSpec]) -> Scenario
     return scenario
 
 
+def apply_step(
+    step: Step, inventory: SimInventory, encoder_faults: SimEncoderFaults, *, default_camera: str
+) -> None:
+    """Flip one fault switch of a sim camera or of the sim encoder faults."""
+    cam = inventory.faults(step.camera or default_camera)
+    match step.fault:
+        case "unplug":
+            cam.unplug()
+        case "replug":
+            cam.replug()
+        case "stall":
+            cam.stall(step.ms)
+        case "drop_every":
+            cam.drop_every(step.n)
+        case "corrupt_next":
+            cam.corrupt_next()
+        case "clear":
+            cam.clear()
+        case "encoder_slow":
+            encoder_faults.slow(step.ms)
+        case "encoder_fail":
+            encoder_faults.fail()
+        case "encoder_clear":
+            encoder_faults.clear()
+
+
 async def run_scenario(scenario: Scenario) -> ScenarioResult:
     """Run the pipeline and the fault script side by side; observe and judge recovery."""
     inventory = SimInventory(scenario.cameras)
@@ -157,26 +192,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioResult:
     async def faults() -> None:
         for step in scenario.steps:
             await asyncio.sleep(max(0.0, step.at_s - (time.monotonic() - start)))
-            cam = inventory.faults(step.camera or spec.id)
-            match step.fault:
-                case "unplug":
-                    cam.unplug()
-                case "replug":
-                    cam.replug()
-                case "stall":
-                    cam.stall(step.ms)
-                case "drop_every":
-                    cam.drop_every(step.n)
-                case "corrupt_next":
-                    cam.corrupt_next()
-                case "clear":
-                    cam.clear()
-                case "encoder_slow":
-                    factory.faults.slow(step.ms)
-                case "encoder_fail":
-                    factory.faults.fail()
-                case "encoder_clear":
-                    factory.faults.clear()
+            apply_step(step, inventory, factory.faults, default_camera=spec.id)
             observe("fault", f"{step.fault} {step.camera or spec.id}".strip())
 
     async def pipeline() -> None:

@@ -179,11 +179,10 @@ async def test_commands_reach_their_handlers_with_the_right_signers(
         assert (ack["status"], ack["message"]) == ("applied", "keyframe done")
         again = await dev.plane.push("command", keyframe)  # a QoS 1 duplicate: acked again, not re-run
         assert (again["status"], again["message"]) == ("applied", "keyframe done")
-        ack = await dev.plane.push("command", plane.sign("command", {"name": "snapshot", "args": {}}))
+        snap = {"name": "snapshot", "args": {"recipient": {"kem": "x25519", "public_key": "A" * 43 + "="}}}
+        ack = await dev.plane.push("command", plane.sign("command", snap))
         assert ack["reason"] == "needs_customer"
-        ack = await dev.plane.push(
-            "command", plane.sign("command", {"name": "snapshot", "args": {}}, [plane.customer])
-        )
+        ack = await dev.plane.push("command", plane.sign("command", snap, [plane.customer]))
         assert ack["status"] == "applied"
         order = {"issuer": "Amtsgericht Berlin", "id": "4711", "jurisdiction": "DE"}
         ack = await dev.plane.push(

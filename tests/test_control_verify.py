@@ -89,9 +89,8 @@ def test_lawful_order_must_match_jurisdiction(plane: Plane, root: TrustedRoot) -
 
 
 def test_who_may_sign_what(plane: Plane, root: TrustedRoot) -> None:
-    assert (
-        reason(plane.sign("command", {"name": "snapshot", "args": {}}), "command", root) == "needs_customer"
-    )
+    snapshot = {"name": "snapshot", "args": {"recipient": {"kem": "x25519", "public_key": "A" * 43 + "="}}}
+    assert reason(plane.sign("command", snapshot), "command", root) == "needs_customer"
     assert reason(plane.sign("keys", {}, [plane.fleet]), "keys", root) in {"needs_customer", "invalid_body"}
     weaker = plane.policy(e2ee__required=False)
     assert reason(plane.sign("policy", weaker), "policy", root) == "needs_customer"

@@ -181,3 +181,53 @@ def test_systemd_configuration_directory_is_read_without_config(
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 2
     assert f"{conf_dir / 'agent.toml'}: device.location: " in err
+
+
+@pytest.mark.slow
+def test_hung_camera_in_real_process_stops_watchdog_pings_until_frames_flow(
+    tmp_path: Path, agent_env: dict[str, str], spawn
+) -> None:
+    # A tester's fault script stalls the sim camera 2 s after start for 3 s: the media pipeline stops
+    # making progress, so the real daemon must stop WATCHDOG=1 (systemd would restart it), then resume.
+    from agent.media.keys import write_lab_key
+
+    lab_key = tmp_path / "lab.key"
+    write_lab_key(lab_key)
+    config = write_config(
+        tmp_path,
+        f'[device]\nid = "room-hang"\n[state]\ndir = "{tmp_path / "state"}"\n'
+        f'[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 15\n'
+        f'[hal.encoder]\ncodecs = ["libx264"]\n'
+        f'[media]\nsink = "file://{tmp_path / "cam0.sframe"}"\n'
+        f'[e2ee]\nlab_key_file = "{lab_key}"\n'
+        f"[supervisor]\nstall_timeout_s = 0.8\n",
+    )
+    script = tmp_path / "faults.toml"
+    script.write_text('[[step]]\nat_s = 2.0\nfault = "stall"\ncamera = "cam0"\nms = 3000\n')
+    with NotifyListener() as listener:
+        env = {**agent_env, "NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"}
+        proc = spawn("--config", str(config), "--sim-faults", str(script), env=env)
+        listener.wait_for("READY", READY_TIMEOUT_S)
+        window = listener.collect(8.0)
+        proc.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING", 5)
+        assert proc.wait(timeout=5) == 0
+    pings = [n.at for n in window if n.fields.get("WATCHDOG") == "1"]
+    assert pings, "no watchdog pings at all"
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    # Healthy pings come every 0.2 s; during the 3 s stall they stop for well over a second.
+    assert max(gaps) >= 1.5, gaps
+    assert any(p > pings[0] + 3.0 for p in pings), "pings never resumed after the stall"
+    out, _ = proc.communicate()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # (the fault's details are outside the minimal telemetry allow-list; the event itself is logged)
+    assert any(e["event"] == "sim_fault_applied" for e in events)
+
+
+def test_sim_faults_refused_before_start(tmp_path: Path, agent_env: dict[str, str], spawn) -> None:
+    script = tmp_path / "faults.toml"
+    script.write_text('[[step]]\nat_s = 1.0\nfault = "melt"\n')
+    proc = spawn("--sim-faults", str(script))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "melt" in err

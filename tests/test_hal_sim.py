@@ -181,8 +181,10 @@ async def test_indicator_and_announcements(tmp_path: Path) -> None:
         await cam.set_indicator(IndicatorState.ON)
         assert cam.indicator is IndicatorState.ON
         await cam.announce("This room is under a lawful intercept order")
-        assert cam.indicator is IndicatorState.NOTICE
+        assert cam.indicator is IndicatorState.ON  # frames leaving always show in-use (hal.indicator)
         assert [n.message for n in cam.notices] == ["This room is under a lawful intercept order"]
+    assert inv.device("cam0").indicator is IndicatorState.NOTICE  # closed: the notice shows (held)
+    inv.device("cam0").acknowledge_notice()
     assert inv.device("cam0").indicator is IndicatorState.OFF  # closing the camera turns it off
 
 
@@ -277,3 +279,32 @@ def test_sim_refuses_what_it_cannot_simulate(tmp_path: Path) -> None:
         open_inventory([], backend="gstreamer", presets_dir=None)
     with pytest.raises(ValueError, match="even"):
         CameraSpec(id="c", width=321)
+
+
+async def test_a_notice_outlasts_the_media_path_switching_the_led_off_for_its_hold_only(
+    tmp_path: Path,
+) -> None:
+    """An intervention is announced, then the media path stops and turns the LED OFF: the room must still
+    see the notice, for a bounded time; while frames leave (ON) the LED shows in-use, never NOTICE."""
+    inv = _inventory(tmp_path)
+    device = inv.device("cam0")
+    now = [1000.0]
+    device.led.clock = lambda: now[0]
+    async with inv.open_camera("cam0") as cam:
+        await cam.set_indicator(IndicatorState.ON)  # a meeting: frames leave
+        await cam.announce("This room has been locked by the customer.")
+        assert cam.indicator is IndicatorState.ON  # in-use outranks the notice
+        await cam.set_indicator(IndicatorState.OFF)  # the lock stopped media
+        assert cam.indicator is IndicatorState.NOTICE  # the notice outranks OFF
+        now[0] += 5.0
+        await cam.set_indicator(IndicatorState.OFF)  # the pipeline's indicator watch, again
+        assert cam.indicator is IndicatorState.NOTICE
+        await cam.set_indicator(IndicatorState.ON)  # frames leave again (unlocked, new meeting)
+        assert cam.indicator is IndicatorState.ON
+        await cam.set_indicator(IndicatorState.OFF)
+        now[0] += 5.0  # the 10 s hold ran on while ON masked it
+        assert cam.indicator is IndicatorState.OFF
+        await cam.announce("A remote snapshot of this room was taken at the customer's request.")
+        assert cam.indicator is IndicatorState.NOTICE
+        device.acknowledge_notice()  # someone in the room pressed the button
+        assert cam.indicator is IndicatorState.OFF

@@ -31,7 +31,7 @@ from agent.media.rtp import Depacketizer, parse_packet
 from agent.media.sink import RtpSink
 from hal.codecs import PyAvEncoderFactory
 from hal.sim import SimInventory
-from hal.types import CameraSpec
+from hal.types import CameraSpec, IndicatorState
 from tests.broker import Broker
 from tests.plane import Beat, Plane
 from tests.privacy_rooms import running_rooms
@@ -132,6 +132,8 @@ async def test_meeting_on_the_sim_camera_only_sframe_leaves_b_reads_the_stamps_a
         assert after_lock == []  # locked: nothing leaves
         assert camera.shutter_closed
         assert any("locked" in n.message for n in camera.notices)
+        # Media stopped and the pipeline turned the LED OFF, yet the room still sees the notice (held).
+        assert camera.indicator is IndicatorState.NOTICE
         own = a.guard.keys.keys  # cleared by the lock
         assert own.idle
         b_keys = {k.kid: k for k in b.guard.keys.keys.peers}

@@ -20,6 +20,8 @@ __all__ = [
     "LawfulOrder",
     "RoleSpec",
     "RootBody",
+    "SnapshotArgs",
+    "SnapshotRecipient",
     "Targets",
     "body_model",
     "payload_type",
@@ -120,6 +122,19 @@ class _CameraArgs(_Strict):
     camera: Annotated[str, Field(pattern=_ID)] | None = None
 
 
+class SnapshotRecipient(_Strict):
+    """Who the snapshot is sealed to: an HPKE public key (``roomctl hpke-keygen``), base64."""
+
+    kem: Literal["x25519", "mlkem768-x25519"]
+    public_key: Annotated[str, Field(min_length=40, max_length=2048, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
+
+
+class SnapshotArgs(_CameraArgs):
+    """``snapshot`` args: the camera (default: the first one) and the requester's HPKE public key."""
+
+    recipient: SnapshotRecipient
+
+
 class _PresetArgs(_CameraArgs):
     preset: Annotated[str, Field(pattern=_ID)]
 
@@ -140,7 +155,7 @@ _ARGS: dict[str, type[BaseModel]] = {
     "restart_pipeline": _NoArgs,
     "ptz_preset": _PresetArgs,
     "ptz": _PtzArgs,
-    "snapshot": _CameraArgs,
+    "snapshot": SnapshotArgs,
     "lock": _InterventionArgs,
     "unlock": _InterventionArgs,
     "deprovision": _InterventionArgs,

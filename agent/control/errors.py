@@ -2,12 +2,14 @@
 
 ``Rejected`` is bad data from the management plane (or an attacker): a document that fails a rule
 of DESIGN.md "Rules every document passes". Its ``reason`` is one of :data:`REASONS`, the code the
-device puts in its ack. ``KeyFileError`` and ``LinkError`` are local problems.
+device puts in its ack. ``Refused`` is a command (or key package) handler declining a verified
+document in the device's current state (locked, forbidden by policy, ...): acked ``rejected`` with
+its reason, nothing changed. ``KeyFileError`` and ``LinkError`` are local problems.
 """
 
 from __future__ import annotations
 
-__all__ = ["REASONS", "ControlError", "KeyFileError", "LinkError", "Reason", "Rejected"]
+__all__ = ["REASONS", "ControlError", "KeyFileError", "LinkError", "Reason", "Refused", "Rejected"]
 
 from typing import Literal, get_args
 
@@ -31,6 +33,16 @@ Reason = Literal[
     "health_check_failed",
     "superseded",
     "state_error",
+    # refusals by command / key-package handlers (``Refused``), see docs/control-plane.md
+    "forbidden_by_policy",
+    "shutter_closed",
+    "no_camera",
+    "capture_failed",
+    "suite_forbidden",
+    "kem_too_weak",
+    "bad_seal",
+    "deprovisioned",
+    "unsupported",
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 
@@ -48,6 +60,24 @@ class Rejected(ControlError):
         self.reason: Reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
+
+
+class Refused(ControlError):
+    """A handler refuses a verified command or key package in the device's current state.
+
+    The control plane acks it ``rejected`` with ``reason`` and audits a rejection; the handler must
+    not have changed anything. Real failures while acting (any other exception) stay ``rolled_back``
+    / ``apply_failed``. Subsystems with their own error root mix this class in (e.g. privacy's
+    ``KeyDeliveryError``), so a handler simply raises its own typed error.
+    """
+
+    reason: str
+    message: str
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        AgentError.__init__(self, f"{reason}: {message}")
 
 
 class KeyFileError(ControlError):

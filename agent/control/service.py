@@ -10,11 +10,15 @@ Hooks for other subsystems:
 
 - ``commands.register(name, handler)``: media registers ``keyframe``/``restart_pipeline``/
   ``ptz_preset``/``ptz``; privacy registers ``lock``/``unlock``/``deprovision``/``snapshot`` and
-  ``keys`` (called with name ``"keys"`` and the key package body as ``args``).
+  ``keys`` (called with name ``"keys"`` and the key package body as ``args``). A handler that
+  declines in the device's current state raises :class:`~agent.control.errors.Refused` (acked
+  ``rejected`` with its reason, audited as a rejection); any other exception is ``rolled_back``/
+  ``apply_failed``.
 - ``lock_state``: a callable returning True while the device is locked; media-affecting documents
   are then rejected with ``locked``.
 - ``identity_providers`` / ``state_providers``: extra fields for the retained state (e.g.
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
+- ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
   allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
 """
@@ -46,7 +50,7 @@ from agent.control.apply import (
 from agent.control.audit import AuditLog
 from agent.control.documents import CommandBody
 from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import LinkError, Rejected
+from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
@@ -174,6 +178,16 @@ class ControlService:
     def publish_state(self) -> None:
         """Publish the retained state now (another subsystem's part of it changed)."""
         self._publish_state()
+
+    def publish_device(self, name: str, payload: bytes) -> None:
+        """Publish ``payload`` on ``{prefix}/devices/{id}/{name}`` (QoS 1, not retained), e.g. a
+        sealed snapshot. Dropped (logged) while the device runs offline."""
+        if "/" in name or name in ("state", "ack", "audit", "cmd", "keys", "desired"):
+            raise ValueError(f"not a free device topic: {name!r}")
+        if self.link is None:
+            log.warning("control_publish_offline", topic_name=name, size=len(payload))
+            return
+        self.link.publish_nowait(f"{self.topics.base}/{name}", payload)
 
     def _publish_state(self) -> None:
         if self._runtime is not None:
@@ -380,6 +394,11 @@ class ControlService:
             return
         try:
             message = await handler(name, args, doc)
+        except Refused as exc:  # declined in the device's current state: a rejection, nothing changed
+            reason: Reason = exc.reason if exc.reason in REASONS else "invalid_body"  # type: ignore[assignment]
+            self._finish(doc, Outcome("rejected", reason, exc.message[:300]))
+            log.info("control_refused", kind=doc.kind, command=name, reason=reason, version=doc.version)
+            return
         except Exception as exc:  # a handler may fail in any way; the command simply did not happen
             self._finish(doc, Outcome("rolled_back", "apply_failed", f"{type(exc).__name__}: {exc}"[:300]))
             return

@@ -40,10 +40,21 @@ def _run(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
         return EXIT_CONFIG
+    fault_steps: tuple[object, ...] = ()
+    if args.sim_faults is not None:
+        from agent.daemon.faults import FaultScriptError, load_fault_script
+
+        try:
+            fault_steps = load_fault_script(args.sim_faults, config)
+        except FaultScriptError as exc:
+            print(f"--sim-faults: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     from agent.daemon.main import run  # lazy: keeps other sub-commands fast
 
     try:
-        return run(config, source=str(path) if path is not None else "built-in defaults")
+        return run(
+            config, source=str(path) if path is not None else "built-in defaults", fault_steps=fault_steps
+        )
     except StateError as exc:
         print(f"state: {exc.path}: {exc.reason}", file=sys.stderr)
         return 1
@@ -61,4 +72,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     p.add_argument("--config", type=Path, default=None, metavar="PATH", help="TOML config file")
+    p.add_argument(
+        "--sim-faults",
+        type=Path,
+        default=None,
+        metavar="FILE.toml",
+        help="testers: apply the [[step]] fault switches of a 'hal scenario' file to the sim devices",
+    )
     p.set_defaults(func=_run)

@@ -183,7 +183,9 @@ async def serve(
             deadline.arm()  # bounds what is left: asyncio.run() waits for executor threads
 
 
-def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
+def run(
+    config: AgentConfig, *, source: str = "built-in defaults", fault_steps: tuple[object, ...] = ()
+) -> int:
     """``roomagent run`` after the config was validated: returns the process exit code."""
     runtime = build_runtime(config)
     runtime.logger.info(
@@ -195,6 +197,10 @@ def run(config: AgentConfig, *, source: str = "built-in defaults") -> int:
     )
     try:
         services = build_services(runtime)
+        if fault_steps:
+            from agent.daemon.faults import SimFaultScript
+
+            services.append(SimFaultScript(runtime, fault_steps))
     except Exception as exc:  # a sub-system that cannot even be built (bad lab key file, sink, ...)
         runtime.logger.critical("service_build_failed", error=type(exc).__name__, exc_info=exc)
         return EXIT_GAVE_UP

@@ -15,6 +15,7 @@ _COMMAND_MODULES: list[str] = [
     "agent.fleet.push",  # push, status
     "agent.fleet.audit",  # audit verify
     "agent.fleet.meeting",  # meeting start
+    "agent.fleet.snapshot",  # hpke-keygen, snapshot
     "agent.fleet.sim",  # fleet-sim
 ]
 

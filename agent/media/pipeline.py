@@ -206,6 +206,7 @@ class MediaPipeline:
         self._queue_size = queue_size
         self._shutter_when_idle = shutter_when_idle
         self._shutter_ours: bool | None = None  # what this pipeline last set on the camera
+        self._grabs: list[asyncio.Future[tuple[Frame, Camera]]] = []  # snapshot requests
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -216,6 +217,25 @@ class MediaPipeline:
     def request_keyframe(self) -> None:
         """The next encoded frame will be a keyframe (a command, a key rotation, a new receiver)."""
         self._keyframe_wanted.set()
+
+    async def grab_frame(self, timeout_s: float) -> tuple[Frame, Camera] | None:
+        """The next captured frame and the camera it came from (a remote snapshot), or ``None``
+        when the pipeline has no open camera or none arrives within ``timeout_s``.
+
+        The frame is the camera's (a pooled picture): copy it before yielding to the loop again.
+        """
+        if self._camera is None or self._loop is None:
+            return None
+        future: asyncio.Future[tuple[Frame, Camera]] = self._loop.create_future()
+        self._grabs.append(future)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            if future in self._grabs:
+                self._grabs.remove(future)
 
     def set_e2ee_required(self, required: bool) -> None:
         """Follow policy ``e2ee.required`` (the sink enforces it too)."""
@@ -363,6 +383,11 @@ class MediaPipeline:
         next_due = 0.0
         async for frame in camera.frames():
             self.stats.captured += 1
+            if self._grabs:
+                grabs, self._grabs = self._grabs, []
+                for future in grabs:
+                    if not future.done():
+                        future.set_result((frame, camera))
             # Decimate to the configured rate: the camera may run faster than the stream.
             interval_ns = 1_000_000_000 / self._settings.fps
             if frame.capture_ns < next_due - interval_ns / 2:

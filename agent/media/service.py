@@ -40,6 +40,7 @@ class Media:
     keys: KeySource
     pipelines: list[MediaPipeline] = field(default_factory=list)
     inventory: Inventory | None = None
+    encoders: EncoderFactory | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.keys.describe(), "pipelines": [p.describe() for p in self.pipelines]}
@@ -164,6 +165,7 @@ def build_media(
     if encoders is None:
         encoders = hal.encoder_factory()
     media.inventory = inventory
+    media.encoders = encoders
     enc = config.hal.encoder
     for spec in config.hal.cameras:
         sink = open_sink(

@@ -4,12 +4,16 @@
   or suite the policy forbids, an epoch that goes backwards). ``reason`` is an ack reason code.
 - ``InterventionError``: a lock/unlock/deprovision/snapshot command is refused in the room's state.
 - ``IdentityError``: the device HPKE identity cannot be loaded or created.
+
+``KeyDeliveryError`` and ``InterventionError`` are also ``agent.control.errors.Refused``: raised from a
+control-plane handler, the document is acked ``rejected`` with their ``reason`` (not ``rolled_back``).
 """
 
 from __future__ import annotations
 
 __all__ = ["IdentityError", "InterventionError", "KeyDeliveryError", "PrivacyError"]
 
+from agent.control.errors import Refused
 from agent.errors import AgentError
 
 
@@ -18,16 +22,17 @@ class PrivacyError(AgentError):
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
-        super().__init__(f"{reason}: {message}")
+        self.message = message
+        AgentError.__init__(self, f"{reason}: {message}")
 
 
 class IdentityError(PrivacyError):
     """The device HPKE identity is unreadable, of the wrong shape, or could not be persisted."""
 
 
-class KeyDeliveryError(PrivacyError):
+class KeyDeliveryError(PrivacyError, Refused):
     """A key package (or one sealed entry of it) is unusable; nothing was installed."""
 
 
-class InterventionError(PrivacyError):
+class InterventionError(PrivacyError, Refused):
     """An intervention or snapshot command is refused; the room's state is unchanged."""

@@ -41,6 +41,7 @@ from agent.privacy.interventions import (
 from agent.privacy.keys import KeyManager, KeysBody, KeySet
 from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 from agent.privacy.sframe_keys import SFrameKeyTarget
+from agent.privacy.snapshot import FrameSource
 from agent.privacy.telemetry import TelemetryFilter
 
 # An idle wait beats this often, so the supervisor's stall detection (as low as ~0.5 s in tests) never
@@ -140,6 +141,8 @@ class PrivacyGuard:
         self.shutter_closed: bool | None = None
         self._state_sinks: list[Callable[[dict[str, Any]], None]] = []
         self._policy_listeners: list[Callable[[PolicyBody], None]] = []
+        # Where remote snapshots come from (agent.privacy.snapshot.InventoryFrameSource); None: no camera.
+        self.snapshot_source: FrameSource | None = None
 
     def add_policy_listener(self, listener: Callable[[PolicyBody], None]) -> None:
         """Call ``listener(policy)`` now and after every applied policy (e.g. media's E2EE switch)."""

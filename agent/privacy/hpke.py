@@ -28,6 +28,7 @@ __all__ = [
     "kem_at_least",
     "parse_public_key",
     "seal_base_key",
+    "seal_to",
 ]
 
 import base64
@@ -137,6 +138,18 @@ def seal_base_key(kem: str, recipient_public: str, base_key: bytes, binding: Sea
     return _SUITES[kem].encrypt(base_key, public, info=binding.info())
 
 
+def seal_to(kem: str, recipient_public: str, plaintext: bytes, info: bytes) -> bytes:
+    """Seal ``plaintext`` to a base64 public key of ``kem`` (RFC 9180 §6.1 single-shot, base mode).
+
+    Returns ``enc || ciphertext``; ``info`` binds the application context (RFC 9180 §8.1).
+
+    Raises:
+        KeyDeliveryError: unknown KEM or an unusable public key (``invalid_body``).
+    """
+    public = parse_public_key(kem, recipient_public)
+    return _SUITES[kem].encrypt(plaintext, public, info=info)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -190,6 +203,17 @@ class HpkeIdentity:
             log.warning("hpke_identity_mode_tightened", path=str(path), was=oct(mode))
         return cls._from_json(data, path)
 
+    def save(self, path: Path) -> None:
+        """Write the private keys to ``path`` (mode 0600, atomically; e.g. ``roomctl hpke-keygen``).
+
+        Raises:
+            IdentityError: the file cannot be written.
+        """
+        try:
+            atomic_write_json(Path(path), self._to_json(), mode=0o600)
+        except Exception as exc:
+            raise IdentityError("identity_unwritable", f"{path}: {exc}") from exc
+
     def _to_json(self) -> dict[str, Any]:
         seed, hx = self._hybrid
         return {
@@ -225,6 +249,23 @@ class HpkeIdentity:
             "x25519": _b64(self._x25519.public_key().public_bytes_raw()),
             "mlkem768-x25519": _b64(mlkem_pub + hx.public_key().public_bytes_raw()),
         }
+
+    def open_sealed(self, kem: str, sealed: bytes, info: bytes) -> bytes:
+        """Open bytes sealed to this key pair with :func:`seal_to` (RFC 9180 §6.1 single-shot open).
+
+        Raises:
+            KeyDeliveryError: ``bad_seal`` (wrong recipient or info, tampered), ``invalid_body`` (KEM).
+        """
+        if kem == "x25519":
+            private: x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey = self._x25519
+        elif kem == "mlkem768-x25519":
+            private = self._hybrid_private()
+        else:
+            raise KeyDeliveryError("invalid_body", f"unknown KEM {kem!r}")
+        try:
+            return _SUITES[kem].decrypt(sealed, private, info=info)
+        except (InvalidTag, ValueError) as exc:
+            raise KeyDeliveryError("bad_seal", "sealed data does not open with this key") from exc
 
     def open_base_key(self, kem: str, sealed: bytes, binding: SealBinding) -> bytes:
         """Open one sealed base key addressed to this device (RFC 9180 §6.1 single-shot open).

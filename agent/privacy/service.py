@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from agent.persist import atomic_write_json
 from agent.privacy.guard import PrivacyGuard
 from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.privacy.snapshot import InventoryFrameSource
 from agent.privacy.telemetry import install_log_filter
 from agent.privacy.wiring import wire_control
 
@@ -59,6 +60,8 @@ def guard_of(runtime: Any) -> PrivacyGuard:
         guard.add_policy_listener(lambda policy: media.set_shutter_when_idle(policy.camera.shutter_when_idle))
         guard.enforce_lock()  # a room locked before a restart stays dark (a lab key included)
         if media.inventory is not None:
+            # Remote snapshots: the running pipeline's camera, else the camera opened via the inventory.
+            guard.snapshot_source = InventoryFrameSource(media.inventory, lambda: media.pipelines)
             # Interventions are announced by every camera (the sim shows a NOTICE on its indicator).
             for pipeline in media.pipelines:
                 guard.interventions.add_announcer(_CameraAnnouncer(media.inventory, pipeline.camera_id))

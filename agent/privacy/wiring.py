@@ -27,6 +27,7 @@ from agent.privacy.guard import AuditAppender, PrivacyGuard, audit_to
 from agent.privacy.interventions import INTERVENTIONS
 from agent.privacy.keys import KeysBody
 from agent.privacy.policy import PolicyBody
+from agent.privacy.snapshot import take_snapshot
 
 HPKE_ATTESTATION_KIND = "hpke-identity"
 """DSSE payloadType ``application/vnd.roomagent.hpke-identity+json``: ``{"device", "hpke"}``."""
@@ -48,6 +49,9 @@ class _VerifiedDocument(Protocol):
     @property
     def roles(self) -> frozenset[str]: ...
 
+    @property
+    def payload_sha256(self) -> str: ...
+
 
 class _Registry(Protocol):
     def register(self, name: str, handler: Any) -> None: ...
@@ -68,6 +72,8 @@ class _ControlService(Protocol):
     state_filter: Any
 
     def publish_state(self) -> None: ...
+
+    def publish_device(self, name: str, payload: bytes) -> None: ...
 
 
 class PrivacyApplyTarget:
@@ -113,9 +119,26 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
         reason = guard.snapshot_refusal(doc.roles)
         if reason is not None:
             raise InterventionError(reason, "snapshot refused")
-        # The image would leave the room: only a customer-enabled policy allows it, and this agent
-        # has no snapshot transport yet, so nothing is captured.
-        raise InterventionError("unsupported", "snapshot capture is not available on this device")
+        if guard.snapshot_source is None:
+            raise InterventionError("no_camera", "this device has no camera for snapshots")
+        # The image leaves the room only sealed to the requester (agent.privacy.snapshot).
+        snap = await take_snapshot(
+            guard.snapshot_source,
+            args,
+            device=service.device,
+            doc_version=doc.version,
+            payload_sha256=doc.payload_sha256,
+            policy=guard.policy,
+        )
+        service.publish_device("snapshot", snap.message(service.identity))
+        service.audit.append(
+            "snapshot",
+            kind="command",
+            version=doc.version,
+            outcome="sealed",
+            message=f"camera {snap.camera} kem {snap.kem} png {snap.png_size} B sha256 {snap.png_sha256}",
+        )
+        return f"snapshot of {snap.camera} sealed ({snap.kem}, {snap.png_size} B)"
 
     service.commands.register("keys", keys)
     for name in sorted(INTERVENTIONS):

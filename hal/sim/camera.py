@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 
 from hal.errors import DeviceBusyError, DeviceGoneError, UnsupportedError
+from hal.indicator import IndicatorLatch
 from hal.presets import PresetStore
 from hal.sim.faults import SimCameraFaults
 from hal.sim.scene import PAN_RANGE, PTZ_STEP, TILT_RANGE, ZOOM_MAX, ZOOM_MIN, Scene, View
@@ -81,12 +82,25 @@ class SimDevice:
         self.presets = PresetStore(spec.id, presets_dir)
         self.ptz = PtzPosition(pan=0, tilt=0, zoom=ZOOM_MIN)
         self.shutter_closed = False
-        self.indicator = IndicatorState.OFF
+        self.led = IndicatorLatch()  # what the LED shows (hal.indicator rules)
         self.notices: collections.deque[Notice] = collections.deque(maxlen=_NOTICES_KEPT)
         self.in_use = False
         self._inventory = inventory
         self._scene: Scene | None = None
         self._scene_lock = threading.Lock()
+
+    @property
+    def indicator(self) -> IndicatorState:
+        """What the LED shows now: ON while frames leave, else a pending notice, else OFF."""
+        return self.led.shown
+
+    @indicator.setter
+    def indicator(self, state: IndicatorState) -> None:
+        self.led.set(state)
+
+    def acknowledge_notice(self) -> None:
+        """Someone in the room acknowledged the notice (the sim's button)."""
+        self.led.acknowledge()
 
     @property
     def info(self) -> DeviceInfo:
@@ -410,10 +424,11 @@ class SimCamera:
         log.debug("indicator_set", camera=self._device.spec.id, state=state.value)
 
     async def announce(self, message: str) -> None:
-        """Show an in-room notice: the indicator switches to NOTICE and the notice is recorded."""
+        """Show an in-room notice: recorded, and the indicator shows NOTICE for ``hal.indicator``'s hold
+        (10 s or until acknowledged) wherever it is not ON (frames leaving always show in-use)."""
         self._check_present()
         self._device.notices.append(Notice(time.time_ns(), message))
-        self._device.indicator = IndicatorState.NOTICE
+        self._device.led.notice()
         log.info("camera_announce", camera=self._device.spec.id, length=len(message))
 
 

@@ -23,6 +23,7 @@ import av.error
 import structlog
 
 from hal.errors import DeviceIOError, HalError, UnsupportedError
+from hal.indicator import IndicatorLatch
 from hal.presets import PresetStore
 from hal.types import (
     CameraCapabilities,
@@ -64,7 +65,7 @@ class V4l2Camera:
         self._reader: FrameReader | None = None
         self._seq = 0
         self._shutter = False
-        self._indicator = IndicatorState.OFF
+        self._led = IndicatorLatch()  # no LED control on UVC: the state is kept for the agent
         self.notices: list[tuple[int, str]] = []
 
     @property
@@ -107,7 +108,7 @@ class V4l2Camera:
         reader, self._reader = self._reader, None
         if container is not None:
             await asyncio.to_thread(self._close, container, reader)
-        self._indicator = IndicatorState.OFF
+        self._led.set(IndicatorState.OFF)
 
     def _close(self, container: Any, reader: FrameReader | None) -> None:
         # Closing the demuxer under the reader thread would free FFmpeg state it still uses.
@@ -228,14 +229,14 @@ class V4l2Camera:
 
     @property
     def indicator(self) -> IndicatorState:
-        return self._indicator
+        return self._led.shown
 
     async def set_indicator(self, state: IndicatorState) -> None:
-        self._indicator = state
+        self._led.set(state)
 
     async def announce(self, message: str) -> None:
         self.notices.append((time.time_ns(), message))
-        self._indicator = IndicatorState.NOTICE
+        self._led.notice()  # hal.indicator: NOTICE for its hold wherever the LED is not ON
         log.info("camera_announce", camera=self._spec.id, length=len(message))
 
 
