@@ -68,3 +68,26 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info images/out
+
+# Fuzzing (issue 9): each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
+# missing); corpora accumulate in FUZZ_DIR between runs. Fails on the first target that crashes.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= $(CURDIR)/.fuzz
+fuzz: $(STAMP)
+	@set -e; for t in fuzz/fuzz_*.py; do \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	  mkdir -p $(FUZZ_DIR)/artifacts; \
+	  ROOMAGENT_FUZZ_DIR=$(FUZZ_DIR) $(BIN)/python $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$$(basename $$t .py)- -print_final_stats=1 2>$(FUZZ_DIR).log || { rc=$$?; tail -40 $(FUZZ_DIR).log; \
+	    [ $$rc = 77 ] && continue; exit $$rc; }; \
+	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \
+	done
+
+# Soak (issue 9): the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
+SOAK_SECONDS ?= 1800
+soak: $(STAMP) mosquitto
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/roomagent bench soak --json -- --seconds $(SOAK_SECONDS)
+
+# Fault-injection suite (issue 9), also part of `make test`.
+reliability: $(STAMP) mosquitto
+	$(BIN)/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)

@@ -42,4 +42,5 @@ BENCHMARKS: dict[str, str] = {
     "hal": "hal.bench:run",
     "control": "agent.control.bench:run",
     "pipeline": "agent.media.bench:run",
+    "soak": "agent.bench.soak:run",
 }
