@@ -6,11 +6,12 @@ directory (so the rename itself survives a power cut).
 
 from __future__ import annotations
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "remove_stale_temp_files"]
 
 import contextlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,18 @@ def read_json(path: Path) -> Any | None:
         return json.loads(raw)
     except ValueError as exc:
         raise StateError(str(path), "not valid JSON") from exc
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete temp files that a crash left between write and rename (start-up only).
+
+    Only names :func:`atomic_write_bytes` makes (``.NAME.tmp-PID-TID``) are removed; the files they
+    were meant to replace still hold their old, complete content. Returns how many were removed.
+    """
+    removed = 0
+    for tmp in Path(root).rglob(".*.tmp-*"):
+        if re.fullmatch(r"\..+\.tmp-\d+-\d+", tmp.name) and tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed

@@ -14,7 +14,7 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["agent", "hal"]):
     from agent.media.errors import MalformedFrameError, MalformedPacketError
     from agent.media.frame import split_frame
     from agent.media.rtp import Depacketizer, parse_packet

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if __name__ == "__main__":
     import atheris
 
-    with atheris.instrument_imports():
+    with atheris.instrument_imports(include=["agent", "hal"]):
         from agent.e2ee import sframe
         from agent.e2ee.context import ReceiverContext, SenderContext
         from agent.e2ee.header import decode_header, encode_header

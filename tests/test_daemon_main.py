@@ -155,3 +155,20 @@ def test_a_provider_that_fails_to_build_ends_run_with_exit_1_and_a_log_line(
     out = capsys.readouterr().out
     assert '"event": "service_build_failed"' in out
     assert '"error": "OSError"' in out
+
+
+def test_state_dir_preparation_removes_crash_leftover_temp_files(tmp_path: Path) -> None:
+    # A crash between write and rename leaves ".state.json.tmp-PID-TID"; the real file is intact.
+    from agent.daemon.main import prepare_state_dir
+    from agent.persist import atomic_write_json
+
+    state = tmp_path / "state"
+    atomic_write_json(state / "running" / "config.json", {"version": 3})
+    leftover = state / "running" / ".config.json.tmp-4242-139872"
+    leftover.write_bytes(b'{"vers')  # torn
+    unrelated = state / ".keepme"
+    unrelated.write_text("x")
+    prepare_state_dir(state)
+    assert not leftover.exists()
+    assert unrelated.exists()
+    assert (state / "running" / "config.json").read_text() == '{"version":3}'

@@ -39,6 +39,7 @@ from agent.daemon.state import StateReporter
 from agent.daemon.supervisor import EXIT_GAVE_UP, Supervisor
 from agent.errors import StateError
 from agent.logs import configure_logging
+from agent.persist import remove_stale_temp_files
 
 # Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
 # "offline", then the state reporter, which flushes the final state).
@@ -66,6 +67,8 @@ def prepare_state_dir(path: Path) -> Path:
         # mkdir's mode is filtered by the umask and ignored for an existing directory: enforce it.
         if path.stat().st_mode & 0o077:
             path.chmod(0o700)
+        # A crash between write and rename leaves a temp file; the real file is intact (old version).
+        remove_stale_temp_files(path)
     except OSError as exc:
         raise StateError(str(path), f"cannot create state directory: {exc.strerror or exc}") from exc
     return path
