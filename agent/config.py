@@ -30,12 +30,15 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError, ConfigIssue
+
+if TYPE_CHECKING:
+    from hal.types import CameraSpec as HalCameraSpec
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Identifier = Annotated[str, Field(pattern=_ID)]
@@ -144,6 +147,24 @@ class HalSection(_Strict):
     cameras: list[CameraSpec] = Field(default_factory=lambda: [CameraSpec(id="cam0")])
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     presets_dir: FilePath | None = None
+
+    def camera_specs(self) -> list[HalCameraSpec]:
+        """The cameras as the HAL's own value type (the agent hands devices to hal/ only this way)."""
+        from hal.types import CameraSpec as HalCameraSpec
+
+        return [
+            HalCameraSpec(
+                id=c.id,
+                backend=c.backend,
+                device=c.device,
+                width=c.width,
+                height=c.height,
+                fps=c.fps,
+                pattern=c.pattern,
+                pixel_format=c.pixel_format,
+            )
+            for c in self.cameras
+        ]
 
     @field_validator("cameras")
     @classmethod

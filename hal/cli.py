@@ -87,27 +87,13 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[Any], Path]:
     """(agent config, hal CameraSpecs, presets dir) from ``--config``."""
     from agent.config import load_config
     from agent.errors import ConfigError
-    from hal.types import CameraSpec
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
         raise SystemExit(2) from exc
-    specs = [
-        CameraSpec(
-            id=c.id,
-            backend=c.backend,
-            device=c.device,
-            width=c.width,
-            height=c.height,
-            fps=c.fps,
-            pattern=c.pattern,
-            pixel_format=c.pixel_format,
-        )
-        for c in config.hal.cameras
-    ]
+    specs = config.hal.camera_specs()
     presets = config.hal.presets_dir or (config.state_dir() / "presets")
     return config, specs, presets
 

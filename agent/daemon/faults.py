@@ -33,14 +33,10 @@ def load_fault_script(path: Path, config: AgentConfig) -> tuple[object, ...]:
     """
     from hal.errors import HalError
     from hal.scenario import load_scenario
-    from hal.types import CameraSpec
 
     if config.hal.backend != "sim":
         raise FaultScriptError(f"--sim-faults needs [hal] backend = 'sim' (is {config.hal.backend!r})")
-    cameras = [
-        CameraSpec(id=c.id, width=c.width, height=c.height, fps=c.fps, pattern=c.pattern)
-        for c in config.hal.cameras
-    ]
+    cameras = config.hal.camera_specs()
     try:
         scenario = load_scenario(path, cameras)
     except HalError as exc:

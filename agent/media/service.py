@@ -145,21 +145,8 @@ def build_media(
         )
         return media
     import hal
-    from hal.types import CameraSpec
 
-    specs = [
-        CameraSpec(
-            id=c.id,
-            backend=c.backend,
-            device=c.device,
-            width=c.width,
-            height=c.height,
-            fps=c.fps,
-            pattern=c.pattern,
-            pixel_format=c.pixel_format,
-        )
-        for c in config.hal.cameras
-    ]
+    specs = config.hal.camera_specs()
     if inventory is None:
         inventory = hal.open_inventory(specs, backend=config.hal.backend, presets_dir=config.hal.presets_dir)
     if encoders is None:
