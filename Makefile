@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: run test lint bench demo fuzz soak reliability image image-tools image-test mosquitto clean
+.PHONY: test-deps run test lint bench demo fuzz soak reliability image image-tools image-test mosquitto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,16 +19,22 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/roomagent run $(ARGS)
 
-# Mosquitto is the real broker in tests; install it from Debian when missing (root, or sudo).
-mosquitto:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
-	  echo "installing mosquitto from Debian packages"; \
+# Real services the tests start themselves (brokers, SFU, browser, ...), from Debian's packages: one list,
+# installed when missing (root, or sudo). Add a package here, never a second install step.
+TEST_DEBS ?= mosquitto
+test-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing from Debian packages"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test: $(STAMP) mosquitto
+# Kept for muscle memory: the broker alone.
+mosquitto:
+	@$(MAKE) --no-print-directory test-deps TEST_DEBS=mosquitto
+
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -85,9 +91,9 @@ fuzz: $(STAMP)
 
 # Soak (issue 9): the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
 SOAK_SECONDS ?= 1800
-soak: $(STAMP) mosquitto
+soak: $(STAMP) test-deps
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/roomagent bench soak --json -- --seconds $(SOAK_SECONDS)
 
 # Fault-injection suite (issue 9), also part of `make test`.
-reliability: $(STAMP) mosquitto
+reliability: $(STAMP) test-deps
 	$(BIN)/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
