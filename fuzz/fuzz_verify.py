@@ -31,7 +31,7 @@ with instrumented():
         from agent.control.errors import Rejected
         from agent.control.verify import VerifyContext, verify_document, verify_initial_root
         from agent.fleet.sim import FleetKeys
-        from agent.privacy.policy import PolicyBody
+        from agent.schema.policy import PolicyBody
     except ModuleNotFoundError as exc:  # pragma: no cover - only while branches land
         unavailable(f"{exc.name} is not built on this branch")
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import PrivateKey, key_dict, keyid_of
+from agent.control.signing_keys import PrivateKey, key_dict, keyid_of
 
 PREFIX = "roomagent/v1"
 

@@ -11,7 +11,7 @@ import pytest
 from agent.control import audit as audit_module
 from agent.control.audit import AuditLog, ChainBroken, verify_chain
 from agent.control.identity import DeviceIdentity
-from agent.control.keys import parse_public_key
+from agent.control.signing_keys import parse_public_key
 from agent.errors import StateError
 
 

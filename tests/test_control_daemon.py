@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.control.dsse import Envelope
-from agent.control.keys import parse_public_key
 from agent.control.service import ControlService, services
+from agent.control.signing_keys import parse_public_key
 from agent.daemon.runtime import Runtime
 from tests.plane import Beat, Plane, device_config
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent.privacy.guard import PrivacyGuard
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import seal_meeting
+from agent.privacy.key_packages import seal_meeting
 from tests.broker import Broker
 from tests.plane import Plane, now, ts
 from tests.privacy_rooms import running_rooms

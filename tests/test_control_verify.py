@@ -17,9 +17,9 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
 from agent.control.errors import Rejected
-from agent.control.keys import key_dict, keyid_of
+from agent.control.signing_keys import key_dict, keyid_of
 from agent.control.verify import TrustedRoot, VerifyContext, verify_document, verify_initial_root
-from agent.privacy.policy import PolicyBody
+from agent.schema.policy import PolicyBody
 from tests.plane import Plane, now
 
 

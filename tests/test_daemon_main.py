@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 from agent.config import parse_config
 from agent.daemon import main
 from agent.daemon.runtime import Runtime
-from agent.daemon.service import Progress
 from agent.daemon.state import StateReporter
 from agent.errors import StateError
+from agent.service import Progress
 
 
 def make_runtime(tmp_path: Path) -> Runtime:

@@ -189,7 +189,7 @@ def test_hung_camera_in_real_process_stops_watchdog_pings_until_frames_flow(
 ) -> None:
     # A tester's fault script stalls the sim camera 2 s after start for 3 s: the media pipeline stops
     # making progress, so the real daemon must stop WATCHDOG=1 (systemd would restart it), then resume.
-    from agent.media.keys import write_lab_key
+    from agent.media.key_source import write_lab_key
 
     lab_key = tmp_path / "lab.key"
     write_lab_key(lab_key)

@@ -32,7 +32,7 @@ def pings(notes: list[Any]) -> int:
 
 @pytest.mark.slow
 async def test_stalled_sim_camera_stops_the_watchdog_until_frames_flow_again(tmp_path: Path) -> None:
-    from agent.media.keys import write_lab_key
+    from agent.media.key_source import write_lab_key
 
     lab_key = tmp_path / "lab.key"
     write_lab_key(lab_key)

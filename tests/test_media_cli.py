@@ -17,7 +17,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.media.frame import split_frame
-from agent.media.keys import LabReceiver, load_lab_key
+from agent.media.key_source import LabReceiver, load_lab_key
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.service import build_media
 from agent.media.sink import read_records
@@ -247,7 +247,7 @@ def test_roomagent_run_sends_e2ee_media_to_the_configured_sink_and_stops_cleanly
 async def test_a_config_document_body_changes_the_running_media_live_or_not_at_all(
     sim_hal: None, tmp_path: Path
 ) -> None:
-    from agent.media.keys import write_lab_key
+    from agent.media.key_source import write_lab_key
 
     key = tmp_path / "lab.json"
     write_lab_key(key)

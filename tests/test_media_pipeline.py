@@ -24,7 +24,7 @@ pytest.importorskip("hal.sim", reason="the sim HAL (hal.sim, hal.codecs) has not
 
 from agent.e2ee.sframe import decrypt
 from agent.media.frame import split_frame
-from agent.media.keys import KeySource, LabKey, LabReceiver, LabSender
+from agent.media.key_source import KeySource, LabKey, LabReceiver, LabSender
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.rtp import Depacketizer

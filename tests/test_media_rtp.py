@@ -217,7 +217,7 @@ def test_constructor_arguments_are_checked_at_once() -> None:
 def test_the_receiver_survives_any_datagrams_and_any_reassembled_payloads(
     datagrams: list[bytes], framed: bool
 ) -> None:
-    from agent.media.keys import LabKey, LabReceiver
+    from agent.media.key_source import LabKey, LabReceiver
     from agent.media.receiver import MediaReceiver
 
     receiver = MediaReceiver(LabReceiver(LabKey(suite=4, kid=1, key=bytes(32))))

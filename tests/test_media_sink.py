@@ -15,7 +15,7 @@ import pytest
 from agent.e2ee.sframe import AuthenticationError, UnknownKidError, decrypt
 from agent.media.errors import KeyFileError, PlaintextRefusedError, RecordFileError, SinkError
 from agent.media.frame import FrameHeader, split_frame
-from agent.media.keys import KeySource, LabKey, LabReceiver, LabSender, load_lab_key, write_lab_key
+from agent.media.key_source import KeySource, LabKey, LabReceiver, LabSender, load_lab_key, write_lab_key
 from agent.media.protect import ProtectedFrame, plain_copy_frame, protect_frame
 from agent.media.rtp import Depacketizer
 from agent.media.sink import FileSink, RtpSink, open_sink, read_records

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.privacy.policy import DEFAULT_POLICY, Change, PolicyBody, classify_change
+from agent.schema.policy import DEFAULT_POLICY, Change, PolicyBody, classify_change
 
 
 def _with(**changes: Any) -> PolicyBody:

@@ -12,8 +12,8 @@ import pytest
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.guard import PrivacyGuard
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import seal_meeting
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.privacy.key_packages import seal_meeting
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 DE = PolicyBody.model_validate({**DEFAULT_POLICY.model_dump(), "jurisdiction": "DE"})
 
@@ -128,7 +128,7 @@ async def test_service_enforces_the_shutter_when_keys_arrive(guard: tuple[Privac
 async def test_intervention_lands_in_the_hash_chained_audit_log(tmp_path: Path) -> None:
     from agent.control.audit import AuditLog, verify_chain
     from agent.control.identity import DeviceIdentity
-    from agent.control.keys import parse_public_key
+    from agent.control.signing_keys import parse_public_key
     from agent.privacy.guard import audit_to
 
     identity = DeviceIdentity.load_or_create(tmp_path)
@@ -147,7 +147,7 @@ async def test_intervention_lands_in_the_hash_chained_audit_log(tmp_path: Path) 
 
 
 async def test_lock_stops_a_lab_key_too_and_a_restart_keeps_the_room_dark(tmp_path: Path) -> None:
-    from agent.media.keys import KeySource, write_lab_key
+    from agent.media.key_source import KeySource, write_lab_key
 
     lab = write_lab_key(tmp_path / "lab.json")
     source = KeySource()

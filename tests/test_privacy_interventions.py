@@ -15,7 +15,7 @@ from agent.privacy.interventions import (
     authorize_intervention,
     check_snapshot,
 )
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 DE = PolicyBody.model_validate({**DEFAULT_POLICY.model_dump(), "jurisdiction": "DE"})
 ORDER_DE = {"lawful_order": {"issuer": "AG Berlin", "id": "123 Js 45/26", "jurisdiction": "DE"}}

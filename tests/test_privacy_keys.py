@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, KeysBody, KeySet, seal_meeting
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.privacy.key_packages import KeyManager, KeySet, seal_meeting
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 ROOMS = ("room-a", "room-b")

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, KeysBody, KeySet
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.privacy.key_packages import KeyManager, KeySet
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import DEFAULT_POLICY
 
 IDENTITY = HpkeIdentity.generate()
 EXPIRES = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,7 +9,8 @@ import pytest
 from agent.control.errors import Rejected
 from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeysBody, seal_meeting
+from agent.privacy.key_packages import seal_meeting
+from agent.schema.key_package import KeysBody
 from tests.plane import Plane, now, ts
 
 

@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.control.errors import Rejected
 from agent.control.identity import DeviceIdentity
-from agent.control.keys import private_key_pem
+from agent.control.signing_keys import private_key_pem
 from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.e2ee.context import ReceiverContext, SenderContext
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, KeysBody, KeySet
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.privacy.key_packages import KeyManager, KeySet
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import DEFAULT_POLICY
 from tests.broker import Broker
 from tests.plane import PREFIX, Plane, now
 

@@ -13,14 +13,14 @@ import pytest
 from agent.e2ee.counter import CounterStore
 from agent.e2ee.errors import SFrameError
 from agent.media.frame import split_frame
-from agent.media.keys import KeySource
+from agent.media.key_source import KeySource
 from agent.media.protect import protect_frame
 from agent.media.rtp import Depacketizer
 from agent.media.sink import RtpSink
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, KeySet, seal_meeting
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.privacy.key_packages import KeyManager, KeySet, seal_meeting
 from agent.privacy.sframe_keys import SFrameKeyTarget
+from agent.schema.policy import DEFAULT_POLICY
 from hal.types import EncodedPacket
 
 ROOMS = ("room-a", "room-b", "room-c")

@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("hal.sim", reason="the sim HAL (issue 3) has not landed on this branch")
 
-from agent.control.keys import private_key_pem
+from agent.control.signing_keys import private_key_pem
 from agent.e2ee.header import decode_header
 from agent.e2ee.sframe import decrypt
 from agent.media.frame import split_frame

@@ -17,10 +17,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.control.keys import private_key_pem
+from agent.control.signing_keys import private_key_pem
 from agent.privacy.guard import PrivacyGuard
-from agent.privacy.policy import PolicyBody
 from agent.privacy.telemetry import allowed_paths
+from agent.schema.policy import PolicyBody
 from tests.broker import Broker
 from tests.plane import PREFIX, Plane
 from tests.privacy_rooms import running_rooms
@@ -104,7 +104,7 @@ def _package(plane: Plane, guard: PrivacyGuard, device: str):  # type: ignore[no
     import datetime as dt
 
     from agent.privacy.hpke import HpkeIdentity
-    from agent.privacy.keys import seal_meeting
+    from agent.privacy.key_packages import seal_meeting
     from tests.plane import now, ts
 
     rooms = {device: guard.identity.public_keys(), "room-x": HpkeIdentity.generate().public_keys()}

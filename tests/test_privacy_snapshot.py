@@ -23,7 +23,7 @@ import aiomqtt
 import pytest
 
 from agent.control.dsse import Envelope
-from agent.control.keys import parse_public_key, private_key_pem
+from agent.control.signing_keys import parse_public_key, private_key_pem
 from agent.privacy.hpke import HpkeIdentity, seal_to
 from agent.privacy.snapshot import InventoryFrameSource, open_snapshot, snapshot_info, snapshot_signed_by
 from hal.images import decode_png
@@ -236,12 +236,12 @@ async def test_roomctl_snapshot_writes_the_png_and_reports_a_refusal(
 async def test_snapshot_during_running_media_comes_from_the_pipelines_camera_and_obeys_its_shutter() -> None:
     """The pipeline holds the camera (a second open would fail busy): the frame comes from its capture
     loop. While idle with shutter_when_idle the pipeline closed the shutter: refused, no picture."""
-    from agent.media.keys import KeySource
+    from agent.media.key_source import KeySource
     from agent.media.pipeline import MediaPipeline, StreamSettings
     from agent.media.sink import RtpSink
     from agent.privacy.errors import InterventionError
-    from agent.privacy.policy import PolicyBody
     from agent.privacy.snapshot import take_snapshot
+    from agent.schema.policy import PolicyBody
     from hal.codecs import PyAvEncoderFactory
     from tests.plane import Beat
 

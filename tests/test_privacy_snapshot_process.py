@@ -14,7 +14,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from agent.control.keys import private_key_pem
+from agent.control.signing_keys import private_key_pem
 from agent.privacy.hpke import HpkeIdentity
 from hal.images import decode_png
 from hal.stamps import read_stamp

@@ -9,8 +9,8 @@ from typing import Any
 import structlog
 
 from agent.logs import configure_logging
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 from agent.privacy.telemetry import TelemetryFilter
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 STATE: dict[str, Any] = {
     "device": "room-a",

@@ -17,14 +17,14 @@ from agent.e2ee.counter import CounterStore
 from agent.e2ee.header import decode_header
 from agent.media.errors import PlaintextRefusedError
 from agent.media.frame import split_frame
-from agent.media.keys import KeySource
+from agent.media.key_source import KeySource
 from agent.media.protect import plain_copy_frame, protect_frame
 from agent.media.rtp import Depacketizer, parse_packet
 from agent.media.sink import RtpSink
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, seal_meeting
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.privacy.key_packages import KeyManager, seal_meeting
 from agent.privacy.sframe_keys import SFrameKeyTarget
+from agent.schema.policy import DEFAULT_POLICY
 from hal.types import EncodedPacket
 
 W, H, FRAMES = 320, 240, 20

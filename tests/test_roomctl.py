@@ -279,7 +279,7 @@ async def test_push_status_and_audit_verify(
         (tmp_path / "bad.json").write_text(json.dumps(payload))
         bad_env = tmp_path / "bad.env"
         from agent.control.dsse import Envelope
-        from agent.control.keys import load_private_key
+        from agent.control.signing_keys import load_private_key
 
         env = Envelope("application/vnd.roomagent.config+json", json.dumps(payload).encode(), ())
         bad_env.write_bytes(env.signed_by(load_private_key(keys["fleet"])).to_json())

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from agent.config import parse_config
 from agent.daemon.runtime import Runtime
-from agent.daemon.service import Progress
 from agent.daemon.state import StateReporter
+from agent.service import Progress
 
 
 def make_runtime(tmp_path: Path, interval: float = 30.0) -> Runtime:

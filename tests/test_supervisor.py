@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 from agent.config import AgentConfig, parse_config
 from agent.daemon.runtime import Runtime
 from agent.daemon.sdnotify import Notifier
-from agent.daemon.service import Progress, Service
 from agent.daemon.supervisor import EXIT_GAVE_UP, EXIT_OK, RestartPolicy, Supervisor
+from agent.service import Progress, Service
 from tests.sdnotify_listener import NotifyListener
 
 

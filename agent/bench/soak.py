@@ -131,7 +131,7 @@ def _agent_config(workdir: Path, broker_url: str, root_path: Path, rtp_port: int
         "supervisor": {"max_restarts": 50, "restart_window_s": 60.0, "backoff_max_s": 5.0},
     }
     if rtp_port is not None:
-        from agent.media.keys import write_lab_key
+        from agent.media.key_source import write_lab_key
 
         lab = workdir / "lab.key"
         write_lab_key(lab)
@@ -283,7 +283,7 @@ def _document(keys: FleetKeys, kind: str, version: int) -> bytes:
     if kind == "config":
         body: dict[str, Any] = {"encoder": {"bitrate_kbps": 500 + 100 * (version % 5)}}
     else:
-        from agent.privacy.policy import DEFAULT_POLICY
+        from agent.schema.policy import DEFAULT_POLICY
 
         # Alternate "keep" and "tighten" (remote PTZ off): never a weakening, so the fleet key suffices.
         camera = DEFAULT_POLICY.camera.model_copy(update={"remote_ptz": False})
@@ -293,7 +293,7 @@ def _document(keys: FleetKeys, kind: str, version: int) -> bytes:
 
 
 def _keys_document(keys: FleetKeys, version: int, hpke: dict[str, str]) -> bytes:
-    from agent.privacy.keys import seal_meeting
+    from agent.privacy.key_packages import seal_meeting
 
     now = datetime.now(UTC)
     kem = "x25519" if "x25519" in hpke else next(iter(hpke))

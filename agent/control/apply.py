@@ -36,7 +36,7 @@ from agent.control.errors import ControlError, Reason
 from agent.control.verify import VerifiedDocument
 from agent.errors import StateError
 from agent.persist import atomic_write_json, read_json
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.schema.policy import DEFAULT_POLICY
 
 log = structlog.get_logger()
 

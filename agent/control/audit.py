@@ -26,7 +26,7 @@ import structlog
 from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import ControlError
 from agent.control.identity import DeviceIdentity
-from agent.control.keys import PublicKey
+from agent.control.signing_keys import PublicKey
 from agent.errors import StateError
 
 log = structlog.get_logger()

@@ -32,8 +32,8 @@ from agent.config import parse_config
 from agent.control.devbroker import Mosquitto
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import key_dict, keyid_of
 from agent.control.service import ControlService
+from agent.control.signing_keys import key_dict, keyid_of
 from agent.control.standalone import FileApplyTarget
 from agent.control.verify import VerifiedDocument, VerifyContext, verify_document, verify_initial_root
 from agent.logs import configure_logging

@@ -3,7 +3,7 @@
 Payload (DESIGN.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
 "body"}``; ``root`` documents carry no ``targets``. Body models are resolved through
 :func:`body_model`, which imports models owned by other packages lazily (``keys`` belongs to
-``agent.privacy.keys``) so that a missing one is an ``invalid_body`` rejection, not an import error.
+``agent.privacy.key_packages``) so that a missing one is an ``invalid_body`` rejection, not an import error.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.config import CameraSpec, EncoderSection, LogSection, MediaSection
-from agent.control.keys import keyid_of, parse_public_key
-from agent.privacy.policy import PolicyBody
+from agent.control.signing_keys import keyid_of, parse_public_key
+from agent.schema.policy import PolicyBody
 
 DOCUMENT_KINDS = ("root", "policy", "config", "command", "keys")
 ROLES = ("root", "fleet", "customer", "legal")
@@ -194,7 +194,7 @@ class AckBody(_Strict):
     time: str
 
 
-_LAZY: dict[str, str] = {"keys": "agent.privacy.keys:KeysBody"}
+_LAZY: dict[str, str] = {"keys": "agent.schema.key_package:KeysBody"}
 _MODELS: dict[str, type[BaseModel]] = {
     "root": RootBody,
     "policy": PolicyBody,

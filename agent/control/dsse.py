@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent.control.keys import PrivateKey, key_dict, keyid_of, sign
+from agent.control.signing_keys import PrivateKey, key_dict, keyid_of, sign
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.control.dsse import Envelope
 from agent.control.errors import KeyFileError
-from agent.control.keys import key_dict, keyid_of
+from agent.control.signing_keys import key_dict, keyid_of
 from agent.persist import atomic_write_bytes
 
 

@@ -56,7 +56,7 @@ from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
 from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
 from agent.errors import StateError
-from agent.privacy.policy import PolicyBody
+from agent.schema.policy import PolicyBody
 
 log = structlog.get_logger()
 

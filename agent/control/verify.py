@@ -50,8 +50,8 @@ from agent.control.documents import (
 )
 from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import Rejected
-from agent.control.keys import PublicKey, parse_public_key
-from agent.privacy.policy import Change, PolicyBody, classify_change
+from agent.control.signing_keys import PublicKey, parse_public_key
+from agent.schema.policy import Change, PolicyBody, classify_change
 
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
 _HEADER = {"kind", "version", "issued_at", "expires", "targets", "body"}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.daemon.runtime import Runtime
-from agent.daemon.service import Progress
 from agent.errors import AgentError
+from agent.service import Progress
 
 
 class FaultScriptError(AgentError):

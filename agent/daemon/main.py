@@ -34,12 +34,12 @@ import structlog
 from agent.config import AgentConfig
 from agent.daemon.runtime import Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval
-from agent.daemon.service import Service
 from agent.daemon.state import StateReporter
 from agent.daemon.supervisor import EXIT_GAVE_UP, Supervisor
 from agent.errors import StateError
 from agent.logs import configure_logging
 from agent.persist import remove_stale_temp_files
+from agent.service import Service
 
 # Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
 # "offline", then the state reporter, which flushes the final state).

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from agent.daemon.runtime import Runtime
-from agent.daemon.service import Progress
 from agent.errors import StateError
 from agent.persist import atomic_write_json
+from agent.service import Progress
 
 STATE_FILE = "state.json"
 MIN_SPACING_S = 0.25

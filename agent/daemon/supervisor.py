@@ -4,7 +4,7 @@
   jittered exponential backoff and counted; more than ``max_restarts`` failures within
   ``restart_window_s`` and the supervisor gives up: it stops the agent and :meth:`Supervisor.run` returns
   exit code 1, so that systemd (``Restart=on-failure``) restarts the whole process.
-- READY=1 goes out once every service has beaten its :class:`~agent.daemon.service.Progress` once.
+- READY=1 goes out once every service has beaten its :class:`~agent.service.Progress` once.
 - On stop (``runtime.stopping``: SIGTERM/SIGINT or a give-up) STOPPING=1 goes out and the services are
   cancelled one by one in reverse start order (media first, the state reporter last so it flushes the
   final state), each waited for within the stop budget.
@@ -28,8 +28,8 @@ import structlog
 from agent.config import SupervisorSection
 from agent.daemon.runtime import Runtime
 from agent.daemon.sdnotify import Notifier
-from agent.daemon.service import Progress, Service
 from agent.daemon.watchdog import Watchdog
+from agent.service import Progress, Service
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1

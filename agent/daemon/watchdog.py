@@ -2,7 +2,7 @@
 
 systemd (``WatchdogSec=``) kills and restarts the agent when pings stop for ``WATCHDOG_USEC``. Pinging from
 a timer alone would only prove that the event loop turns; here a ping is sent only when no running
-service has gone ``stall_timeout_s`` without a :meth:`~agent.daemon.service.Progress.beat`, so a hung
+service has gone ``stall_timeout_s`` without a :meth:`~agent.service.Progress.beat`, so a hung
 camera or encoder makes systemd restart the agent. Without ``WATCHDOG_USEC`` the same check still runs
 (at ``check_interval``) to report stalled services in the state and the STATUS= line.
 """

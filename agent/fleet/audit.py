@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.control.audit import ChainBroken, verify_chain
 from agent.control.errors import ControlError
-from agent.control.keys import parse_public_key
+from agent.control.signing_keys import parse_public_key
 from agent.fleet.common import load_public_key_file
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from agent.control.errors import ControlError, KeyFileError
-from agent.control.keys import PrivateKey, key_dict, load_private_key
+from agent.control.signing_keys import PrivateKey, key_dict, load_private_key
 
 
 class CliError(ControlError):

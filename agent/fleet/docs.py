@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from agent.control.documents import DOCUMENT_KINDS, ROLES, RootBody, body_model, payload_type
 from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import ControlError, Rejected
-from agent.control.keys import keyid_of
+from agent.control.signing_keys import keyid_of
 from agent.control.verify import verify_initial_root
 from agent.fleet.common import CliError, load_public_key_file, load_signing_keys
 from agent.persist import atomic_write_bytes
@@ -54,7 +54,7 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
         },
         # Commands are not retained: a time-based version keeps them increasing across admins.
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
-        "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.keys.KeysBody"},
+        "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.key_packages.KeysBody"},
         "root": {"keys": {}, "roles": {r: {"keyids": [], "threshold": 1} for r in ROLES}},
     }
     version = int(t.timestamp()) if kind == "command" else 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent.control.errors import ControlError
-from agent.control.keys import PrivateKey, key_dict, keyid_of, private_key_pem
+from agent.control.signing_keys import PrivateKey, key_dict, keyid_of, private_key_pem
 from agent.fleet.common import passphrase
 from agent.persist import atomic_write_bytes
 

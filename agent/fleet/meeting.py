@@ -4,7 +4,7 @@
    ``identity.hpke_attestation``), signed by the room's Ed25519 identity key, which ``--pins``
    pins on first use (the broker cannot substitute its own key for a room's);
 2. generate one fresh base key and KID per sending room and seal it with HPKE to every room
-   (:func:`agent.privacy.keys.seal_meeting`);
+   (:func:`agent.privacy.key_packages.seal_meeting`);
 3. build one ``keys`` document per recipient room (targets: that room only), sign it with the
    customer key (DSSE) and publish it on ``{p}/devices/{id}/keys`` (QoS 1, not retained);
 4. with ``--wait-acks``, wait for each room's ack of that document and report it.
@@ -35,11 +35,12 @@ from urllib.parse import urlsplit
 
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import PrivateKey, keyid_of, load_private_key, parse_public_key
+from agent.control.signing_keys import PrivateKey, keyid_of, load_private_key, parse_public_key
 from agent.errors import AgentError
 from agent.persist import atomic_write_json
 from agent.privacy.errors import KeyDeliveryError
-from agent.privacy.keys import KeysBody, seal_meeting
+from agent.privacy.key_packages import seal_meeting
+from agent.schema.key_package import KeysBody
 
 _ID_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 

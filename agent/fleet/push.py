@@ -24,7 +24,7 @@ from rich.table import Table
 
 from agent.control.dsse import Envelope
 from agent.control.errors import ControlError
-from agent.control.keys import parse_public_key
+from agent.control.signing_keys import parse_public_key
 from agent.fleet.common import CliError, add_broker_args, mqtt_client
 
 _RETAINED_KINDS = ("root", "policy", "config")

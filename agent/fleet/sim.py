@@ -174,7 +174,7 @@ class FleetKeys:
 
     def policy_envelope(self, *, version: int, group: str, now: datetime | None = None) -> bytes:
         """A fleet-signed policy for ``group`` that tightens the first-boot default (remote PTZ off)."""
-        from agent.privacy.policy import DEFAULT_POLICY  # light, but only the push needs it
+        from agent.schema.policy import DEFAULT_POLICY  # light, but only the push needs it
 
         now = now or datetime.now(UTC)
         body = DEFAULT_POLICY.model_copy(

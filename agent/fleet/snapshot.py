@@ -38,7 +38,7 @@ import aiomqtt
 
 from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
-from agent.control.keys import PrivateKey, PublicKey, parse_public_key
+from agent.control.signing_keys import PrivateKey, PublicKey, parse_public_key
 from agent.errors import AgentError
 from agent.fleet.common import load_public_key_file, load_signing_keys, mqtt_client
 from agent.persist import atomic_write_bytes

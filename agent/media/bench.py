@@ -25,7 +25,7 @@ from typing import Any
 from agent.bench import Result, result
 from agent.e2ee.context import SenderContext
 from agent.logs import configure_logging
-from agent.media.keys import KeySource
+from agent.media.key_source import KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import percentile
 from agent.media.sink import RtpSink

@@ -27,7 +27,7 @@ def _receive(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.errors import AgentError
     from agent.logs import configure_logging
-    from agent.media.keys import LabReceiver, load_lab_key
+    from agent.media.key_source import LabReceiver, load_lab_key
     from agent.media.receiver import MediaReceiver, bind_udp
 
     configure_logging(level="warning", stream=sys.stderr)
@@ -119,7 +119,7 @@ class _NoKey:
 
 def _lab_key(args: argparse.Namespace) -> int:
     from agent.media.errors import KeyFileError
-    from agent.media.keys import write_lab_key
+    from agent.media.key_source import write_lab_key
 
     try:
         key = write_lab_key(Path(args.out), suite=args.suite)

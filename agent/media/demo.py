@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.e2ee.context import ReceiverContext, SenderContext
-from agent.media.keys import ContextOpener, KeySource
+from agent.media.key_source import ContextOpener, KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.sink import RtpSink
-from agent.privacy.policy import DEFAULT_POLICY
+from agent.schema.policy import DEFAULT_POLICY
 from hal.types import CameraSpec
 
 _POLICY_VERSION = 0  # the first-boot default policy (no signed policy applied)

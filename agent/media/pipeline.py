@@ -5,7 +5,7 @@ Threads and queues (STYLE: blocking work in threads with bounded drop-oldest que
 - the event loop captures (``camera.frames()``), decimates to the configured frame rate and offers each
   frame to a bounded queue that drops the *oldest* frame when full (``stats.dropped_queue``);
 - one worker thread per pipeline encodes (HAL encoder, blocking), seals each encoded frame with the
-  current SFrame sender (:class:`agent.media.keys.KeySource`) and hands it to the sink.
+  current SFrame sender (:class:`agent.media.key_source.KeySource`) and hands it to the sink.
 
 Privacy rules enforced here (issue 6 item 4): with E2EE required and no sender key nothing is encoded
 or sent (``stats.dropped_no_key``); the sink refuses anything not sealed; the camera's in-use indicator
@@ -37,7 +37,7 @@ import structlog
 from agent.e2ee.sframe import SFrameError
 from agent.media.errors import PlaintextRefusedError, SinkError
 from agent.media.frame import CODEC_IDS
-from agent.media.keys import KeySource
+from agent.media.key_source import KeySource
 from agent.media.protect import ProtectedFrame, plain_copy_frame, protect_frame
 from agent.media.sink import Sink
 from hal.errors import DeviceGoneError, EncoderError, HalError
@@ -49,7 +49,7 @@ _STOP = object()
 
 
 class Progress(Protocol):
-    """The supervisor's heartbeat (``agent.daemon.service.Progress``)."""
+    """The supervisor's heartbeat (``agent.service.Progress``)."""
 
     def beat(self) -> None: ...
 
@@ -150,7 +150,7 @@ class _DropOldestQueue:
 
 
 class MediaPipeline:
-    """The media service of one camera (implements ``agent.daemon.service.Service``).
+    """The media service of one camera (implements ``agent.service.Service``).
 
     Args:
         camera_id: the inventory id of the camera.

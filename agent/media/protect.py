@@ -17,7 +17,7 @@ from typing import Protocol
 
 from agent.media.errors import MalformedFrameError
 from agent.media.frame import FrameHeader
-from agent.media.keys import FrameSealer
+from agent.media.key_source import FrameSealer
 from agent.media.rtp import ticks_from_ns
 
 _TOKEN = object()

@@ -26,7 +26,7 @@ import structlog
 from agent.e2ee.sframe import SFrameError
 from agent.media.errors import MalformedFrameError
 from agent.media.frame import split_frame
-from agent.media.keys import FrameOpener
+from agent.media.key_source import FrameOpener
 from agent.media.rtp import AssembledFrame, Depacketizer
 from agent.media.sink import FileRecord
 from hal.errors import HalError

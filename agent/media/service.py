@@ -24,7 +24,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.media.errors import SinkError
-from agent.media.keys import KeySource, load_lab_key
+from agent.media.key_source import KeySource, load_lab_key
 from agent.media.pipeline import MediaPipeline, Progress, StreamSettings
 from agent.media.sink import Sink, open_sink
 from hal.protocols import EncoderFactory, Inventory

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import structlog
 
 from agent.e2ee.counter import CounterStore
-from agent.media.keys import KeySource
+from agent.media.key_source import KeySource
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity
 from agent.privacy.interventions import (
@@ -38,11 +38,12 @@ from agent.privacy.interventions import (
     RoomState,
     check_snapshot,
 )
-from agent.privacy.keys import KeyManager, KeysBody, KeySet
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.privacy.key_packages import KeyManager, KeySet
 from agent.privacy.sframe_keys import SFrameKeyTarget
 from agent.privacy.snapshot import FrameSource
 from agent.privacy.telemetry import TelemetryFilter
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 # An idle wait beats this often, so the supervisor's stall detection (as low as ~0.5 s in tests) never
 # mistakes a quiet room for a hung service.

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.persist import atomic_write_json, read_json
 from agent.privacy.errors import InterventionError
-from agent.privacy.policy import PolicyBody
+from agent.schema.policy import PolicyBody
 
 INTERVENTIONS: frozenset[str] = frozenset({"lock", "unlock", "deprovision"})
 _FORMAT = 1

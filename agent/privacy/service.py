@@ -24,10 +24,10 @@ from pydantic import BaseModel
 
 from agent.persist import atomic_write_json
 from agent.privacy.guard import PrivacyGuard
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
 from agent.privacy.snapshot import InventoryFrameSource
 from agent.privacy.telemetry import install_log_filter
 from agent.privacy.wiring import wire_control
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 _BY_RUNTIME: weakref.WeakKeyDictionary[Any, PrivacyGuard] = weakref.WeakKeyDictionary()
 _WIRED: weakref.WeakSet[Any] = weakref.WeakSet()

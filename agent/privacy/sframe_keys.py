@@ -1,7 +1,7 @@
-"""Puts the meeting keys of :class:`~agent.privacy.keys.KeyManager` into the SFrame contexts.
+"""Puts the meeting keys of :class:`~agent.privacy.key_packages.KeyManager` into the SFrame contexts.
 
 - This device's own key becomes an encrypt-only :class:`~agent.e2ee.context.SenderContext` (RFC 9605
-  §4.4.1) handed to the media pipeline's :class:`~agent.media.keys.KeySource` (which makes the pipeline
+  §4.4.1) handed to the media pipeline's :class:`~agent.media.key_source.KeySource` (which makes the pipeline
   send a keyframe under the new key at once). With a ``CounterStore`` the CTR high-water mark is
   persisted ahead of use (§9.1), so even a key package delivered again after a crash never reuses a
   (key, KID, CTR).
@@ -21,8 +21,8 @@ import structlog
 
 from agent.e2ee.context import ReceiverContext, SenderContext
 from agent.e2ee.counter import CounterStore
-from agent.media.keys import KeySource
-from agent.privacy.keys import KeySet, MeetingKey
+from agent.media.key_source import KeySource
+from agent.privacy.key_packages import KeySet, MeetingKey
 
 
 class MeetingSealer:
@@ -54,7 +54,7 @@ class MeetingOpener:
 
 
 class SFrameKeyTarget:
-    """A :class:`~agent.privacy.keys.KeyTarget` driving the SFrame sender and receiver contexts.
+    """A :class:`~agent.privacy.key_packages.KeyTarget` driving the SFrame sender and receiver contexts.
 
     Args:
         key_source: the media pipeline's current-sender holder.

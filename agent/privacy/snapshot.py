@@ -49,10 +49,10 @@ from pydantic import ValidationError
 
 from agent.control.documents import SnapshotArgs
 from agent.control.dsse import pae
-from agent.control.keys import PublicKey
+from agent.control.signing_keys import PublicKey
 from agent.privacy.errors import InterventionError
 from agent.privacy.hpke import HpkeIdentity, kem_at_least, seal_to
-from agent.privacy.policy import PolicyBody
+from agent.schema.policy import PolicyBody
 from hal.errors import HalError
 from hal.images import encode_png
 from hal.protocols import Camera, Inventory

@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from agent.privacy.policy import DEFAULT_POLICY, PolicyBody
+from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 
 # Never published or logged: secrets, key and frame material, personal data (by leaf key name).
 NEVER: frozenset[str] = frozenset(

@@ -25,9 +25,9 @@ from pydantic import BaseModel
 from agent.privacy.errors import InterventionError
 from agent.privacy.guard import AuditAppender, PrivacyGuard, audit_to
 from agent.privacy.interventions import INTERVENTIONS
-from agent.privacy.keys import KeysBody
-from agent.privacy.policy import PolicyBody
 from agent.privacy.snapshot import take_snapshot
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import PolicyBody
 
 HPKE_ATTESTATION_KIND = "hpke-identity"
 """DSSE payloadType ``application/vnd.roomagent.hpke-identity+json``: ``{"device", "hpke"}``."""

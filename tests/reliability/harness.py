@@ -154,7 +154,7 @@ class ReconcilingPlane:
         if kind == "config":
             body: dict[str, Any] = {"encoder": {"bitrate_kbps": 1000 + version}}
         else:
-            from agent.privacy.policy import DEFAULT_POLICY
+            from agent.schema.policy import DEFAULT_POLICY
 
             body = DEFAULT_POLICY.model_dump(mode="json")
             body["camera"]["remote_ptz"] = False  # tightens the default; later versions keep it

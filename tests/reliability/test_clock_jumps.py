@@ -26,7 +26,7 @@ from agent.control.service import ControlService
 from agent.control.standalone import FileApplyTarget
 from agent.control.verify import TrustedRoot, VerifyContext, verify_document, verify_initial_root
 from agent.fleet.sim import FleetKeys
-from agent.privacy.policy import PolicyBody
+from agent.schema.policy import PolicyBody
 
 pytestmark = pytest.mark.reliability
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from agent.config import parse_config
-from agent.media.keys import LabReceiver, write_lab_key
+from agent.media.key_source import LabReceiver, write_lab_key
 from agent.media.receiver import MediaReceiver
 from agent.media.service import build_media
 from hal.errors import EncoderError

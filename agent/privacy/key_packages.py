@@ -1,4 +1,4 @@
-"""Meeting key packages: the ``keys`` document body and the device's key manager.
+"""Meeting key packages on the device: the key manager (the body model is :mod:`agent.schema.key_package`).
 
 A ``keys`` document (DESIGN.md; signed by ``customer`` only, which the control verifier enforces) carries
 for one meeting epoch, per sender device, the sender's SFrame base key and KID sealed with HPKE to each
@@ -23,102 +23,24 @@ __all__ = [
     "KeyManager",
     "KeySet",
     "KeyTarget",
-    "KeysBody",
     "MeetingKey",
-    "SealedKey",
-    "SenderEntry",
-    "parse_time",
     "seal_meeting",
 ]
 
 import asyncio
 import base64
-import binascii
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, Protocol
+from typing import Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity, SealBinding, kem_at_least, seal_base_key
-from agent.privacy.policy import PolicyBody
-
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_RFC3339_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
-# A sealed 64-byte key with the hybrid KEM is 1120 + 64 + 16 bytes; leave room, but cap.
-_MAX_SEALED_B64 = 2048
-MAX_KID = (1 << 64) - 1  # RFC 9605 §4.3: KID is up to 64 bits
-
-
-def parse_time(value: str) -> datetime:
-    """Parse an RFC 3339 UTC timestamp ending in ``Z``."""
-    return datetime.fromisoformat(value.removesuffix("Z") + "+00:00")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SealedKey(_Strict):
-    """One sender's base key sealed to one recipient device."""
-
-    kem: Literal["x25519", "mlkem768-x25519"]
-    sealed: Annotated[str, Field(min_length=4, max_length=_MAX_SEALED_B64)]
-
-    @field_validator("sealed")
-    @classmethod
-    def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise ValueError("sealed must be base64") from exc
-        return value
-
-    def sealed_bytes(self) -> bytes:
-        return base64.b64decode(self.sealed, validate=True)
-
-
-class SenderEntry(_Strict):
-    device: Annotated[str, Field(pattern=_ID)]
-    kid: Annotated[int, Field(ge=0, le=MAX_KID)]
-    recipients: Annotated[
-        dict[Annotated[str, Field(pattern=_ID)], SealedKey], Field(min_length=1, max_length=256)
-    ]
-
-
-class KeysBody(_Strict):
-    """The body of a ``keys`` document (strict: unknown fields and wrong types are rejected)."""
-
-    meeting: Annotated[str, Field(pattern=_ID)]
-    epoch: Annotated[int, Field(ge=0, le=(1 << 32) - 1)]
-    suite: Annotated[int, Field(ge=1, le=5)]
-    key_expires: Annotated[str, Field(pattern=_RFC3339_Z)]
-    senders: Annotated[list[SenderEntry], Field(min_length=1, max_length=256)]
-
-    @field_validator("key_expires")
-    @classmethod
-    def _valid_time(cls, value: str) -> str:
-        parse_time(value)  # ValueError for 2026-13-40 and the like
-        return value
-
-    @model_validator(mode="after")
-    def _unique(self) -> KeysBody:
-        devices = [s.device for s in self.senders]
-        kids = [s.kid for s in self.senders]
-        if len(set(devices)) != len(devices):
-            raise ValueError("each sender device appears once")
-        if len(set(kids)) != len(kids):
-            # RFC 9605 §4.3: the KID selects the key; two senders with one KID would be ambiguous.
-            raise ValueError("each sender has its own KID")
-        return self
-
-    @property
-    def expires_at(self) -> datetime:
-        return parse_time(self.key_expires)
+from agent.schema.key_package import KeysBody
+from agent.schema.policy import PolicyBody
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
