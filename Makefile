@@ -40,6 +40,7 @@ test: $(STAMP) test-deps
 lint: $(STAMP)
 	$(BIN)/ruff check agent hal tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/roomagent bench all --json

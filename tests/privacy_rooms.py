@@ -1,4 +1,4 @@
-"""Privacy scenario rooms: real ControlServices with the privacy guard wired in, a plane client each."""
+"""Privacy scenario rooms: rooms built by the composition root (control service run), a plane client each."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import aiomqtt
 
 from agent.control.service import ControlService
-from agent.control.standalone import FileApplyTarget
+from agent.daemon.room import build_room
+from agent.daemon.runtime import Runtime
 from agent.privacy.guard import PrivacyGuard
-from agent.privacy.wiring import PrivacyApplyTarget, wire_control
 from tests.broker import Broker
 from tests.plane import Beat, Plane, PlaneClient, device_config
 
@@ -40,9 +40,9 @@ async def running_rooms(
         for device in devices:
             state = tmp_path / device
             config = device_config(state, root, broker.url, device=device)
-            guard = PrivacyGuard(state_dir=state, device_id=device)
-            service = ControlService(config, PrivacyApplyTarget(guard, FileApplyTarget(state / "running")))
-            wire_control(service, guard, policy=service.state.last_known_good("policy"))  # type: ignore[arg-type]
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            built = build_room(config, Runtime(config, state))  # wired as roomagent run wires it
+            service, guard = built.control, built.guard
             client = await stack.enter_async_context(
                 aiomqtt.Client(
                     broker.host,

@@ -1,4 +1,4 @@
-"""The daemon's provider hook: the control service runs under the supervisor's Runtime."""
+"""The control service as the room builds it: it runs under the supervisor's Runtime."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from agent.control.dsse import Envelope
-from agent.control.service import ControlService, services
+from agent.control.service import ControlService
 from agent.control.signing_keys import parse_public_key
+from agent.daemon.room import build_room
 from agent.daemon.runtime import Runtime
 from tests.plane import Beat, Plane, device_config
 
@@ -21,9 +22,8 @@ async def test_services_hook_publishes_identity_into_runtime_state(tmp_path: Pat
     root.write_bytes(plane.root())
     config = device_config(tmp_path / "state", root, None)  # offline: runs on last-known-good
     runtime = Runtime(config, tmp_path / "state")
-    [service] = services(runtime)
+    service = build_room(config, runtime).control
     assert isinstance(service, ControlService)
-    assert runtime.control is service  # type: ignore[attr-defined]
     task = asyncio.create_task(service.run(Beat()))
     await asyncio.sleep(0.1)
     snapshot = runtime.state_snapshot()

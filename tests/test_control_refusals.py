@@ -8,7 +8,6 @@ that really fails while acting stays ``rolled_back``/``apply_failed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from agent.privacy.guard import PrivacyGuard
 from agent.privacy.hpke import HpkeIdentity
 from agent.privacy.key_packages import seal_meeting
+from hal.sim.camera import SimCamera
 from tests.broker import Broker
 from tests.plane import Plane, now, ts
 from tests.privacy_rooms import running_rooms
@@ -83,14 +83,14 @@ async def test_intervention_refused_after_deprovisioning_is_rejected_not_rolled_
 
 
 async def test_a_handler_that_fails_while_acting_is_still_rolled_back(
-    plane: Plane, mosquitto: Broker, tmp_path: Path
+    plane: Plane, mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
 
-        async def broken(name: str, args: Mapping[str, Any], doc: Any) -> str:
+        async def broken(self: object, **move: Any) -> None:
             raise OSError("motor driver gone")
 
-        room.service.commands.register("ptz", broken)
+        monkeypatch.setattr(SimCamera, "set_ptz", broken)  # the real handler meets a failing HAL
         ack = await room.plane.push("command", plane.sign("command", {"name": "ptz", "args": {"pan": 1}}))
         assert (ack["status"], ack["reason"]) == ("rolled_back", "apply_failed"), ack
         assert _audit(room)[-1]["outcome"] == "rolled_back"

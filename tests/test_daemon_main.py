@@ -1,4 +1,4 @@
-"""Daemon wiring: service providers, state directory, signals in-process, the hard stop deadline."""
+"""Daemon wiring: the composition root, state directory, signals in-process, the hard stop deadline."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from agent.config import parse_config
-from agent.daemon import main
+from agent.daemon import main, room
 from agent.daemon.runtime import Runtime
 from agent.daemon.state import StateReporter
 from agent.errors import StateError
@@ -26,63 +24,63 @@ def make_runtime(tmp_path: Path) -> Runtime:
     return Runtime(parse_config({"state": {"dir": str(tmp_path)}}), tmp_path)
 
 
-@pytest.fixture
-def provider_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    pkg = tmp_path / "providers"
-    pkg.mkdir()
-    (pkg / "ra_ok_provider.py").write_text(
-        textwrap.dedent(
-            """
-            import asyncio
+def _room_config(tmp_path: Path, **extra: object) -> dict[str, object]:
+    return {
+        "device": {"id": "room-7"},
+        "state": {"dir": str(tmp_path / "state")},
+        "hal": {"cameras": [{"id": "cam0", "width": 160, "height": 120, "fps": 10}]},
+        "media": {"sink": f"file://{tmp_path / 'cam0.sframe'}"},
+        "log": {"format": "json"},
+        **extra,
+    }
 
-            class Beeper:
-                def __init__(self, name):
-                    self.name = name
 
-                async def run(self, progress):
-                    while True:
-                        progress.beat()
-                        await asyncio.sleep(0.01)
+def test_the_room_is_built_in_one_place_with_every_command_handled(tmp_path: Path) -> None:
+    config = parse_config(_room_config(tmp_path))
+    runtime = Runtime(config, main.prepare_state_dir(tmp_path / "state"))
+    built = room.build_room(config, runtime)
+    names = [s.name for s in built.services]
+    assert names == ["state_reporter", "control", "media[cam0]", "privacy", "power"]
+    assert isinstance(built.services[0], StateReporter)
+    assert built.control.commands.names() == room.HANDLED
+    assert built.media.pipelines[0].camera_id == "cam0"
+    assert built.guard.key_source is built.media.keys  # privacy drives the media path's sender
 
-            def services(runtime):
-                return [Beeper("control"), Beeper(f"media[{runtime.config.hal.cameras[0].id}]")]
-            """
-        )
+
+def _run_with_fault(
+    tmp_path: Path, agent_env: dict[str, str], fault: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``roomagent run`` in a fresh process with ``fault`` (Python lines) applied to the real room first."""
+    import json
+
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps(_room_config(tmp_path)))
+    script = "\n".join(
+        [
+            "import json, sys",
+            "from agent.config import parse_config",
+            "from agent.daemon import main, room",
+            "from agent.media.commands import MediaCommands",
+            *fault,
+            f"sys.exit(main.run(parse_config(json.loads(open({str(config)!r}).read()))))",
+        ]
     )
-    (pkg / "ra_broken_provider.py").write_text("import ra_dependency_that_is_missing\n")
-    monkeypatch.syspath_prepend(str(pkg))
-    return pkg
-
-
-def test_providers_present_are_used_absent_ones_skipped(
-    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(
-        main, "SERVICE_PROVIDERS", (("ra_not_landed_yet", "services"), ("ra_ok_provider", "services"))
+    return subprocess.run(
+        [sys.executable, "-c", script], env=agent_env, capture_output=True, text=True, timeout=60
     )
-    services = main.build_services(make_runtime(tmp_path))
-    assert [s.name for s in services] == ["state_reporter", "control", "media[cam0]"]
-    assert isinstance(services[0], StateReporter)
 
 
-def test_a_module_without_the_provider_function_is_skipped_with_a_warning(
-    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_command_without_a_handler_refuses_to_start_with_exit_2_naming_it(
+    tmp_path: Path, agent_env: dict[str, str]
 ) -> None:
-    (provider_dir / "ra_unwired.py").write_text("class ControlService: ...\n")
-    providers = (("ra_unwired", "services"), ("ra_ok_provider", "services"))
-    monkeypatch.setattr(main, "SERVICE_PROVIDERS", providers)
-    with capture_logs() as logs:
-        services = main.build_services(make_runtime(tmp_path))
-    assert [s.name for s in services] == ["state_reporter", "control", "media[cam0]"]
-    assert [(e["event"], e["module"]) for e in logs] == [("service_provider_missing", "ra_unwired")]
-
-
-def test_a_provider_with_a_missing_dependency_is_an_error_not_a_skip(
-    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(main, "SERVICE_PROVIDERS", (("ra_broken_provider", "services"),))
-    with pytest.raises(ModuleNotFoundError, match="ra_dependency_that_is_missing"):
-        main.build_services(make_runtime(tmp_path))
+    fault = [
+        "real = MediaCommands.handlers",
+        "MediaCommands.handlers = lambda self: {k: v for k, v in real(self).items() if k != 'ptz'}",
+    ]
+    proc = _run_with_fault(tmp_path, agent_env, fault)
+    assert proc.returncode == 2, proc.stderr
+    assert "no handler for command(s) ptz" in proc.stderr
+    assert '"event": "room_incomplete"' in proc.stdout
 
 
 def test_state_dir_is_created_private_and_an_open_one_is_tightened(tmp_path: Path) -> None:
@@ -140,21 +138,14 @@ def test_progress_counts_beats_and_reset_opens_a_fresh_window() -> None:
     assert (progress.beats, progress.last_beat) == (1, 120.0)
 
 
-def test_a_provider_that_fails_to_build_ends_run_with_exit_1_and_a_log_line(
-    tmp_path: Path, provider_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_part_that_fails_to_build_ends_run_with_exit_1_and_a_log_line(
+    tmp_path: Path, agent_env: dict[str, str]
 ) -> None:
-    (provider_dir / "ra_failing_provider.py").write_text(
-        "def services(runtime):\n    raise OSError('sink unreachable')\n"
-    )
-    monkeypatch.setattr(main, "SERVICE_PROVIDERS", (("ra_failing_provider", "services"),))
-    config = parse_config({"state": {"dir": str(tmp_path)}, "log": {"format": "json"}})
-    try:
-        assert main.run(config) == 1
-    finally:
-        structlog.contextvars.clear_contextvars()  # run() binds the device id for the process
-    out = capsys.readouterr().out
-    assert '"event": "service_build_failed"' in out
-    assert '"error": "OSError"' in out
+    fault = ["def unreachable(config): raise OSError('sink unreachable')", "room.build_media = unreachable"]
+    proc = _run_with_fault(tmp_path, agent_env, fault)
+    assert proc.returncode == 1, proc.stderr
+    assert '"event": "service_build_failed"' in proc.stdout
+    assert '"error": "OSError"' in proc.stdout
 
 
 def test_state_dir_preparation_removes_crash_leftover_temp_files(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.config import parse_config
-from agent.daemon.main import build_services
+from agent.daemon.room import build_room
 from agent.daemon.runtime import Runtime
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.supervisor import EXIT_OK, Supervisor
@@ -47,11 +47,11 @@ async def test_stalled_sim_camera_stops_the_watchdog_until_frames_flow_again(tmp
         }
     )
     runtime = Runtime(config, tmp_path / "state")
-    services = build_services(runtime)
-    others = ("control", "privacy")  # the other providers' services
+    room = build_room(config, runtime)
+    services = room.services
+    others = ("control", "privacy", "power")  # the room's other services
     assert [s.name for s in services if s.name not in others] == ["state_reporter", "media[cam0]"]
-    media = media_service.media_of(runtime)
-    assert media is not None
+    media = room.media
     assert media.inventory is not None
     faults = media.inventory.faults("cam0")
 

@@ -1,7 +1,7 @@
 """Soak: the agent on the sim HAL for a long time with pushes, key rotations and faults (``make soak``).
 
 ``roomagent bench soak --json -- --seconds 1800`` (``make soak``; a bare ``bench soak`` runs 60 s)
-runs the agent's own services (``build_services`` under a real
+runs the agent's own services (``build_room`` under a real
 :class:`~agent.daemon.supervisor.Supervisor`, exactly what ``roomagent run`` starts) in this process
 against a throw-away Mosquitto, with media to a loopback RTP port when the sim HAL is present, and
 meanwhile:
@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.bench import Result, result
-from agent.fleet.sim import FleetKeys, agent_services
+from agent.daemon.room import build_room
+from agent.fleet.sim import FleetKeys
+from agent.media.service import Media
 
 _PREFIX = "roomagent/v1"
 _DEVICE = "soak-room"
@@ -165,8 +167,9 @@ async def _soak(plan: SoakPlan, workdir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         async with asyncio.TaskGroup() as tg:
-            agent = tg.create_task(Supervisor(runtime, agent_services(runtime)).run(), name="soak.agent")
-            plane = tg.create_task(_plane(plan, broker, keys, tally, runtime), name="soak.plane")
+            room = build_room(config, runtime)
+            agent = tg.create_task(Supervisor(runtime, room.services).run(), name="soak.agent")
+            plane = tg.create_task(_plane(plan, broker, keys, tally, runtime, room.media), name="soak.plane")
             while time.monotonic() - t0 < plan.seconds and not agent.done():
                 samples.append(_sample(t0))
                 await asyncio.sleep(plan.sample_every_s)
@@ -195,7 +198,9 @@ async def _soak(plan: SoakPlan, workdir: Path) -> dict[str, Any]:
     return report
 
 
-async def _plane(plan: SoakPlan, broker: Any, keys: FleetKeys, tally: _Tally, runtime: Any) -> None:
+async def _plane(
+    plan: SoakPlan, broker: Any, keys: FleetKeys, tally: _Tally, runtime: Any, media: Media
+) -> None:
     """The management plane: pushes, key rotations and faults on their schedules, acks counted."""
     import aiomqtt
 
@@ -245,7 +250,7 @@ async def _plane(plan: SoakPlan, broker: Any, keys: FleetKeys, tally: _Tally, ru
                                 await asyncio.sleep(1.0)
                                 broker.start()
                                 break  # reconnect our own client too
-                            if _hal_fault(runtime, fault):
+                            if _hal_fault(media, fault):
                                 tally.faults[fault] += 1
                             else:
                                 tally.faults_skipped[fault] += 1
@@ -310,14 +315,9 @@ def _keys_document(keys: FleetKeys, version: int, hpke: dict[str, str]) -> bytes
     return keys.sign("keys", payload, keys.customer)
 
 
-def _hal_fault(runtime: Any, fault: str) -> bool:
+def _hal_fault(media: Media, fault: str) -> bool:
     """Flip a sim HAL fault switch (unplug + replug 2 s later, or one encoder failure); False if absent."""
-    try:
-        from agent.media.service import media_of
-    except ImportError:
-        return False
-    media = media_of(runtime)
-    if media is None or not media.pipelines or media.inventory is None:
+    if not media.pipelines or media.inventory is None:
         return False
     if fault == "camera_unplug":
         faults_of = getattr(media.inventory, "faults", None)

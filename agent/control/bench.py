@@ -37,6 +37,7 @@ from agent.control.signing_keys import key_dict, keyid_of
 from agent.control.standalone import FileApplyTarget
 from agent.control.verify import VerifiedDocument, VerifyContext, verify_document, verify_initial_root
 from agent.logs import configure_logging
+from agent.service import Progress
 
 _DEVICE = "room-bench"
 
@@ -106,11 +107,7 @@ async def _latency(
         service = ControlService(config, FileApplyTarget(workdir / "state" / "running"))
         service.commands.register("keyframe", _keyframe)
 
-        class _Beat:
-            def beat(self) -> None:
-                pass
-
-        task = asyncio.create_task(service.run(_Beat()), name="bench.control")
+        task = asyncio.create_task(service.run(Progress("bench")), name="bench.control")
         try:
             async with aiomqtt.Client(
                 broker.host,

@@ -2,8 +2,8 @@
 
 Payload (DESIGN.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
 "body"}``; ``root`` documents carry no ``targets``. Body models are resolved through
-:func:`body_model`, which imports models owned by other packages lazily (``keys`` belongs to
-``agent.privacy.key_packages``) so that a missing one is an ``invalid_body`` rejection, not an import error.
+:func:`body_model`; the policy and key package bodies live in :mod:`agent.schema`, below every package
+that reads them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ __all__ = [
     "COMMANDS",
     "DOCUMENT_KINDS",
     "INTERVENTIONS",
+    "MAINTENANCE_COMMANDS",
     "ROLES",
     "ROUTINE_COMMANDS",
     "AckBody",
@@ -27,20 +28,25 @@ __all__ = [
     "payload_type",
 ]
 
-import importlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.config import CameraSpec, EncoderSection, LogSection, MediaSection
 from agent.control.signing_keys import keyid_of, parse_public_key
+from agent.schema.key_package import KeysBody
 from agent.schema.policy import PolicyBody
 
 DOCUMENT_KINDS = ("root", "policy", "config", "command", "keys")
 ROLES = ("root", "fleet", "customer", "legal")
 ROUTINE_COMMANDS = frozenset({"keyframe", "restart_pipeline", "ptz_preset", "ptz"})
 INTERVENTIONS = frozenset({"lock", "unlock", "deprovision"})
-COMMANDS = ROUTINE_COMMANDS | INTERVENTIONS | {"snapshot"}
+# Device maintenance: the vendor runs the fleet, and a reboot or agent restart changes no privacy
+# setting and reveals nothing (the room comes back under the same policy, keys and lock state).
+MAINTENANCE_COMMANDS = frozenset({"reboot", "restart_agent"})
+COMMANDS = (
+    ROUTINE_COMMANDS | INTERVENTIONS | MAINTENANCE_COMMANDS | {"snapshot", "meeting_stop", "audit_fetch"}
+)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _KEYID = r"^[0-9a-f]{64}$"
 
@@ -145,6 +151,18 @@ class _PtzArgs(_CameraArgs):
     zoom: Annotated[float, Field(ge=1, le=100)] | None = None
 
 
+class MeetingStopArgs(_Strict):
+    """``meeting_stop`` args: the meeting whose keys are erased, or ``None`` for every meeting."""
+
+    meeting: Annotated[str, Field(pattern=_ID)] | None = None
+
+
+class AuditFetchArgs(_Strict):
+    """``audit_fetch`` args: export the audit entries with ``seq >= from_seq``."""
+
+    from_seq: Annotated[int, Field(ge=0, le=2**53 - 1)] = 0
+
+
 class _InterventionArgs(_Strict):
     reason: Annotated[str, Field(max_length=500)] | None = None
     lawful_order: LawfulOrder | None = None
@@ -159,6 +177,10 @@ _ARGS: dict[str, type[BaseModel]] = {
     "lock": _InterventionArgs,
     "unlock": _InterventionArgs,
     "deprovision": _InterventionArgs,
+    "reboot": _NoArgs,
+    "restart_agent": _NoArgs,
+    "meeting_stop": MeetingStopArgs,
+    "audit_fetch": AuditFetchArgs,
 }
 
 
@@ -166,7 +188,18 @@ class CommandBody(_Strict):
     """``{"name", "args"}``; ``args`` is validated by the command's own strict model."""
 
     name: Literal[
-        "keyframe", "restart_pipeline", "ptz_preset", "ptz", "snapshot", "lock", "unlock", "deprovision"
+        "keyframe",
+        "restart_pipeline",
+        "ptz_preset",
+        "ptz",
+        "snapshot",
+        "lock",
+        "unlock",
+        "deprovision",
+        "reboot",
+        "restart_agent",
+        "meeting_stop",
+        "audit_fetch",
     ]
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -194,27 +227,15 @@ class AckBody(_Strict):
     time: str
 
 
-_LAZY: dict[str, str] = {"keys": "agent.schema.key_package:KeysBody"}
 _MODELS: dict[str, type[BaseModel]] = {
     "root": RootBody,
     "policy": PolicyBody,
     "config": ConfigBody,
     "command": CommandBody,
+    "keys": KeysBody,
 }
 
 
 def body_model(kind: str) -> type[BaseModel] | None:
-    """The strict body model of ``kind``; ``None`` when unknown or its owner's module is missing."""
-    model = _MODELS.get(kind)
-    if model is not None:
-        return model
-    target = _LAZY.get(kind)
-    if target is None:
-        return None
-    module_name, attr = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    found = getattr(module, attr, None)
-    return found if isinstance(found, type) and issubclass(found, BaseModel) else None
+    """The strict body model of ``kind``; ``None`` when unknown."""
+    return _MODELS.get(kind)

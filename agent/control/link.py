@@ -2,8 +2,11 @@
 
 mqtts with client certificates (plain mqtt for development), persistent session (clean_start
 False, session expiry), QoS 1, last will ``online: false`` on the retained state topic, the device's
-and its groups' topics, reconnect with jittered exponential backoff. Outgoing messages wait in a
-bounded drop-oldest queue while offline; the device keeps running on last-known-good meanwhile.
+and its groups' topics, reconnect with jittered exponential backoff. The will is the state document of
+the moment of connecting; :meth:`ControlLink.refresh_will` reconnects at once (same session, nothing
+lost) so that a crash later still reports the versions last applied (docs/adr/0020-last-will-refresh.md).
+Outgoing messages wait in a bounded drop-oldest queue while offline; the device keeps running on
+last-known-good meanwhile.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ def kind_of_topic(topics: Topics, topic: str) -> str | None:
 OnMessage = Callable[[str, str, bytes], Awaitable[None]]
 
 
+class _WillRefresh(Exception):
+    """Ends the current connection so that the next one registers a fresh will."""
+
+
 class ControlLink:
     """Connects, subscribes, delivers documents to ``on_message(topic, kind, payload)``, publishes."""
 
@@ -105,11 +112,34 @@ class ControlLink:
         self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(_OUTBOX)
         self.connected = asyncio.Event()
         self.connections = 0
+        self._refresh = asyncio.Event()
+
+    def refresh_will(self) -> None:
+        """Reconnect soon with a will computed now (after an apply changed the versions it reports).
+
+        MQTT has no way to change the will of a live connection; a clean DISCONNECT discards the old
+        one without publishing it, and the persistent session keeps subscriptions and queued QoS 1
+        messages across the reconnect.
+        """
+        self._refresh.set()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message has been published (PUBACK received); False when offline
+        or not done within ``timeout_s``. Used before a clean disconnect (``online: false``)."""
+        if not self.connected.is_set():
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._outbox.join()
+        except TimeoutError:
+            return False
+        return True
 
     def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Queue a QoS 1 publish; when full while offline, the oldest waiting message is dropped."""
         if self._outbox.full():
             self._outbox.get_nowait()
+            self._outbox.task_done()
             log.warning("control_outbox_dropped_oldest")
         self._outbox.put_nowait((topic, payload, retain))
 
@@ -143,6 +173,7 @@ class ControlLink:
         """Connect forever (until cancelled), reconnecting with jittered exponential backoff."""
         delay = self._backoff[0]
         while True:
+            refreshed = False
             try:
                 async with self._client() as client:
                     self.connections += 1
@@ -156,6 +187,10 @@ class ControlLink:
                         async with asyncio.TaskGroup() as tg:
                             tg.create_task(self._send_loop(client), name="control.link.send")
                             tg.create_task(self._receive_loop(client, beat), name="control.link.receive")
+                            tg.create_task(self._await_refresh(), name="control.link.refresh")
+                    except* _WillRefresh:
+                        log.info("control_link_will_refreshed")
+                        refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
                     finally:
                         self.connected.clear()
             except* aiomqtt.MqttError as group:
@@ -164,9 +199,16 @@ class ControlLink:
                 log.warning(
                     "control_link_lost", error=str(group.exceptions[0])[:200], retry_s=round(delay, 2)
                 )
+            if refreshed:
+                continue
             # Full jitter (AWS architecture blog): spreads a fleet's reconnects after a broker restart.
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, self._backoff[1])
+
+    async def _await_refresh(self) -> None:
+        await self._refresh.wait()
+        self._refresh.clear()
+        raise _WillRefresh
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
@@ -182,6 +224,8 @@ class ControlLink:
                 # Keep it for the next connection (front of the line is lost; order is best effort).
                 self.publish_nowait(topic, payload, retain=retain)
                 raise
+            finally:
+                self._outbox.task_done()
 
     async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
         async for message in client.messages:

@@ -6,11 +6,14 @@ policy/config, command and key handlers), acks every one with a signed envelope,
 outcome and publishes the retained state. Offline (no ``[mqtt] url``) it keeps running on
 last-known-good.
 
-Hooks for other subsystems:
+Hooks for other subsystems (connected in ONE place, the composition root ``agent.daemon.room``):
 
 - ``commands.register(name, handler)``: media registers ``keyframe``/``restart_pipeline``/
-  ``ptz_preset``/``ptz``; privacy registers ``lock``/``unlock``/``deprovision``/``snapshot`` and
-  ``keys`` (called with name ``"keys"`` and the key package body as ``args``). A handler that
+  ``ptz_preset``/``ptz``; privacy registers ``lock``/``unlock``/``deprovision``/``snapshot``/
+  ``meeting_stop`` and ``keys`` (called with name ``"keys"`` and the key package body as ``args``);
+  the control plane itself ``audit_fetch``; the daemon ``reboot``/``restart_agent``. The room refuses
+  to start unless every command of the schema has exactly one handler (:meth:`CommandRegistry.missing`).
+  A handler that
   declines in the device's current state raises :class:`~agent.control.errors.Refused` (acked
   ``rejected`` with its reason, audited as a rejection); any other exception is ``rolled_back``/
   ``apply_failed``.
@@ -20,12 +23,14 @@ Hooks for other subsystems:
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
 - ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
-  allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
+  allow-list); :meth:`ControlService.publish_state` republishes it after a change.
+- ``device_state``: the daemon's runtime (:class:`DeviceState`), whose snapshot is the base of the
+  state document and which learns the applied versions, identity, audit head and link state.
 """
 
 from __future__ import annotations
 
-__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress", "services"]
+__all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "DeviceState"]
 
 import asyncio
 import datetime as dt
@@ -57,14 +62,28 @@ from agent.control.trust import TrustStore
 from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
 from agent.errors import StateError
 from agent.schema.policy import PolicyBody
+from agent.service import Progress
 
 log = structlog.get_logger()
+
+_TURN_S = 0.25  # link state reaches state.json within this
+_OFFLINE_FLUSH_S = 2.0  # within the daemon's 5 s stop deadline
+_CLOCKS = ("updated_at", "agent")  # change every call: not a reason to republish
+
+
+def _content(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in _CLOCKS}
+
 
 MEDIA_AFFECTING = frozenset({"keyframe", "restart_pipeline", "ptz_preset", "ptz", "snapshot"})
 
 
-class Progress(Protocol):
-    def beat(self) -> None: ...
+class DeviceState(Protocol):
+    """The daemon's device state (``agent.daemon.runtime.Runtime``) as the control plane sees it."""
+
+    def state_snapshot(self) -> dict[str, Any]: ...
+
+    def update_state(self, **fields: Any) -> None: ...
 
 
 class CommandRegistry:
@@ -80,6 +99,13 @@ class CommandRegistry:
 
     def get(self, name: str) -> CommandHandler | None:
         return self._handlers.get(name)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    def missing(self, expected: frozenset[str]) -> list[str]:
+        """The names in ``expected`` without a handler (sorted)."""
+        return sorted(expected - self._handlers.keys())
 
 
 def _peek(raw: bytes, max_bytes: int) -> tuple[int | None, str | None]:
@@ -112,7 +138,8 @@ class ControlService:
         *,
         state_dir: Path | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        runtime: Any = None,
+        device_state: DeviceState | None = None,
+        state_interval_s: float | None = None,
     ) -> None:
         self.config = config
         self.device = config.device.id
@@ -131,7 +158,13 @@ class ControlService:
         self.state_filter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
-        self._runtime = runtime  # agent.daemon.runtime.Runtime when run by the daemon
+        self._runtime = device_state  # the daemon's runtime (None stand-alone and in unit tests)
+        self._state_interval_s = (
+            state_interval_s if state_interval_s is not None else config.state.report_interval_s
+        )
+        self._published: dict[str, Any] | None = None  # last retained state, minus clocks
+        self._will_applied: dict[str, Any] | None = None  # the versions the registered will reports
+        self.online = False
         self._tg: asyncio.TaskGroup | None = None
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
@@ -189,17 +222,48 @@ class ControlService:
             return
         self.link.publish_nowait(f"{self.topics.base}/{name}", payload)
 
+    def current_state(self) -> dict[str, Any]:
+        """The state document now (``online`` = link connected), before the telemetry filter.
+
+        The daemon's state reporter writes it to ``<state>/state.json``: every field retained on the
+        broker, with the same values, plus the local diagnostics the allow-list keeps on the device.
+        """
+        return self.state_document(self.online)
+
     def _publish_state(self) -> None:
+        applied = {"root": self.trust.version, **self.state.applied_versions()}
         if self._runtime is not None:
-            # The daemon's state reporter writes the same fields to <state>/state.json.
-            applied = {"root": self.trust.version, **self.state.applied_versions()}
             self._runtime.update_state(
                 applied=applied,
                 identity=self.state_document(True)["identity"],
                 audit_head=self.audit.head_summary(),
             )
         if self.link is not None:
-            self.link.publish_nowait(self.topics.state, self._state_bytes(True), retain=True)
+            payload = self._state_bytes(True)
+            self.link.publish_nowait(self.topics.state, payload, retain=True)
+            self._published = _content(json.loads(payload))
+            if applied != self._will_applied and self.link.connected.is_set():
+                # The will registered at connect names older versions: a crash now would report
+                # them. Re-register it (docs/adr/0020-last-will-refresh.md).
+                self._will_applied = applied
+                self.link.refresh_will()
+
+    def _republish_if_changed(self) -> None:
+        """Publish the retained state again when its content (not just its clocks) changed, e.g. media
+        counters or a service's health: at most once per report interval."""
+        if self.link is None or not self.link.connected.is_set():
+            return
+        if _content(json.loads(self._state_bytes(True))) != self._published:
+            self._publish_state()
+
+    async def _say_offline(self) -> None:
+        """Before a clean disconnect (SIGTERM): the retained state says ``online: false`` with the
+        versions applied now; a clean DISCONNECT suppresses the will, so nobody else would."""
+        if self.link is None or not self.link.connected.is_set():
+            return
+        self.link.publish_nowait(self.topics.state, self._state_bytes(False), retain=True)
+        delivered = await self.link.flush(_OFFLINE_FLUSH_S)
+        log.info("control_offline_published", delivered=delivered)
 
     # -- documents -------------------------------------------------------------------------------
     def _context(self) -> VerifyContext:
@@ -406,6 +470,15 @@ class ControlService:
         self._publish_state()
 
     # -- service ---------------------------------------------------------------------------------
+    def _track_link(self) -> None:
+        online = self.link is not None and self.link.connected.is_set()
+        if online != self.online:
+            self.online = online
+            if self._runtime is not None:
+                self._runtime.update_state(online=online)
+            if online:
+                self._published = None  # the link published a fresh state on connect
+
     async def _on_message(self, topic: str, kind: str, payload: bytes) -> None:
         await self.handle(kind, payload)
 
@@ -413,6 +486,7 @@ class ControlService:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
         self.health["control"] = "ok"
         self._publish_state()
+        loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
@@ -424,24 +498,20 @@ class ControlService:
                     log.info("control_offline", reason=str(exc))
                     self.link = None
                 if self.link is not None:
+                    # The will of the first connection carries the versions applied at start.
+                    self._will_applied = {"root": self.trust.version, **self.state.applied_versions()}
                     tg.create_task(self.link.run(progress.beat), name="control.link")
-                while True:
-                    progress.beat()
-                    await asyncio.sleep(1.0)
+                next_report = loop.time() + self._state_interval_s
+                try:
+                    while True:
+                        progress.beat()
+                        self._track_link()
+                        if loop.time() >= next_report:
+                            next_report = loop.time() + self._state_interval_s
+                            self._republish_if_changed()
+                        await asyncio.sleep(_TURN_S)
+                except asyncio.CancelledError:
+                    await self._say_offline()  # the link is still up: the TaskGroup cancels it after
+                    raise
             finally:
                 self._tg = None
-
-
-def services(runtime: Any) -> list[ControlService]:
-    """The daemon's provider hook (``agent.daemon.main.SERVICE_PROVIDERS``).
-
-    The apply target is ``runtime.apply_target`` when the running system set one, else the file
-    target (``<state>/running/<kind>.json``) until media/privacy provide theirs. The service is
-    exposed as ``runtime.control`` so later providers can register command handlers and hooks.
-    """
-    from agent.control.standalone import FileApplyTarget
-
-    target = getattr(runtime, "apply_target", None) or FileApplyTarget(runtime.state_dir / "running")
-    service = ControlService(runtime.config, target, state_dir=runtime.state_dir, runtime=runtime)
-    runtime.control = service
-    return [service]

@@ -23,6 +23,7 @@ from agent.control.service import ControlService
 from agent.errors import AgentError
 from agent.logs import configure_logging
 from agent.persist import atomic_write_json
+from agent.service import Progress
 
 
 class FileApplyTarget:
@@ -43,11 +44,6 @@ class FileApplyTarget:
         return self.directory.is_dir()
 
 
-class _Beat:
-    def beat(self) -> None:
-        pass
-
-
 async def _run(service: ControlService) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -55,7 +51,7 @@ async def _run(service: ControlService) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await service.run(_Beat())
+        await service.run(Progress("control"))
 
 
 def main(argv: list[str] | None = None) -> int:

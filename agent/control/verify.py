@@ -41,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 from agent.control.documents import (
     DOCUMENT_KINDS,
     INTERVENTIONS,
+    MAINTENANCE_COMMANDS,
     ROUTINE_COMMANDS,
     CommandBody,
     RootBody,
@@ -218,7 +219,15 @@ def required_roles(kind: str, body: BaseModel, policy: PolicyBody) -> tuple[froz
         return (frozenset({"fleet"}),)
     if body.name in INTERVENTIONS:
         return (frozenset({"customer"}), frozenset({"legal"}))
-    return (frozenset({"customer"}),)  # snapshot
+    if body.name in MAINTENANCE_COMMANDS:
+        # reboot / restart_agent: operating the device is the vendor's job; neither weakens privacy.
+        return (frozenset({"fleet"}),)
+    if body.name == "audit_fetch":
+        # Reading the tamper-evident log is for both parties: the customer audits the vendor's
+        # actions, the vendor its own; the export reveals no keys or media.
+        return (frozenset({"fleet"}), frozenset({"customer"}))
+    # snapshot and meeting_stop: the vendor must neither look into a room nor cut a customer's meeting.
+    return (frozenset({"customer"}),)
 
 
 def _authorise(kind: str, body: BaseModel, met: frozenset[str], policy: PolicyBody) -> None:

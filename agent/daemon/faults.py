@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.daemon.runtime import Runtime
 from agent.errors import AgentError
+from agent.media.service import Media
 from agent.service import Progress
 
 
@@ -52,23 +53,23 @@ class SimFaultScript:
 
     name = "sim_faults"
 
-    def __init__(self, runtime: Runtime, steps: tuple[object, ...]) -> None:
+    def __init__(self, runtime: Runtime, media: Media, steps: tuple[object, ...]) -> None:
         self._runtime = runtime
+        self._media = media
         self._steps = steps
         self._next = 0
         self._start = time.monotonic()
         self._log = runtime.logger.bind(service=self.name)
 
     async def run(self, progress: Progress) -> None:
-        from agent.media.service import media_of
         from hal.scenario import Step, apply_step
         from hal.sim import SimEncoderFaults, SimInventory
 
-        media = media_of(self._runtime)
-        inventory = None if media is None else media.inventory
+        media = self._media
+        inventory = media.inventory
         if not isinstance(inventory, SimInventory):
             raise FaultScriptError("the fault script needs running media pipelines on the sim HAL")
-        encoder_faults = getattr(media.encoders, "faults", None) if media is not None else None
+        encoder_faults = getattr(media.encoders, "faults", None)
         if not isinstance(encoder_faults, SimEncoderFaults):
             encoder_faults = SimEncoderFaults()  # encoder steps then have no encoder to act on
         default_camera = self._runtime.config.hal.cameras[0].id

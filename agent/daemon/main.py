@@ -1,54 +1,41 @@
-"""Wiring of ``roomagent run``: runtime, services, signals, supervisor.
+"""``roomagent run``: runtime, the room (:func:`agent.daemon.room.build_room`), signals, supervisor.
 
-Other sub-systems plug their services in at ONE place: :data:`SERVICE_PROVIDERS` below lists
-``(module, function)`` pairs; each function takes the :class:`~agent.daemon.runtime.Runtime` and returns a
-list of services (``[]`` when it has nothing to run, e.g. media disabled). A provider module that is not
-there yet is skipped, so branches land independently.
+The room's parts and their wiring live in one place, the composition root :mod:`agent.daemon.room`;
+this module only runs what it built.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "SERVICE_PROVIDERS",
     "StopDeadline",
     "build_runtime",
-    "build_services",
     "prepare_state_dir",
     "run",
     "serve",
 ]
 
 import asyncio
-import importlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
 from agent.config import AgentConfig
+from agent.daemon.room import RoomIncomplete, build_room
 from agent.daemon.runtime import Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval
-from agent.daemon.state import StateReporter
-from agent.daemon.supervisor import EXIT_GAVE_UP, Supervisor
+from agent.daemon.supervisor import EXIT_GAVE_UP, EXIT_OK, Supervisor
 from agent.errors import StateError
 from agent.logs import configure_logging
 from agent.persist import remove_stale_temp_files
 from agent.service import Service
 
-# Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
-# "offline", then the state reporter, which flushes the final state).
-SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
-    ("agent.privacy.service", "early"),  # issue 6: the apply target control uses (policy, config)
-    ("agent.control.service", "services"),  # issue 5: MQTT control link
-    ("agent.media.service", "services"),  # issue 7: one pipeline per camera
-    ("agent.privacy.service", "services"),  # issue 6: key expiry, shutter when idle, telemetry filter
-)
+EXIT_CONFIG = 2  # the unit's RestartPreventExitStatus: restarting does not fix a configuration
 
 # systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.
 STOP_DEADLINE_S = 5.0
@@ -84,33 +71,6 @@ def build_runtime(config: AgentConfig) -> Runtime:
     structlog.contextvars.bind_contextvars(device=config.device.id)
     state_dir = prepare_state_dir(config.state_dir())
     return Runtime(config, state_dir)
-
-
-def _import_optional(module_name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # Only "that sub-system is not there": a missing dependency inside it is a real error.
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            return None
-        raise
-
-
-def build_services(runtime: Runtime) -> list[Service]:
-    """The services of this agent, in start order: the state reporter, then each provider's."""
-    services: list[Service] = [StateReporter(runtime)]
-    for module_name, function_name in SERVICE_PROVIDERS:
-        module = _import_optional(module_name)
-        if module is None:
-            runtime.logger.debug("service_provider_absent", module=module_name)
-            continue
-        provider = getattr(module, function_name, None)
-        if provider is None:
-            # The sub-system exists but is not wired for the daemon yet: say so, run without it.
-            runtime.logger.warning("service_provider_missing", module=module_name, function=function_name)
-            continue
-        services.extend(cast(Callable[[Runtime], list[Service]], provider)(runtime))
-    return services
 
 
 class StopDeadline:
@@ -199,17 +159,19 @@ def run(
         mqtt="configured" if config.mqtt.url else "offline",
     )
     try:
-        services = build_services(runtime)
-        if fault_steps:
-            from agent.daemon.faults import SimFaultScript
-
-            services.append(SimFaultScript(runtime, fault_steps))
+        room = build_room(config, runtime, fault_steps=fault_steps)
+    except RoomIncomplete as exc:
+        # A command of the schema without a handler: fail closed, before anything runs.
+        runtime.logger.critical("room_incomplete", problem=exc.problem)
+        print(f"error: room incomplete: {exc.problem}", file=sys.stderr)
+        return EXIT_CONFIG
     except Exception as exc:  # a sub-system that cannot even be built (bad lab key file, sink, ...)
         runtime.logger.critical("service_build_failed", error=type(exc).__name__, exc_info=exc)
         return EXIT_GAVE_UP
     deadline = StopDeadline(runtime.logger)
     try:
-        return asyncio.run(serve(runtime, services, deadline=deadline))
+        code = asyncio.run(serve(runtime, room.services, deadline=deadline))
+        return runtime.exit_code if code == EXIT_OK and runtime.exit_code is not None else code
     except Exception as exc:  # a bug in the daemon itself (not a service): exit non-zero, loudly
         runtime.logger.critical("agent_crashed", error=type(exc).__name__, exc_info=exc)
         return EXIT_GAVE_UP

@@ -60,6 +60,8 @@ class Runtime:
         self._health_source: HealthSource | None = None
         self._state_changed = asyncio.Event()
         self._stop_callbacks: list[Callable[[str], None]] = []
+        self._sources: dict[str, Callable[[], Any]] = {}
+        self.exit_code: int | None = None  # set by a stop that asks for a specific exit code
 
     # -- device state -------------------------------------------------------------------------------
     def update_state(self, **fields: Any) -> None:
@@ -97,6 +99,12 @@ class Runtime:
         self._state_changed.clear()
         return True
 
+    def add_state_source(self, name: str, source: Callable[[], Any]) -> None:
+        """A field read live at each snapshot (e.g. ``media``: pipeline counters move every frame)."""
+        if name in _RESERVED:
+            raise ValueError(f"state field {name!r} is maintained by the daemon itself")
+        self._sources[name] = source
+
     def set_health_source(self, source: HealthSource | None) -> None:
         """The supervisor's per-service health (``{name: {"state", "restarts", ...}}``)."""
         self._health_source = source
@@ -113,6 +121,7 @@ class Runtime:
         snapshot: dict[str, Any] = {
             "device": self.device_id,
             **{k: (dict(v) if isinstance(v, dict) else v) for k, v in self._state.items()},
+            **{name: source() for name, source in self._sources.items()},
             "health": health,
             "restarts": sum(int(h.get("restarts", 0)) for h in health.values()),
             "agent": {
@@ -131,9 +140,14 @@ class Runtime:
         """systemd's ``STATUS=`` text: the ``status`` fragments joined, in insertion order."""
         return "; ".join(f"{k} {v}" for k, v in self.status.items())
 
-    def request_stop(self, reason: str = "requested") -> None:
-        """Begin a graceful stop (idempotent). Use this rather than setting ``stopping`` directly."""
+    def request_stop(self, reason: str = "requested", *, exit_code: int | None = None) -> None:
+        """Begin a graceful stop (idempotent). Use this rather than setting ``stopping`` directly.
+
+        ``exit_code``: the process exits with it after a clean stop (``restart_agent``: a code
+        systemd restarts).
+        """
         if not self.stopping.is_set():
+            self.exit_code = exit_code
             self.logger.info("agent_stop_requested", reason=reason)
             self.stopping.set()
             for callback in self._stop_callbacks:

@@ -13,6 +13,7 @@ __all__ = ["STATE_FILE", "StateReporter"]
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,17 @@ class StateReporter:
 
     name = "state_reporter"
 
-    def __init__(self, runtime: Runtime, *, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        interval_s: float | None = None,
+        document: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._runtime = runtime
+        # The room passes the control plane's retained state document, so state.json mirrors the
+        # broker's copy; alone (tests, no control plane) the runtime's snapshot is the state.
+        self._document = document if document is not None else runtime.state_snapshot
         self._interval_s = interval_s if interval_s is not None else runtime.config.state.report_interval_s
         self.path: Path = runtime.state_dir / STATE_FILE
         self.writes = 0
@@ -59,7 +69,7 @@ class StateReporter:
         progress.beat()  # up: READY=1 need not wait for the first fsync
         try:
             while True:
-                snapshot = self._runtime.state_snapshot()
+                snapshot = self._document()
                 try:
                     # fsync can take a while on an SD card: keep it off the event loop.
                     await asyncio.to_thread(self._write, snapshot)
@@ -79,7 +89,7 @@ class StateReporter:
                 await asyncio.sleep(max(0.0, written + min(MIN_SPACING_S, self._interval_s) - loop.time()))
         except asyncio.CancelledError:
             # On stop flush the final state, offline, then let the cancellation propagate.
-            final = self._runtime.state_snapshot()
+            final = self._document()
             final["online"] = False
             try:
                 self._write(final)  # waits for a write still running in its thread (the lock)

@@ -2,7 +2,7 @@
 
 Each simulated room is the agent's own stack, not a model of it: an :class:`~agent.config.AgentConfig`
 (sim HAL, media off, its own state directory), a :class:`~agent.daemon.runtime.Runtime`, the services
-``roomagent run`` builds (:func:`agent.daemon.main.build_services`: the state reporter and the control
+``roomagent run`` builds (:func:`agent.daemon.room.build_room`: the state reporter and the control
 link from ``agent.control.service``) under a real :class:`~agent.daemon.supervisor.Supervisor`. The rooms
 run in ``--workers`` child processes (``python -m agent.fleet.sim --worker``, one per CPU by default),
 their state on tmpfs by default (``--state-dir``); the plane below runs in this process on an otherwise
@@ -554,29 +554,10 @@ async def run_fleet_sim(
 
 
 def agent_services(runtime: Any) -> list[Any]:
-    """The services ``roomagent run`` starts for ``runtime``; until the daemon wires the control plane
-    in itself, the control plane's stand-alone wiring (``ControlService`` with its file apply target)
-    is added here so the simulated rooms and the soak always run a control plane."""
-    import importlib
+    """The services ``roomagent run`` starts for ``runtime``: the room built by the composition root."""
+    from agent.daemon.room import build_room
 
-    import agent.control.service as control
-    from agent.daemon.main import SERVICE_PROVIDERS, build_services
-
-    if hasattr(control, "services"):
-        return list(build_services(runtime))
-    # The daemon's provider list names agent.control.service, which has no provider yet: build the
-    # same list without it, then add the control plane's stand-alone wiring.
-    from agent.control.standalone import FileApplyTarget
-    from agent.daemon.state import StateReporter
-
-    services: list[Any] = [StateReporter(runtime)]
-    for module_name, function_name in SERVICE_PROVIDERS:
-        if module_name == "agent.control.service" or importlib_find(module_name) is None:
-            continue
-        services.extend(getattr(importlib.import_module(module_name), function_name)(runtime))
-    target = FileApplyTarget(runtime.state_dir / "running")
-    services.append(control.ControlService(runtime.config, target, state_dir=runtime.state_dir))
-    return services
+    return list(build_room(runtime.config, runtime).services)
 
 
 def importlib_find(name: str) -> Any:

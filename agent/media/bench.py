@@ -29,14 +29,10 @@ from agent.media.key_source import KeySource
 from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import percentile
 from agent.media.sink import RtpSink
+from agent.service import Progress
 from hal.types import CameraSpec
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
-
-
-class _Beat:
-    def beat(self) -> None:
-        pass
 
 
 class _Sealer:
@@ -87,7 +83,7 @@ async def _one_run(
         e2ee_required=not plain_copy,
         plain_copy=plain_copy,
     )
-    task = asyncio.create_task(pipeline.run(_Beat()), name="bench.pipeline")
+    task = asyncio.create_task(pipeline.run(Progress("bench")), name="bench.pipeline")
     # Warm-up: the first frames pay for opening the encoder and drawing the scene.
     await pipeline.healthy(10.0)
     await asyncio.sleep(0.3)

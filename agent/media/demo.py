@@ -26,17 +26,10 @@ from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.receiver import MediaReceiver, bind_udp
 from agent.media.sink import RtpSink
 from agent.schema.policy import DEFAULT_POLICY
+from agent.service import Progress
 from hal.types import CameraSpec
 
 _POLICY_VERSION = 0  # the first-boot default policy (no signed policy applied)
-
-
-class _Beat:
-    def __init__(self) -> None:
-        self.beats = 0
-
-    def beat(self) -> None:
-        self.beats += 1
 
 
 class _Sealer:
@@ -96,7 +89,7 @@ async def _main(rooms: list[_Room], seconds: float | None, rotate_s: float, suit
     deadline = None if seconds is None else time.monotonic() + seconds
     async with asyncio.TaskGroup() as tg:
         tasks = [
-            tg.create_task(room.pipeline.run(_Beat()), name=f"demo.{room.name}.pipeline")
+            tg.create_task(room.pipeline.run(Progress("demo")), name=f"demo.{room.name}.pipeline")
             for room in rooms
             if room.pipeline is not None
         ]

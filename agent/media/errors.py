@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CommandError",
     "KeyFileError",
     "MalformedFrameError",
     "MalformedPacketError",
@@ -68,3 +69,7 @@ class KeyFileError(MediaError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class CommandError(MediaError):
+    """A camera command could not be carried out here (no camera, no pipeline, a HAL refusal)."""

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -40,18 +40,13 @@ from agent.media.frame import CODEC_IDS
 from agent.media.key_source import KeySource
 from agent.media.protect import ProtectedFrame, plain_copy_frame, protect_frame
 from agent.media.sink import Sink
+from agent.service import Progress
 from hal.errors import DeviceGoneError, EncoderError, HalError
 from hal.protocols import Camera, Encoder, EncoderFactory, Inventory
 from hal.types import EncoderConfig, Frame, IndicatorState
 
 _log = structlog.get_logger()
 _STOP = object()
-
-
-class Progress(Protocol):
-    """The supervisor's heartbeat (``agent.service.Progress``)."""
-
-    def beat(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +105,7 @@ class PipelineStats:
     encoder_opens: int = 0
     camera_gone: int = 0
     camera_recovered: int = 0
+    restarts: int = 0  # restart_pipeline commands carried out (camera and encoder reopened)
     protect_ns: int = 0  # thread time spent sealing (or, with plain_copy, copying) frames
     latencies_ns: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
@@ -207,6 +203,8 @@ class MediaPipeline:
         self._shutter_when_idle = shutter_when_idle
         self._shutter_ours: bool | None = None  # what this pipeline last set on the camera
         self._grabs: list[asyncio.Future[tuple[Frame, Camera]]] = []  # snapshot requests
+        self._restart_wanted = False
+        self._opened = asyncio.Event()  # set each time the camera is (re)opened
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -217,6 +215,23 @@ class MediaPipeline:
     def request_keyframe(self) -> None:
         """The next encoded frame will be a keyframe (a command, a key rotation, a new receiver)."""
         self._keyframe_wanted.set()
+
+    @property
+    def running(self) -> bool:
+        """True while the camera is open (the service runs and has a device)."""
+        return self._camera is not None
+
+    async def restart(self, timeout_s: float) -> bool:
+        """Close and reopen the camera and the encoder (``restart_pipeline``), without the supervisor
+        counting a failure. True when the camera was open again within ``timeout_s``."""
+        self._opened.clear()
+        self._restart_wanted = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._opened.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def grab_frame(self, timeout_s: float) -> tuple[Frame, Camera] | None:
         """The next captured frame and the camera it came from (a remote snapshot), or ``None``
@@ -354,6 +369,7 @@ class MediaPipeline:
                 camera = self._inventory.open_camera(self.camera_id)
                 async with camera:
                     self._camera = camera
+                    self._opened.set()
                     if self.stats.camera_gone:
                         self.stats.camera_recovered += 1
                         _log.info("media_camera_back", camera=self.camera_id)
@@ -382,6 +398,12 @@ class MediaPipeline:
     async def _capture(self, camera: Camera, progress: Progress) -> None:
         next_due = 0.0
         async for frame in camera.frames():
+            if self._restart_wanted:
+                self._restart_wanted = False
+                self.stats.restarts += 1
+                self._settings_gen += 1  # the worker opens a fresh encoder
+                _log.info("media_pipeline_restart", camera=self.camera_id)
+                return  # leaves ``async with camera``: the camera loop opens it again
             self.stats.captured += 1
             if self._grabs:
                 grabs, self._grabs = self._grabs, []

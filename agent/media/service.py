@@ -1,8 +1,8 @@
 """Media services for ``roomagent run``: one :class:`MediaPipeline` per configured camera.
 
-``agent.daemon.main`` calls :func:`services` with the runtime. Other sub-systems reach the media
-path through :func:`media_of` (e.g. the privacy engineer's key target sets the sender on
-``media_of(runtime).keys``, the control plane calls ``apply``/``healthy`` on the pipelines).
+The composition root (``agent.daemon.room``) builds the :class:`Media` of the room with
+:func:`build_media` and hands it to whoever needs it: the pipelines run as services, the privacy guard
+sets the sender on ``media.keys``, the room's apply target calls ``apply_config``/``healthy``.
 
 Local config only: ``[media] sink``, ``[media] mtu``, ``[e2ee] lab_key_file``. A lab key is logged
 loudly (warning ``media_lab_key_in_use``, never key bytes) and shown in the state (``media.key``).
@@ -10,10 +10,9 @@ loudly (warning ``media_lab_key_in_use``, never key bytes) and shown in the stat
 
 from __future__ import annotations
 
-__all__ = ["Media", "build_media", "media_of", "services"]
+__all__ = ["Media", "build_media"]
 
 import asyncio
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,11 @@ import structlog
 from agent.config import AgentConfig
 from agent.media.errors import SinkError
 from agent.media.key_source import KeySource, load_lab_key
-from agent.media.pipeline import MediaPipeline, Progress, StreamSettings
+from agent.media.pipeline import MediaPipeline, StreamSettings
 from agent.media.sink import Sink, open_sink
 from hal.protocols import EncoderFactory, Inventory
 
 _log = structlog.get_logger()
-_BY_RUNTIME: weakref.WeakKeyDictionary[Any, Media] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -181,33 +179,3 @@ def build_media(
             )
         )
     return media
-
-
-class _ReportingPipeline:
-    """A pipeline as a daemon service that also publishes its description in the state."""
-
-    def __init__(self, pipeline: MediaPipeline, media: Media, runtime: Any) -> None:
-        self.name = pipeline.name
-        self._pipeline = pipeline
-        self._media = media
-        self._runtime = runtime
-
-    async def run(self, progress: Progress) -> None:
-        self._runtime.update_state(media=self._media.describe())
-        try:
-            await self._pipeline.run(progress)
-        finally:
-            self._runtime.update_state(media=self._media.describe())
-
-
-def services(runtime: Any) -> list[Any]:
-    """The media services of ``runtime`` (the provider ``agent.daemon.main`` calls)."""
-    media = build_media(runtime.config)
-    _BY_RUNTIME[runtime] = media
-    runtime.update_state(media=media.describe())
-    return [_ReportingPipeline(p, media, runtime) for p in media.pipelines]
-
-
-def media_of(runtime: Any) -> Media | None:
-    """The media path built for ``runtime`` by :func:`services`, if any."""
-    return _BY_RUNTIME.get(runtime)

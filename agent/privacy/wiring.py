@@ -22,8 +22,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from agent.control.service import ControlService
+from agent.control.verify import VerifiedDocument
 from agent.privacy.errors import InterventionError
-from agent.privacy.guard import AuditAppender, PrivacyGuard, audit_to
+from agent.privacy.guard import PrivacyGuard, audit_to
 from agent.privacy.interventions import INTERVENTIONS
 from agent.privacy.snapshot import take_snapshot
 from agent.schema.key_package import KeysBody
@@ -37,43 +39,6 @@ class _ApplyTarget(Protocol):
     async def apply(self, kind: str, body: BaseModel) -> None: ...
 
     async def healthy(self, timeout_s: float) -> bool: ...
-
-
-class _VerifiedDocument(Protocol):
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def body(self) -> BaseModel: ...
-
-    @property
-    def roles(self) -> frozenset[str]: ...
-
-    @property
-    def payload_sha256(self) -> str: ...
-
-
-class _Registry(Protocol):
-    def register(self, name: str, handler: Any) -> None: ...
-
-
-class _Signer(Protocol):
-    def sign_envelope(self, kind: str, payload: dict[str, Any]) -> Any: ...
-
-
-class _ControlService(Protocol):
-    device: str
-    identity: _Signer
-    commands: _Registry
-    audit: AuditAppender
-    identity_providers: dict[str, Any]
-    state_providers: dict[str, Any]
-    lock_state: Any
-    state_filter: Any
-
-    def publish_state(self) -> None: ...
-
-    def publish_device(self, name: str, payload: bytes) -> None: ...
 
 
 class PrivacyApplyTarget:
@@ -94,7 +59,7 @@ class PrivacyApplyTarget:
         return await self._inner.healthy(timeout_s)
 
 
-def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: PolicyBody | None = None) -> None:
+def wire_control(service: ControlService, guard: PrivacyGuard, *, policy: PolicyBody | None = None) -> None:
     """Connect ``guard`` to a control service (call once, before ``service.run``).
 
     Args:
@@ -103,7 +68,7 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
     if policy is not None:
         guard.apply_policy(policy)
 
-    async def keys(name: str, args: Mapping[str, Any], doc: _VerifiedDocument) -> str:
+    async def keys(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
         body = doc.body if isinstance(doc.body, KeysBody) else KeysBody.model_validate(args)
         installed = guard.install_keys(body)
         own = installed.own
@@ -111,11 +76,11 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
         peers = len(installed.peers)
         return f"meeting {installed.meeting} epoch {installed.epoch}: {sending}, {peers} receive keys"
 
-    async def intervention(name: str, args: Mapping[str, Any], doc: _VerifiedDocument) -> str:
+    async def intervention(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
         record = await guard.intervene(name, args, roles_met=doc.roles, doc_version=doc.version)
         return f"{name} by {record.role}: room {record.state.value}"
 
-    async def snapshot(name: str, args: Mapping[str, Any], doc: _VerifiedDocument) -> str:
+    async def snapshot(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
         reason = guard.snapshot_refusal(doc.roles)
         if reason is not None:
             raise InterventionError(reason, "snapshot refused")
@@ -143,7 +108,21 @@ def wire_control(service: _ControlService, guard: PrivacyGuard, *, policy: Polic
     service.commands.register("keys", keys)
     for name in sorted(INTERVENTIONS):
         service.commands.register(name, intervention)
+
+    async def meeting_stop(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
+        # Customer-signed only (verify.required_roles): the vendor cannot cut a customer's meeting.
+        meeting = args.get("meeting")
+        running = guard.keys.keys.meeting
+        if running is None:
+            return "no meeting keys installed: nothing to stop"
+        if meeting is not None and meeting != running:
+            return f"meeting {meeting} not running here (running: {running}): nothing stopped"
+        guard.keys.clear("meeting_stop")  # keys erased: media stops, indicator goes off
+        await guard.enforce_camera()  # shutter closed when idle (policy)
+        return f"meeting {running} stopped: keys erased, media stopped"
+
     service.commands.register("snapshot", snapshot)
+    service.commands.register("meeting_stop", meeting_stop)
     service.lock_state = lambda: not guard.interventions.media_allowed
     service.identity_providers["hpke"] = guard.identity.public_keys
     # The HPKE keys signed by the device's Ed25519 identity: the broker (the vendor's) cannot swap in
