@@ -70,6 +70,7 @@ install -D -m 0644 "$REPO_DIR/systemd/roomagent.service"         "$ROOT/usr/lib/
 install -D -m 0644 "$REPO_DIR/systemd/roomagent.sysusers"        "$ROOT/usr/lib/sysusers.d/roomagent.conf"
 install -D -m 0644 "$REPO_DIR/systemd/roomagent.tmpfiles"        "$ROOT/usr/lib/tmpfiles.d/roomagent.conf"
 install -D -m 0644 "$REPO_DIR/systemd/70-roomagent-camera.rules" "$ROOT/usr/lib/udev/rules.d/70-roomagent-camera.rules"
+install -D -m 0644 "$REPO_DIR/systemd/roomagent-reboot.rules"   "$ROOT/usr/share/polkit-1/rules.d/50-roomagent-reboot.rules"
 install -D -m 0644 "$REPO_DIR/docs/image.md"                     "$ROOT/usr/share/doc/roomagent/image.md"
 # Image files: the example config; then, unless IMAGE_SELFTEST=0 (a product image), the self-test
 # layer: vivid, a loopback Mosquitto, the self-test unit and scripts (and test keys, step 4).
