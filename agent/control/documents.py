@@ -81,10 +81,16 @@ class RootBody(_Strict):
     @field_validator("keys")
     @classmethod
     def _keys(cls, keys: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        seen: dict[bytes, str] = {}
         for keyid, key in keys.items():
-            parse_public_key(key)  # ValueError names the problem
+            parsed = parse_public_key(key)  # ValueError names the problem
             if keyid_of(key) != keyid:
                 raise ValueError(f"key id {keyid[:12]}... is not the sha256 of its key")
+            # One key spelt two ways (hex case, PEM layout) has two key ids; listed twice it would
+            # meet a threshold of two alone (TUF counts unique keys).
+            if parsed.identity in seen:
+                raise ValueError(f"keys {seen[parsed.identity][:12]}... and {keyid[:12]}... are the same key")
+            seen[parsed.identity] = keyid
         return keys
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ from __future__ import annotations
 __all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "Progress", "services"]
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -53,8 +54,15 @@ from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
+from agent.control.rejections import RejectionLedger
 from agent.control.trust import TrustStore
-from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
+from agent.control.verify import (
+    MAX_VERSION,
+    VerifiedDocument,
+    VerifyContext,
+    payload_sha256,
+    verify_document,
+)
 from agent.errors import StateError
 from agent.privacy.policy import PolicyBody
 
@@ -83,21 +91,27 @@ class CommandRegistry:
 
 
 def _peek(raw: bytes, max_bytes: int) -> tuple[int | None, str | None]:
-    """Best-effort version and payload digest of a rejected document, for its ack."""
+    """Best-effort version and payload digest of a rejected document, for its ack (never raises)."""
     if len(raw) > max_bytes:
         return None, None
     try:
         env = Envelope.parse(raw)
-    except ValueError:
+    except Exception:  # the same bounded parser as verification; any failure means "unknown"
         return None, None
     version = None
     try:
         payload = strict_json(env.payload)
-        if isinstance(payload, dict) and isinstance(payload.get("version"), int):
-            version = payload["version"]
-    except ValueError:
+        value = payload.get("version") if isinstance(payload, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION:
+            version = value
+    except Exception:  # noqa: S110 - a payload we cannot read simply has no version in the ack
         pass
     return version, payload_sha256(env.payload)
+
+
+def _kind_of(topic: str) -> str:
+    tail = topic.rsplit("/", 1)[-1]
+    return {"cmd": "command"}.get(tail, tail)
 
 
 class ControlService:
@@ -136,6 +150,7 @@ class ControlService:
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
         self.acks: list[tuple[Ack, Envelope]] = []  # recent acks, newest last (bounded)
+        self.rejections = RejectionLedger()
         for kind, pending in self.state.recover():
             self.audit.append(
                 "apply_interrupted",
@@ -164,6 +179,7 @@ class ControlService:
             "identity": identity,
             "audit_head": self.audit.head_summary(),
             "locked": self.lock_state(),
+            "rejections": self.rejections.summary(),
         }
         for name, provider in self.state_providers.items():
             doc[name] = provider()
@@ -222,11 +238,13 @@ class ControlService:
             self.config.control.clock_skew_s,
         )
 
-    def _ack(self, ack: Ack) -> None:
+    def _ack(self, ack: Ack, *, priority: bool = True) -> None:
+        """Sign and queue an ack. Acks of authenticated documents go first in the outbound queue
+        and are never dropped; acks of unauthenticated rejections wait with everything else."""
         env = make_ack(self.identity, self.device, ack, self._clock())
         self.acks = [*self.acks[-63:], (ack, env)]
         if self.link is not None:
-            self.link.publish_nowait(self.topics.ack, env.to_json())
+            self.link.publish_nowait(self.topics.ack, env.to_json(), priority=priority)
 
     def _audit(
         self,
@@ -239,8 +257,11 @@ class ControlService:
         outcome: str,
         reason: str | None = None,
         message: str | None = None,
+        unauthenticated: bool = False,
     ) -> bool:
-        """Append an audit entry and publish it; False (logged) when the disk refuses it."""
+        """Append an audit entry and publish it; False (logged) when the disk refuses it.
+
+        ``unauthenticated`` entries count against the rejection ledger's daily byte budget."""
         try:
             entry = self.audit.append(
                 event,
@@ -256,8 +277,11 @@ class ControlService:
         except StateError as exc:
             log.error("control_audit_write_failed", audit_event=event, kind=kind, reason=exc.reason)
             return False
+        line = json.dumps(entry, sort_keys=True).encode()
+        if unauthenticated:
+            self.rejections.spend(len(line) + 1)
         if self.link is not None:
-            self.link.publish_nowait(self.topics.audit, json.dumps(entry, sort_keys=True).encode())
+            self.link.publish_nowait(self.topics.audit, line)
         return True
 
     def _refuse_unrecorded(self, doc: VerifiedDocument, what: str, exc: StateError | None = None) -> None:
@@ -266,17 +290,99 @@ class ControlService:
         self._ack(Ack(doc.kind, doc.version, doc.payload_sha256, "rejected", "state_error", message))
         log.error("control_state_error", kind=doc.kind, version=doc.version, what=what)
 
-    async def handle(self, kind: str, raw: bytes) -> None:
-        """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it."""
+    async def handle(self, kind: str, raw: bytes, topic: str | None = None) -> None:
+        """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it.
+
+        The message boundary: nothing an untrusted message does escapes from here. Every failure
+        becomes a typed rejection (acked and audited, or counted when unauthenticated) and the
+        link stays up (a retained poison message would otherwise kill it on every reconnect).
+        """
         try:
-            if self.trust.root is None:
-                raise Rejected("bad_signature", "this device has no trust root")
+            await self._handle(kind, raw, topic or kind)
+        except Exception as exc:  # CancelledError is a BaseException: it passes
+            log.error("control_message_failed", kind=kind, error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._reject(kind, raw, topic or kind, Rejected("malformed", f"{type(exc).__name__}"))
+
+    def _verify(self, kind: str, raw: bytes) -> VerifiedDocument:
+        if self.trust.root is None:
+            raise Rejected("bad_signature", "this device has no trust root")
+        try:
             doc = verify_document(raw, kind, self.trust.root, self._context())
-            if self.lock_state() and (
-                kind in ("config", "keys")
-                or (isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)
-            ):
-                raise Rejected("locked", "the device is locked: media-affecting documents are refused")
+        except Rejected:
+            raise
+        except Exception as exc:
+            # A bug or a resource limit in parsing is still the sender's input: typed, never fatal.
+            log.error("control_verify_failed", kind=kind, error=type(exc).__name__)
+            raise Rejected("malformed", f"could not parse: {type(exc).__name__}") from exc
+        if self.lock_state() and (
+            kind in ("config", "keys")
+            or (isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)
+        ):
+            self._refuse_locked(doc)
+        return doc
+
+    def _refuse_locked(self, doc: VerifiedDocument) -> None:
+        """A verified document refused while locked is *remembered* as refused (its version spent,
+        its outcome recorded): a redelivery after the unlock is acked ``rejected`` again, never
+        applied without a new signed action."""
+        message = "the device is locked: media-affecting documents are refused"
+        if doc.kind not in TRANSACTIONAL:
+            try:
+                self.state.accept(doc)
+                self.state.record(doc, Outcome("rejected", "locked", message))
+            except StateError as exc:
+                log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
+        raise Rejected("locked", message, authenticated=True)
+
+    def _reject(self, kind: str, raw: bytes, topic: str, rej: Rejected) -> None:
+        version, sha = _peek(raw, self.config.control.max_document_bytes)
+        if not rej.authenticated:
+            admission = self.rejections.admit(rej.reason, topic, raw, self._clock())
+            if admission.audit:
+                self._audit(
+                    "rejected",
+                    kind=kind,
+                    version=version,
+                    digest=sha,
+                    outcome="rejected",
+                    reason=rej.reason,
+                    message=rej.message,
+                    unauthenticated=True,
+                )
+            if admission.ack:
+                self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message), priority=False)
+            log.debug("control_rejected", kind=kind, reason=rej.reason, version=version)
+            return
+        self._audit(
+            "rejected",
+            kind=kind,
+            version=version,
+            digest=sha,
+            outcome="rejected",
+            reason=rej.reason,
+            message=rej.message,
+        )
+        self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
+        log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
+
+    def flush_rejections(self) -> None:
+        """Write the coalesced counters of unauthenticated rejections (due every flush interval)."""
+        for reason, topic, message in self.rejections.flush(self._clock()):
+            self._audit(
+                "rejections_coalesced",
+                kind=_kind_of(topic),
+                version=None,
+                digest=None,
+                outcome="rejected",
+                reason=reason,
+                message=message,
+                unauthenticated=True,
+            )
+
+    async def _handle(self, kind: str, raw: bytes, topic: str) -> None:
+        try:
+            doc = self._verify(kind, raw)
         except Rejected as rej:
             version, sha = _peek(raw, self.config.control.max_document_bytes)
             running = self.transactions.running(kind)
@@ -296,17 +402,7 @@ class ControlService:
                     return
             if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
-            self._audit(
-                "rejected",
-                kind=kind,
-                version=version,
-                digest=sha,
-                outcome="rejected",
-                reason=rej.reason,
-                message=rej.message,
-            )
-            self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
-            log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
+            self._reject(kind, raw, topic, rej)
             return
         if not self._audit(
             "accepted",
@@ -407,7 +503,7 @@ class ControlService:
 
     # -- service ---------------------------------------------------------------------------------
     async def _on_message(self, topic: str, kind: str, payload: bytes) -> None:
-        await self.handle(kind, payload)
+        await self.handle(kind, payload, topic)
 
     async def run(self, progress: Progress) -> None:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
@@ -427,9 +523,13 @@ class ControlService:
                     tg.create_task(self.link.run(progress.beat), name="control.link")
                 while True:
                     progress.beat()
+                    if self.rejections.flush_due(self._clock()):
+                        self.flush_rejections()
                     await asyncio.sleep(1.0)
             finally:
                 self._tg = None
+                with contextlib.suppress(Exception):  # best effort at shutdown; counts are in the state
+                    self.flush_rejections()
 
 
 def services(runtime: Any) -> list[ControlService]:
