@@ -206,6 +206,11 @@ class ControlSection(_Strict):
     max_document_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
     clock_skew_s: Annotated[int, Field(ge=0, le=3600)] = 300
     health_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Unauthenticated rejections (anyone on the broker can cause them; docs/control-plane.md
+    # "Coalesced rejections"): audit bytes per day, how often counters are written, acks/s per topic.
+    rejection_audit_bytes_per_day: Annotated[int, Field(ge=4096, le=64 << 20)] = 256 * 1024
+    rejection_flush_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    rejection_acks_per_s: Annotated[float, Field(ge=0.1, le=1000)] = 5.0
 
 
 class SupervisorSection(_Strict):

@@ -150,7 +150,11 @@ class ControlService:
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
         self.acks: list[tuple[Ack, Envelope]] = []  # recent acks, newest last (bounded)
-        self.rejections = RejectionLedger()
+        self.rejections = RejectionLedger(
+            acks_per_s=config.control.rejection_acks_per_s,
+            audit_budget_bytes=config.control.rejection_audit_bytes_per_day,
+            flush_interval_s=config.control.rejection_flush_s,
+        )
         for kind, pending in self.state.recover():
             self.audit.append(
                 "apply_interrupted",
