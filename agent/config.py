@@ -258,6 +258,18 @@ def _issue_path(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
+def _file_sink_in_state_dir(config: AgentConfig) -> ConfigIssue | None:
+    """A file sink never writes into the state directory (audit log, keys, trust root live there)."""
+    sink = config.media.sink
+    if sink is None or not sink.startswith("file://"):
+        return None
+    target = Path(urlsplit(sink).path).resolve()
+    state = config.state_dir().resolve()
+    if target == state or state in target.parents:
+        return ConfigIssue("media.sink", f"a file sink must not be inside the state directory {state}")
+    return None
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<config>", check_files: bool = True) -> AgentConfig:
     """Validate a parsed TOML mapping.
 
@@ -272,6 +284,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", check_files:
             for e in exc.errors()
         ]
         raise ConfigError(source, issues) from exc
+    sink_issue = _file_sink_in_state_dir(config)
+    if sink_issue is not None:
+        raise ConfigError(source, [sink_issue])
     if check_files:
         issues = []
         for key, path in (

@@ -242,3 +242,61 @@ async def test_garbage_of_every_shape_is_rejected_and_the_room_keeps_working(
     assert rejected.count(("command", "malformed")) == 1
     counted = state["rejections"][f"malformed {PREFIX}/devices/{DEVICE}/cmd"]["count"]
     assert counted == 3
+
+
+async def test_the_vendor_cannot_point_media_at_the_audit_log(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    plane = Plane()
+    config, state_dir = write_config(tmp_path, mosquitto, plane)
+    audit_log = state_dir / "audit" / "audit.jsonl"
+    async with agent_process(config, agent_env) as proc, plane_client(mosquitto) as pc:
+        await pc.wait_for(lambda s: s.get("device") == DEVICE and s.get("online") is True, 30)
+        # The attack: the fleet key alone signs a config whose sink is the room's own audit log.
+        evil = plane.sign("config", {"media": {"sink": f"file://{audit_log}"}}, [plane.fleet])
+        ack = await pc.push("config", evil, wait_s=20)
+        assert (ack["status"], ack["reason"]) == ("rejected", "invalid_body"), ack
+        assert "network sink" in ack["message"]
+        # A pushed camera cannot name a file either.
+        evil = plane.sign(
+            "config", {"cameras": [{"id": "cam0", "backend": "v4l2", "device": str(audit_log)}]}
+        )
+        ack = await pc.push("config", evil, wait_s=20)
+        assert (ack["status"], ack["reason"]) == ("rejected", "invalid_body"), ack
+        # A network sink is fine.
+        ack = await pc.push(
+            "config", plane.sign("config", {"media": {"sink": "rtp://127.0.0.1:5004"}}), wait_s=20
+        )
+        assert ack["status"] in ("applied", "rolled_back"), ack
+        assert proc.poll() is None
+    # The audit log is still one clean chain of JSON entries (no media bytes in it).
+    entries = audit_entries(state_dir)
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+
+
+def test_a_local_file_sink_inside_the_state_directory_is_refused_at_check_config(
+    tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+
+    state_dir = tmp_path / "state"
+
+    def check(sink: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / "agent.toml"
+        config.write_text(f'[state]\ndir = "{state_dir}"\n[media]\nsink = "{sink}"\n')
+        return subprocess.run(
+            [sys.executable, "-m", "agent", "check-config", str(config)],
+            env=agent_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bad = check(f"file://{state_dir}/audit/audit.jsonl")
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "media.sink" in bad.stderr
+    assert "state directory" in bad.stderr
+    assert check(f"file://{state_dir}/../x/../state/audit.jsonl").returncode == 2  # no path tricks
+    ok = check(f"file://{tmp_path}/recording.ivf")
+    assert ok.returncode == 0, ok.stderr

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 import importlib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -106,12 +107,33 @@ class RootBody(_Strict):
 
 
 class ConfigBody(_Strict):
-    """Room configuration pushed by the fleet: each section replaces the local one when present."""
+    """Room configuration pushed by the fleet: each section replaces the local one when present.
+
+    A pushed document never names a local path: the fleet key alone must not be able to make the
+    room write media into a file (e.g. over its own audit log) or read one. Sinks are network sinks
+    only (``rtp://``); a ``file://`` sink exists only in the local config (which refuses one inside
+    the state directory). Cameras name V4L2 device nodes (``/dev/videoN``), nothing else.
+    """
 
     cameras: list[CameraSpec] | None = None
     encoder: EncoderSection | None = None
     media: MediaSection | None = None
     log: LogSection | None = None
+
+    @field_validator("media")
+    @classmethod
+    def _network_sink_only(cls, media: MediaSection | None) -> MediaSection | None:
+        if media is not None and media.sink is not None and not media.sink.startswith("rtp://"):
+            raise ValueError("a pushed sink must be a network sink (rtp://HOST:PORT); file sinks are local")
+        return media
+
+    @field_validator("cameras")
+    @classmethod
+    def _device_nodes_only(cls, cameras: list[CameraSpec] | None) -> list[CameraSpec] | None:
+        for camera in cameras or ():
+            if camera.device is not None and not re.fullmatch(r"/dev/video[0-9]{1,3}", str(camera.device)):
+                raise ValueError(f"camera {camera.id}: a pushed camera device must be /dev/videoN")
+        return cameras
 
 
 class LawfulOrder(_Strict):
