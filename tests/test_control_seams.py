@@ -300,3 +300,67 @@ def test_a_local_file_sink_inside_the_state_directory_is_refused_at_check_config
     assert check(f"file://{state_dir}/../x/../state/audit.jsonl").returncode == 2  # no path tricks
     ok = check(f"file://{tmp_path}/recording.ivf")
     assert ok.returncode == 0, ok.stderr
+
+
+async def test_a_damaged_audit_log_is_kept_recorded_and_reported_never_rewritten(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    plane = Plane()
+    config, state_dir = write_config(tmp_path, mosquitto, plane)
+    audit_log = state_dir / "audit" / "audit.jsonl"
+    async with agent_process(config, agent_env), plane_client(mosquitto) as pc:
+        await pc.wait_for(lambda s: s.get("device") == DEVICE and s.get("online") is True, 30)
+        for name in ("lock", "unlock"):  # the customer's actions: what an attacker wants to erase
+            cmd = plane.sign("command", {"name": name, "args": {}}, [plane.customer])
+            assert (await pc.push("command", cmd, wait_s=20))["status"] == "applied"
+        before = await pc.wait_for(lambda s: s.get("locked") is False and s["audit_head"]["seq"] >= 4, 20)
+    head_before = before["audit_head"]["seq"]
+
+    # The attack: bytes written into the middle of the log (media records from a file sink, or anyone
+    # with the disk), then the room restarts.
+    lines = audit_log.read_bytes().split(b"\n")
+    damaged = b"\n".join([*lines[:1], b"\x00\x00\x01\xb3 media frame bytes", *lines[1:]])
+    audit_log.write_bytes(damaged)
+
+    async with agent_process(config, agent_env), plane_client(mosquitto) as pc:
+        after = await pc.wait_for(
+            lambda s: s.get("online") is True and s.get("audit_corrupt") is not None, 30
+        )
+    # Kept byte for byte, recorded, reported; the head's seq only grew.
+    kept = next(audit_log.parent.glob("audit-damaged-*.jsonl"))
+    assert kept.read_bytes() == damaged
+    assert after["audit_corrupt"]["damaged_sha256"] == hashlib.sha256(damaged).hexdigest()
+    assert after["audit_head"]["seq"] > head_before
+    kept_entries = [json.loads(line) for line in kept.read_bytes().splitlines() if line.startswith(b"{")]
+    # The customer's lock and unlock records are still there, in the file kept as it was.
+    interventions = [e for e in kept_entries if e["event"] == "intervention"]
+    assert [e["message"] for e in interventions] == ["lock by customer", "unlock by customer"]
+
+    device_state = tmp_path / "device-state.json"
+    device_state.write_text(json.dumps(after))
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            "audit",
+            "verify",
+            str(audit_log),
+            "--device-key",
+            str(device_state),
+        ],
+        env=agent_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["audit_corrupt"] is True
+    assert report["damaged_file_matches"] is True
+    assert report["damaged_sha256"] == hashlib.sha256(damaged).hexdigest()

@@ -185,6 +185,9 @@ class ControlService:
             "health": {**base.get("health", {}), **self.health},
             "identity": identity,
             "audit_head": self.audit.head_summary(),
+            # Damage to the audit log found at start (kept, a new segment begun): until an operator
+            # has looked, every state says so.
+            "audit_corrupt": self.audit.corruption_summary(),
             "locked": self.lock_state(),
             "rejections": self.rejections.summary(),
         }
