@@ -211,6 +211,9 @@ class ControlSection(_Strict):
     rejection_audit_bytes_per_day: Annotated[int, Field(ge=4096, le=64 << 20)] = 256 * 1024
     rejection_flush_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
     rejection_acks_per_s: Annotated[float, Field(ge=0.1, le=1000)] = 5.0
+    # Messages naming no signer key id are verified at most this often per topic; the rest are
+    # counted unparsed, so a flood never delays a real document.
+    unsigned_per_s_per_topic: Annotated[float, Field(ge=1, le=100000)] = 200.0
 
 
 class SupervisorSection(_Strict):

@@ -17,11 +17,12 @@ they are audited and acked one by one, with priority.
 
 from __future__ import annotations
 
-__all__ = ["Admission", "Counter", "RejectionLedger"]
+__all__ = ["Admission", "Counter", "Intake", "RejectionLedger", "plausible"]
 
+import asyncio
 import datetime as dt
 import hashlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 
@@ -118,6 +119,18 @@ class RejectionLedger:
         bucket.tokens -= 1.0
         return True
 
+    def count_unprocessed(self, topic: str, n: int, now: dt.datetime) -> None:
+        """``n`` messages on ``topic`` dropped unparsed by the intake (rate limit): coalesced only."""
+        key = ("unprocessed", topic)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = Counter(0, now, now)
+        counter.count += n
+        counter.last = now
+        counter.pending += n
+        if counter.pending_first is None:
+            counter.pending_first = now
+
     # -- audit budget ----------------------------------------------------------------------------
     def spend(self, nbytes: int) -> None:
         """Record audit bytes written for unauthenticated rejections."""
@@ -175,3 +188,67 @@ class RejectionLedger:
             f"{reason} {topic}": {"count": c.count, "first": _iso(c.first), "last": _iso(c.last)}
             for (reason, topic), c in sorted(self.counters.items())
         }
+
+
+class Intake:
+    """Two lanes between the MQTT link and verification, so garbage never delays a real document.
+
+    A message is *plausible* when it is within the size cap and names, somewhere in its bytes, the
+    key id (any hex case) of a key that may sign its kind: every valid document does (DSSE carries
+    the key id beside each signature), and checking costs a few substring searches. Plausible
+    messages are verified first, in arrival order. Everything else waits in a small drop-oldest
+    lane and is verified at most ``garbage_per_s`` times a second per topic (the per-topic rate
+    limit); the rest is counted (reason ``unprocessed``) without being parsed at all.
+    """
+
+    def __init__(
+        self, *, plausible_max: int = 1024, garbage_max: int = 256, garbage_per_s: float = 200.0
+    ) -> None:
+        self.plausible: deque[tuple[str, str, bytes]] = deque()
+        self.garbage: deque[tuple[str, str, bytes]] = deque()
+        self._plausible_max = plausible_max
+        self._garbage_max = garbage_max
+        self.garbage_per_s = garbage_per_s
+        self._buckets: dict[str, _Bucket] = {}
+        self.ready = asyncio.Event()
+        self.unprocessed: dict[str, int] = {}  # per topic: garbage never parsed (lane full / rate)
+        self.plausible_dropped = 0
+
+    def put(self, topic: str, kind: str, payload: bytes, plausible: bool, now: dt.datetime) -> None:
+        if plausible:
+            if len(self.plausible) >= self._plausible_max:
+                self.plausible.popleft()
+                self.plausible_dropped += 1
+            self.plausible.append((topic, kind, payload))
+        else:
+            bucket = self._buckets.get(topic)
+            if bucket is None:
+                bucket = self._buckets[topic] = _Bucket(self.garbage_per_s, now)
+            elapsed = max(0.0, (now - bucket.at).total_seconds())
+            bucket.tokens = min(self.garbage_per_s, bucket.tokens + elapsed * self.garbage_per_s)
+            bucket.at = now
+            if bucket.tokens < 1.0:
+                self.unprocessed[topic] = self.unprocessed.get(topic, 0) + 1
+                return
+            bucket.tokens -= 1.0
+            if len(self.garbage) >= self._garbage_max:
+                old_topic, _, _ = self.garbage.popleft()
+                self.unprocessed[old_topic] = self.unprocessed.get(old_topic, 0) + 1
+            self.garbage.append((topic, kind, payload))
+        self.ready.set()
+
+    def take(self) -> tuple[str, str, bytes] | None:
+        if self.plausible:
+            return self.plausible.popleft()
+        if self.garbage:
+            return self.garbage.popleft()
+        self.ready.clear()
+        return None
+
+
+def plausible(payload: bytes, keyids: frozenset[bytes], max_bytes: int) -> bool:
+    """Cheap necessary condition for an authentic document (see :class:`Intake`)."""
+    if len(payload) > max_bytes:
+        return False
+    lowered = payload.lower()
+    return any(k in lowered for k in keyids)

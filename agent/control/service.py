@@ -54,10 +54,11 @@ from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
-from agent.control.rejections import RejectionLedger
+from agent.control.rejections import Intake, RejectionLedger, plausible
 from agent.control.trust import TrustStore
 from agent.control.verify import (
     MAX_VERSION,
+    SIGNER_ROLES,
     VerifiedDocument,
     VerifyContext,
     payload_sha256,
@@ -153,6 +154,9 @@ class ControlService:
         # Exceptions the message boundary caught that no rule names (a bug to fix; the fuzz targets
         # fail on any).
         self.unexpected_errors = 0
+        self.intake = Intake(garbage_per_s=config.control.unsigned_per_s_per_topic)
+        self._flushed_unprocessed: dict[str, int] = {}
+        self._signer_ids: tuple[int, dict[str, frozenset[bytes]]] = (-1, {})
         self.rejections = RejectionLedger(
             acks_per_s=config.control.rejection_acks_per_s,
             audit_budget_bytes=config.control.rejection_audit_bytes_per_day,
@@ -189,7 +193,10 @@ class ControlService:
             # has looked, every state says so.
             "audit_corrupt": self.audit.corruption_summary(),
             "locked": self.lock_state(),
-            "rejections": self.rejections.summary(),
+            "rejections": {
+                **self.rejections.summary(),
+                **{f"unprocessed {t}": {"count": n} for t, n in sorted(self.intake.unprocessed.items())},
+            },
         }
         for name, provider in self.state_providers.items():
             doc[name] = provider()
@@ -380,6 +387,12 @@ class ControlService:
 
     def flush_rejections(self) -> None:
         """Write the coalesced counters of unauthenticated rejections (due every flush interval)."""
+        unprocessed = dict(self.intake.unprocessed)
+        for topic, total in sorted(unprocessed.items()):
+            new = total - self._flushed_unprocessed.get(topic, 0)
+            if new > 0:
+                self.rejections.count_unprocessed(topic, new, self._clock())
+        self._flushed_unprocessed = unprocessed
         for reason, topic, message in self.rejections.flush(self._clock()):
             self._audit(
                 "rejections_coalesced",
@@ -514,8 +527,41 @@ class ControlService:
         self._publish_state()
 
     # -- service ---------------------------------------------------------------------------------
+    def _signer_keyids(self, kind: str) -> frozenset[bytes]:
+        """Key ids (ASCII, lower case) of the keys that may sign ``kind`` under the trusted root."""
+        root = self.trust.root
+        if root is None:
+            return frozenset()
+        version, cache = self._signer_ids
+        if version != root.version:
+            cache = {}
+            for name in (*SIGNER_ROLES, "root"):
+                roles = SIGNER_ROLES.get(name, frozenset({"root"}))
+                cache[name] = frozenset(
+                    k.encode() for r in roles if r in root.roles for k in root.roles[r].keyids
+                )
+            self._signer_ids = (root.version, cache)
+        return cache.get(kind, frozenset())
+
     async def _on_message(self, topic: str, kind: str, payload: bytes) -> None:
-        await self.handle(kind, payload, topic)
+        """The link's callback: triage into the intake lanes (never blocks, never raises)."""
+        try:
+            likely = plausible(payload, self._signer_keyids(kind), self.config.control.max_document_bytes)
+            self.intake.put(topic, kind, payload, likely, self._clock())
+        except Exception as exc:  # nothing a message does ends the link
+            self.unexpected_errors += 1
+            log.error("control_intake_failed", kind=kind, error=type(exc).__name__)
+
+    async def _intake_worker(self) -> None:
+        """Verify and apply what the link delivered: plausible documents first, garbage after."""
+        while True:
+            item = self.intake.take()
+            if item is None:
+                await self.intake.ready.wait()
+                continue
+            topic, kind, payload = item
+            await self.handle(kind, payload, topic)
+            await asyncio.sleep(0)  # let the link read on between messages
 
     async def run(self, progress: Progress) -> None:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
@@ -532,6 +578,7 @@ class ControlService:
                     log.info("control_offline", reason=str(exc))
                     self.link = None
                 if self.link is not None:
+                    tg.create_task(self._intake_worker(), name="control.intake")
                     tg.create_task(self.link.run(progress.beat), name="control.link")
                 while True:
                     progress.beat()

@@ -135,13 +135,15 @@ def _timestamp(value: Any, name: str) -> dt.datetime:
     return parsed
 
 
-def _parse(raw: bytes, topic_kind: str, max_bytes: int) -> tuple[Envelope, dict[str, Any]]:
+def _parse(
+    raw: bytes, topic_kind: str, max_bytes: int, max_signatures: int | None = None
+) -> tuple[Envelope, dict[str, Any]]:
     # Rule 1: size cap before any parsing (TUF "endless data").
     if len(raw) > max_bytes:
         raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}")
-    # Rule 2: strict envelope (DSSE envelope.md) ...
+    # Rule 2: strict envelope (DSSE envelope.md), its signature count capped before decoding ...
     try:
-        env = Envelope.parse(raw)
+        env = Envelope.parse(raw, max_signatures=max_signatures)
     except ValueError as exc:
         raise Rejected("malformed", f"not a DSSE envelope: {exc}") from exc
     # Rule 3a: payloadType agrees with the topic, before we even read the payload.
@@ -301,7 +303,10 @@ def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyC
     """
     if topic_kind not in DOCUMENT_KINDS:
         raise Rejected("wrong_type", f"no documents of kind {topic_kind[:40]!r}")
-    env, payload = _parse(raw, topic_kind, ctx.max_bytes)
+    signer_keys = _role_keys(root, SIGNER_ROLES.get(topic_kind, frozenset({"root"})))
+    # Root rotations may also carry the new root's signatures: capped once the payload is read.
+    cap = None if topic_kind == "root" else len(signer_keys)
+    env, payload = _parse(raw, topic_kind, ctx.max_bytes, cap)
     version: int = payload["version"]
 
     if topic_kind == "root":
@@ -310,7 +315,6 @@ def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyC
         good_old = _valid_keyids(env, old_root_keys)
         return _verify_root(env, payload, root, ctx, good_old)
 
-    signer_keys = _role_keys(root, SIGNER_ROLES[topic_kind])
     _cap_signatures(env, len(signer_keys))
     good = _valid_keyids(env, signer_keys)
     met = _met(root.roles, good)
