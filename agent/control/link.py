@@ -109,6 +109,7 @@ class ControlLink:
         self._outbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._queued = asyncio.Event()
         self.dropped = 0  # messages of the ordinary queue dropped (oldest first) when it was full
+        self.unknown_topic_messages = 0
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -221,7 +222,10 @@ class ControlLink:
             kind = kind_of_topic(self.topics, topic)
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             if kind is None:
-                log.warning("control_unknown_topic", topic=topic[:200])
+                # Anyone may publish on desired/<anything>: log the first and then every 1000th.
+                self.unknown_topic_messages += 1
+                if self.unknown_topic_messages % 1000 == 1:
+                    log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
                 continue
             if not payload and message.retain:
                 continue  # a cleared retained topic

@@ -198,16 +198,22 @@ class Intake:
     the key id beside each signature), and checking costs a few substring searches. Plausible
     messages are verified first, in arrival order. Everything else waits in a small drop-oldest
     lane and is verified at most ``garbage_per_s`` times a second per topic (the per-topic rate
-    limit); the rest is counted (reason ``unprocessed``) without being parsed at all.
+    limit); the rest is counted (reason ``unprocessed``) without being parsed at all. Both lanes are
+    bounded in bytes and drop their oldest message when full.
     """
 
     def __init__(
-        self, *, plausible_max: int = 1024, garbage_max: int = 256, garbage_per_s: float = 200.0
+        self,
+        *,
+        plausible_max_bytes: int = 4 << 20,
+        garbage_max_bytes: int = 1 << 20,
+        garbage_per_s: float = 200.0,
     ) -> None:
+        # Bounded in bytes, not messages: 1024 messages of 64 KiB would be 64 MiB on a room device.
         self.plausible: deque[tuple[str, str, bytes]] = deque()
         self.garbage: deque[tuple[str, str, bytes]] = deque()
-        self._plausible_max = plausible_max
-        self._garbage_max = garbage_max
+        self._max = {"plausible": plausible_max_bytes, "garbage": garbage_max_bytes}
+        self._bytes = {"plausible": 0, "garbage": 0}
         self.garbage_per_s = garbage_per_s
         self._buckets: dict[str, _Bucket] = {}
         self.ready = asyncio.Event()
@@ -216,10 +222,11 @@ class Intake:
 
     def put(self, topic: str, kind: str, payload: bytes, plausible: bool, now: dt.datetime) -> None:
         if plausible:
-            if len(self.plausible) >= self._plausible_max:
-                self.plausible.popleft()
+            while self.plausible and self._bytes["plausible"] + len(payload) > self._max["plausible"]:
+                self._bytes["plausible"] -= len(self.plausible.popleft()[2])
                 self.plausible_dropped += 1
             self.plausible.append((topic, kind, payload))
+            self._bytes["plausible"] += len(payload)
         else:
             bucket = self._buckets.get(topic)
             if bucket is None:
@@ -231,17 +238,20 @@ class Intake:
                 self.unprocessed[topic] = self.unprocessed.get(topic, 0) + 1
                 return
             bucket.tokens -= 1.0
-            if len(self.garbage) >= self._garbage_max:
-                old_topic, _, _ = self.garbage.popleft()
+            while self.garbage and self._bytes["garbage"] + len(payload) > self._max["garbage"]:
+                old_topic, _, old = self.garbage.popleft()
+                self._bytes["garbage"] -= len(old)
                 self.unprocessed[old_topic] = self.unprocessed.get(old_topic, 0) + 1
             self.garbage.append((topic, kind, payload))
+            self._bytes["garbage"] += len(payload)
         self.ready.set()
 
     def take(self) -> tuple[str, str, bytes] | None:
-        if self.plausible:
-            return self.plausible.popleft()
-        if self.garbage:
-            return self.garbage.popleft()
+        for lane, queue in (("plausible", self.plausible), ("garbage", self.garbage)):
+            if queue:
+                item = queue.popleft()
+                self._bytes[lane] -= len(item[2])
+                return item
         self.ready.clear()
         return None
 

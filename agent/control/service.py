@@ -354,8 +354,15 @@ class ControlService:
                 log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
         raise Rejected("locked", message, authenticated=True)
 
-    def _reject(self, kind: str, raw: bytes, topic: str, rej: Rejected) -> None:
-        version, sha = _peek(raw, self.config.control.max_document_bytes)
+    def _reject(
+        self,
+        kind: str,
+        raw: bytes,
+        topic: str,
+        rej: Rejected,
+        peeked: tuple[int | None, str | None] | None = None,
+    ) -> None:
+        version, sha = peeked if peeked is not None else _peek(raw, self.config.control.max_document_bytes)
         if not rej.authenticated:
             admission = self.rejections.admit(rej.reason, topic, raw, self._clock())
             if admission.audit:
@@ -427,7 +434,7 @@ class ControlService:
                     return
             if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
-            self._reject(kind, raw, topic, rej)
+            self._reject(kind, raw, topic, rej, (version, sha))
             return
         if not self._audit(
             "accepted",
