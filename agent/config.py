@@ -206,6 +206,14 @@ class ControlSection(_Strict):
     max_document_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
     clock_skew_s: Annotated[int, Field(ge=0, le=3600)] = 300
     health_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Unauthenticated rejections (anyone on the broker can cause them; docs/control-plane.md
+    # "Coalesced rejections"): audit bytes per day, how often counters are written, acks/s per topic.
+    rejection_audit_bytes_per_day: Annotated[int, Field(ge=4096, le=64 << 20)] = 256 * 1024
+    rejection_flush_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    rejection_acks_per_s: Annotated[float, Field(ge=0.1, le=1000)] = 5.0
+    # Messages naming no signer key id are verified at most this often per topic; the rest are
+    # counted unparsed, so a flood never delays a real document.
+    unsigned_per_s_per_topic: Annotated[float, Field(ge=1, le=100000)] = 200.0
 
 
 class SupervisorSection(_Strict):
@@ -253,6 +261,18 @@ def _issue_path(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
+def _file_sink_in_state_dir(config: AgentConfig) -> ConfigIssue | None:
+    """A file sink never writes into the state directory (audit log, keys, trust root live there)."""
+    sink = config.media.sink
+    if sink is None or not sink.startswith("file://"):
+        return None
+    target = Path(urlsplit(sink).path).resolve()
+    state = config.state_dir().resolve()
+    if target == state or state in target.parents:
+        return ConfigIssue("media.sink", f"a file sink must not be inside the state directory {state}")
+    return None
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<config>", check_files: bool = True) -> AgentConfig:
     """Validate a parsed TOML mapping.
 
@@ -267,6 +287,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", check_files:
             for e in exc.errors()
         ]
         raise ConfigError(source, issues) from exc
+    sink_issue = _file_sink_in_state_dir(config)
+    if sink_issue is not None:
+        raise ConfigError(source, [sink_issue])
     if check_files:
         issues = []
         for key, path in (

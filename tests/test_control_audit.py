@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -78,3 +79,73 @@ def test_identity_key_is_private_and_stable(tmp_path: Path) -> None:
     assert first.keyid == second.keyid
     assert (tmp_path / "identity" / "ed25519.pem").stat().st_mode & 0o777 == 0o600
     assert "PRIVATE" not in repr(first)
+
+
+def _filled(tmp_path: Path, n: int = 5) -> tuple[AuditLog, DeviceIdentity, bytes]:
+    log, identity = make(tmp_path)
+    for i in range(n):
+        log.append("accepted", kind="command", version=i + 1, digest="cd" * 32, outcome="accepted")
+    return log, identity, log.path.read_bytes()
+
+
+def _assert_new_segment(tmp_path: Path, damaged: bytes, old_seq: int) -> AuditLog:
+    again, identity = make(tmp_path)
+    kept = list(again.directory.glob("audit-damaged-*.jsonl"))
+    assert len(kept) == 1, "the damaged file is kept"
+    assert kept[0].read_bytes() == damaged, "kept byte for byte: never truncated, never re-signed"
+    assert again.corruption is not None
+    assert again.corruption.damaged_sha256 == hashlib.sha256(damaged).hexdigest()
+    assert again.seq > old_seq, "the signed head's seq only grows"
+    again.append("applied", kind="command", version=9, digest=None, outcome="applied")
+    report = verify_chain(
+        again.path.read_bytes(), again.head_path.read_bytes(), parse_public_key(identity.public_dict)
+    )
+    assert report.corruption is not None
+    assert report.corruption.damaged_sha256 == again.corruption.damaged_sha256
+    assert report.head_seq == again.seq
+    return again
+
+
+def test_damage_in_the_middle_is_kept_and_a_new_segment_records_it(tmp_path: Path) -> None:
+    log, _, data = _filled(tmp_path)
+    lines = data.split(b"\n")
+    # Media bytes interleaved into the log (what a file sink on audit.jsonl did).
+    damaged = b"\n".join([*lines[:2], b"\x1a\x45\xdf\xa3 not an entry", *lines[2:]])
+    log.path.write_bytes(damaged)
+    again = _assert_new_segment(tmp_path, damaged, log.seq)
+    assert again.seq == log.seq + 2  # the audit_corrupt entry, then the new one
+    assert "line 3" in again.corruption.message  # type: ignore[union-attr]
+
+
+def test_an_edited_entry_is_kept_and_recorded(tmp_path: Path) -> None:
+    log, _, data = _filled(tmp_path)
+    damaged = data.replace(b'"version":2', b'"version":7', 1)
+    log.path.write_bytes(damaged)
+    _assert_new_segment(tmp_path, damaged, log.seq)
+
+
+def test_a_log_cut_short_below_the_signed_head_is_recorded(tmp_path: Path) -> None:
+    log, _, data = _filled(tmp_path)
+    damaged = b"".join(data.splitlines(keepends=True)[:2])  # the last three entries removed
+    log.path.write_bytes(damaged)
+    again = _assert_new_segment(tmp_path, damaged, log.seq)
+    assert again.seq == log.seq + 2  # continues above the signed head (5), not the log's end (2)
+
+
+def test_the_last_entry_altered_against_the_head_is_recorded(tmp_path: Path) -> None:
+    log, _, data = _filled(tmp_path)
+    damaged = data.replace(b'"version":5', b'"version":6', 1)
+    log.path.write_bytes(damaged)
+    _assert_new_segment(tmp_path, damaged, log.seq)
+
+
+def test_only_a_torn_final_line_is_ever_cut(tmp_path: Path) -> None:
+    log, identity, data = _filled(tmp_path)
+    log.path.write_bytes(data + b'{"seq":6,"time":"2026')
+    again, _ = make(tmp_path)
+    assert again.corruption is None
+    assert again.path.read_bytes() == data
+    assert not list(again.directory.glob("audit-damaged-*"))
+    verify_chain(
+        again.path.read_bytes(), again.head_path.read_bytes(), parse_public_key(identity.public_dict)
+    )

@@ -190,3 +190,97 @@ def test_fleet_signed_hostile_payloads_never_crash(
     raw = plane.envelope("config", json.dumps(header).encode(), [plane.fleet]).to_json()
     with contextlib.suppress(Rejected):  # any typed rejection is fine; anything else fails the test
         verify_document(raw, "config", root, ctx())
+
+
+# -- cheap rejection before any signature check ---------------------------------------------------
+
+
+def _count_verifies(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    from agent.control.signing_keys import PublicKey
+
+    calls = {"n": 0}
+    real = PublicKey.verify
+
+    def counting(self: PublicKey, signature: bytes, data: bytes) -> bool:
+        calls["n"] += 1
+        return real(self, signature, data)
+
+    monkeypatch.setattr(PublicKey, "verify", counting)
+    return calls
+
+
+def test_350_signatures_naming_the_fleet_key_cost_no_verification(
+    plane: Plane, root: TrustedRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.control.dsse import Signature
+
+    env = Envelope.parse(plane.sign("config", {}))
+    flood = Envelope(
+        env.payload_type,
+        env.payload,
+        tuple(Signature(kid, b"\x01" * 64) for kid in [env.signatures[0].keyid] * 350),
+    )
+    calls = _count_verifies(monkeypatch)
+    assert reason(flood.to_json(), "config", root) == "malformed"
+    assert calls["n"] == 0
+
+
+def test_one_key_id_in_any_case_is_verified_once(
+    plane: Plane, root: TrustedRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.control.dsse import Signature
+
+    plane.extra_fleet = [ed25519.Ed25519PrivateKey.generate()]
+    plane.fleet_threshold = 2
+    rotated = verify_document(plane.root(), "root", root, ctx())
+    assert rotated.version == 2
+    from agent.control.documents import RootBody
+    from agent.control.verify import trusted_root_from_body
+
+    assert isinstance(rotated.body, RootBody)
+    new_root = trusted_root_from_body(rotated.body, rotated.version, rotated.expires)
+    env = Envelope.parse(plane.sign("config", {}, [plane.fleet]))
+    sig = env.signatures[0]
+    # The same signature under its key id in lower and upper case: one key, counted once, verified once.
+    doubled = Envelope(env.payload_type, env.payload, (sig, Signature(sig.keyid.upper(), sig.sig)))
+    calls = _count_verifies(monkeypatch)
+    assert reason(doubled.to_json(), "config", new_root) == "bad_signature"
+    assert calls["n"] == 1
+
+
+def test_a_root_listing_one_key_twice_is_refused(plane: Plane, root: TrustedRoot) -> None:
+    body = plane.root_body()
+    lower = key_dict(plane.fleet.public_key())
+    upper = {**lower, "keyval": {"public": lower["keyval"]["public"].upper()}}
+    body["keys"][keyid_of(upper)] = upper
+    body["roles"]["fleet"] = {"keyids": [keyid_of(lower), keyid_of(upper)], "threshold": 2}
+    payload = plane.payload("root", body, version=2)
+    raw = plane.envelope("root", payload, list(plane.root_keys)).to_json()
+    with pytest.raises(Rejected) as info:
+        verify_document(raw, "root", root, ctx())
+    assert info.value.reason == "invalid_body"
+    assert "same key" in info.value.message
+
+
+@pytest.mark.parametrize("version", [0, 2**53, 10**3999, -1, True])
+def test_versions_are_integers_in_1_to_2_pow_53_minus_1(
+    plane: Plane, root: TrustedRoot, version: int
+) -> None:
+    text = json.dumps(plane.payload("config", {}, version=1)).replace(
+        '"version": 1,', f'"version": {json.dumps(version)},'
+    )
+    raw = plane.envelope("config", text.encode(), [plane.fleet]).to_json()
+    with pytest.raises(Rejected) as info:
+        verify_document(raw, "config", root, ctx())
+    assert info.value.reason == "malformed"
+
+
+def test_nesting_beyond_32_is_malformed_without_recursion(root: TrustedRoot) -> None:
+    import sys
+
+    deep = b'{"payload":' + b"[" * (sys.getrecursionlimit() * 4) + b"]" * (sys.getrecursionlimit() * 4) + b"}"
+    assert reason(deep, "policy", root) == "malformed"
+    at_limit = b"[" * 31 + b"]" * 31
+    from agent.control.dsse import strict_json
+
+    assert strict_json(b'{"a":' + at_limit + b"}") == {"a": json.loads(at_limit)}

@@ -110,3 +110,34 @@ def test_past_crash_stays_fixed(target: str, case: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, (
         f"{target} crashes again on {case}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
     )
+
+
+MESSAGE_PATH_FAULT = textwrap.dedent(
+    """
+    import sys
+    sys.argv[0] = "fuzz_control_message.py"
+    sys.path.insert(0, {fuzz_dir!r})
+    import fuzz_control_message as target
+    from agent.control import service
+
+    real = service.verify_document
+
+    def faulty(raw, kind, root, ctx):
+        # An injected bug deep in verification: a KeyError on nested input.
+        if raw.count(b"[") > 40:
+            raise KeyError("injected")
+        return real(raw, kind, root, ctx)
+
+    service.verify_document = faulty
+    target.run(target.TestOneInput, seeds=target.SEEDS)
+    """
+)
+
+
+def test_the_message_path_target_fails_on_an_exception_the_boundary_caught(tmp_path: Path) -> None:
+    """The boundary's catch-all keeps the room up; the fuzz target must still see the bug behind it."""
+    script = tmp_path / "fuzz_message_fault.py"
+    script.write_text(MESSAGE_PATH_FAULT.format(fuzz_dir=str(FUZZ_DIR)))
+    proc = _run_target(script, tmp_path / "work", engine="hypothesis", seconds=30)
+    assert proc.returncode != 0
+    assert "reached the message boundary" in proc.stdout + proc.stderr

@@ -28,6 +28,7 @@ __all__ = [
     "payload_type",
 ]
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,10 +88,16 @@ class RootBody(_Strict):
     @field_validator("keys")
     @classmethod
     def _keys(cls, keys: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        seen: dict[bytes, str] = {}
         for keyid, key in keys.items():
-            parse_public_key(key)  # ValueError names the problem
+            parsed = parse_public_key(key)  # ValueError names the problem
             if keyid_of(key) != keyid:
                 raise ValueError(f"key id {keyid[:12]}... is not the sha256 of its key")
+            # One key spelt two ways (hex case, PEM layout) has two key ids; listed twice it would
+            # meet a threshold of two alone (TUF counts unique keys).
+            if parsed.identity in seen:
+                raise ValueError(f"keys {seen[parsed.identity][:12]}... and {keyid[:12]}... are the same key")
+            seen[parsed.identity] = keyid
         return keys
 
     @model_validator(mode="after")
@@ -106,12 +113,33 @@ class RootBody(_Strict):
 
 
 class ConfigBody(_Strict):
-    """Room configuration pushed by the fleet: each section replaces the local one when present."""
+    """Room configuration pushed by the fleet: each section replaces the local one when present.
+
+    A pushed document never names a local path: the fleet key alone must not be able to make the
+    room write media into a file (e.g. over its own audit log) or read one. Sinks are network sinks
+    only (``rtp://``); a ``file://`` sink exists only in the local config (which refuses one inside
+    the state directory). Cameras name V4L2 device nodes (``/dev/videoN``), nothing else.
+    """
 
     cameras: list[CameraSpec] | None = None
     encoder: EncoderSection | None = None
     media: MediaSection | None = None
     log: LogSection | None = None
+
+    @field_validator("media")
+    @classmethod
+    def _network_sink_only(cls, media: MediaSection | None) -> MediaSection | None:
+        if media is not None and media.sink is not None and not media.sink.startswith("rtp://"):
+            raise ValueError("a pushed sink must be a network sink (rtp://HOST:PORT); file sinks are local")
+        return media
+
+    @field_validator("cameras")
+    @classmethod
+    def _device_nodes_only(cls, cameras: list[CameraSpec] | None) -> list[CameraSpec] | None:
+        for camera in cameras or ():
+            if camera.device is not None and not re.fullmatch(r"/dev/video[0-9]{1,3}", str(camera.device)):
+                raise ValueError(f"camera {camera.id}: a pushed camera device must be /dev/videoN")
+        return cameras
 
 
 class LawfulOrder(_Strict):

@@ -52,13 +52,20 @@ class ControlError(AgentError):
 
 
 class Rejected(ControlError):
-    """A document was refused; ``reason`` is its ack reason code, ``message`` says why in words."""
+    """A document was refused; ``reason`` is its ack reason code, ``message`` says why in words.
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    ``authenticated`` is True when the document got past the signature gate (a threshold of some
+    role signed it) before being refused: such a rejection names an accountable signer and is
+    audited entry by entry; an unauthenticated one (anyone with a broker connection can send it) is
+    only counted (docs/control-plane.md "Coalesced rejections").
+    """
+
+    def __init__(self, reason: Reason, message: str, *, authenticated: bool = False) -> None:
         if reason not in REASONS:  # pragma: no cover - programming error
             raise ValueError(f"unknown reason code {reason!r}")
         self.reason: Reason = reason
         self.message = message
+        self.authenticated = authenticated
         super().__init__(f"{reason}: {message}")
 
 

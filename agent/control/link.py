@@ -5,8 +5,9 @@ False, session expiry), QoS 1, last will ``online: false`` on the retained state
 and its groups' topics, reconnect with jittered exponential backoff. The will is the state document of
 the moment of connecting; :meth:`ControlLink.refresh_will` reconnects at once (same session, nothing
 lost) so that a crash later still reports the versions last applied (docs/adr/0020-last-will-refresh.md).
-Outgoing messages wait in a bounded drop-oldest queue while offline; the device keeps running on
-last-known-good meanwhile.
+Outgoing messages wait in two queues while offline: acks of authenticated documents in a priority queue that is sent first and
+never dropped (each needs a threshold signature, so it cannot be flooded), everything else in a
+bounded drop-oldest queue; the device keeps running on last-known-good meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 __all__ = ["ControlLink", "Topics", "kind_of_topic"]
 
 import asyncio
+import collections
 import json
 import random
 import socket
@@ -109,7 +111,13 @@ class ControlLink:
         self._on_message = on_message
         self._state_payload = state_payload
         self._backoff = (backoff_initial_s, backoff_max_s)
-        self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(_OUTBOX)
+        self._urgent: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._outbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._queued = asyncio.Event()
+        self._in_flight = False
+        self._drained = asyncio.Event()  # set whenever a publish ends (flush waits on it)
+        self.dropped = 0  # messages of the ordinary queue dropped (oldest first) when it was full
+        self.unknown_topic_messages = 0
         self.connected = asyncio.Event()
         self.connections = 0
         self._refresh = asyncio.Event()
@@ -130,18 +138,39 @@ class ControlLink:
             return False
         try:
             async with asyncio.timeout(timeout_s):
-                await self._outbox.join()
+                while self._urgent or self._outbox or self._in_flight:
+                    self._drained.clear()
+                    await self._drained.wait()
         except TimeoutError:
             return False
         return True
 
-    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Queue a QoS 1 publish; when full while offline, the oldest waiting message is dropped."""
-        if self._outbox.full():
-            self._outbox.get_nowait()
-            self._outbox.task_done()
-            log.warning("control_outbox_dropped_oldest")
-        self._outbox.put_nowait((topic, payload, retain))
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, retain: bool = False, priority: bool = False
+    ) -> None:
+        """Queue a QoS 1 publish.
+
+        ``priority`` messages (acks of authenticated documents) are sent before any other and never
+        dropped. Others wait in a bounded queue; when it is full the oldest is dropped (counted in
+        :attr:`dropped`, logged once per 100).
+        """
+        if priority:
+            self._urgent.append((topic, payload, retain))
+        else:
+            if len(self._outbox) >= _OUTBOX:
+                self._outbox.popleft()
+                self.dropped += 1
+                if self.dropped % 100 == 1:
+                    log.warning("control_outbox_dropped_oldest", dropped=self.dropped)
+            self._outbox.append((topic, payload, retain))
+        self._queued.set()
+
+    def _next_outgoing(self) -> tuple[tuple[str, bytes, bool], bool] | None:
+        if self._urgent:
+            return self._urgent.popleft(), True
+        if self._outbox:
+            return self._outbox.popleft(), False
+        return None
 
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -217,15 +246,22 @@ class ControlLink:
                 # Python 3.11's asyncio.wait_for (inside paho/aiomqtt publish) can swallow a
                 # cancellation that races with completion; never loop on after being cancelled.
                 raise asyncio.CancelledError
-            topic, payload, retain = await self._outbox.get()
+            picked = self._next_outgoing()
+            if picked is None:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            (topic, payload, retain), urgent = picked
+            self._in_flight = True
             try:
                 await client.publish(topic, payload, qos=1, retain=retain)
             except aiomqtt.MqttError:
-                # Keep it for the next connection (front of the line is lost; order is best effort).
-                self.publish_nowait(topic, payload, retain=retain)
+                # Keep it, at the front of its queue, for the next connection.
+                (self._urgent if urgent else self._outbox).appendleft((topic, payload, retain))
                 raise
             finally:
-                self._outbox.task_done()
+                self._in_flight = False
+                self._drained.set()
 
     async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
         async for message in client.messages:
@@ -234,11 +270,17 @@ class ControlLink:
             kind = kind_of_topic(self.topics, topic)
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             if kind is None:
-                log.warning("control_unknown_topic", topic=topic[:200])
+                # Anyone may publish on desired/<anything>: log the first and then every 1000th.
+                self.unknown_topic_messages += 1
+                if self.unknown_topic_messages % 1000 == 1:
+                    log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
                 continue
             if not payload and message.retain:
                 continue  # a cleared retained topic
-            await self._on_message(topic, kind, payload)
+            try:
+                await self._on_message(topic, kind, payload)
+            except Exception as exc:  # CancelledError passes; nothing a message does ends the link
+                log.error("control_message_failed", topic=topic[:200], error=type(exc).__name__)
 
 
 def state_json(state: dict[str, object]) -> bytes:

@@ -33,6 +33,7 @@ from __future__ import annotations
 __all__ = ["MEDIA_AFFECTING", "CommandRegistry", "ControlService", "DeviceState"]
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -58,8 +59,16 @@ from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
+from agent.control.rejections import Intake, RejectionLedger, plausible
 from agent.control.trust import TrustStore
-from agent.control.verify import VerifiedDocument, VerifyContext, payload_sha256, verify_document
+from agent.control.verify import (
+    MAX_VERSION,
+    SIGNER_ROLES,
+    VerifiedDocument,
+    VerifyContext,
+    payload_sha256,
+    verify_document,
+)
 from agent.errors import StateError
 from agent.schema.policy import PolicyBody
 from agent.service import Progress
@@ -109,21 +118,27 @@ class CommandRegistry:
 
 
 def _peek(raw: bytes, max_bytes: int) -> tuple[int | None, str | None]:
-    """Best-effort version and payload digest of a rejected document, for its ack."""
+    """Best-effort version and payload digest of a rejected document, for its ack (never raises)."""
     if len(raw) > max_bytes:
         return None, None
     try:
         env = Envelope.parse(raw)
-    except ValueError:
+    except Exception:  # the same bounded parser as verification; any failure means "unknown"
         return None, None
     version = None
     try:
         payload = strict_json(env.payload)
-        if isinstance(payload, dict) and isinstance(payload.get("version"), int):
-            version = payload["version"]
-    except ValueError:
+        value = payload.get("version") if isinstance(payload, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION:
+            version = value
+    except Exception:  # noqa: S110 - a payload we cannot read simply has no version in the ack
         pass
     return version, payload_sha256(env.payload)
+
+
+def _kind_of(topic: str) -> str:
+    tail = topic.rsplit("/", 1)[-1]
+    return {"cmd": "command"}.get(tail, tail)
 
 
 class ControlService:
@@ -169,6 +184,17 @@ class ControlService:
         self.link: ControlLink | None = None
         self.topics = Topics(config.mqtt.prefix, self.device, self.groups)
         self.acks: list[tuple[Ack, Envelope]] = []  # recent acks, newest last (bounded)
+        # Exceptions the message boundary caught that no rule names (a bug to fix; the fuzz targets
+        # fail on any).
+        self.unexpected_errors = 0
+        self.intake = Intake(garbage_per_s=config.control.unsigned_per_s_per_topic)
+        self._flushed_unprocessed: dict[str, int] = {}
+        self._signer_ids: tuple[int, dict[str, frozenset[bytes]]] = (-1, {})
+        self.rejections = RejectionLedger(
+            acks_per_s=config.control.rejection_acks_per_s,
+            audit_budget_bytes=config.control.rejection_audit_bytes_per_day,
+            flush_interval_s=config.control.rejection_flush_s,
+        )
         for kind, pending in self.state.recover():
             self.audit.append(
                 "apply_interrupted",
@@ -196,7 +222,14 @@ class ControlService:
             "health": {**base.get("health", {}), **self.health},
             "identity": identity,
             "audit_head": self.audit.head_summary(),
+            # Damage to the audit log found at start (kept, a new segment begun): until an operator
+            # has looked, every state says so.
+            "audit_corrupt": self.audit.corruption_summary(),
             "locked": self.lock_state(),
+            "rejections": {
+                **self.rejections.summary(),
+                **{f"unprocessed {t}": {"count": n} for t, n in sorted(self.intake.unprocessed.items())},
+            },
         }
         for name, provider in self.state_providers.items():
             doc[name] = provider()
@@ -286,11 +319,13 @@ class ControlService:
             self.config.control.clock_skew_s,
         )
 
-    def _ack(self, ack: Ack) -> None:
+    def _ack(self, ack: Ack, *, priority: bool = True) -> None:
+        """Sign and queue an ack. Acks of authenticated documents go first in the outbound queue
+        and are never dropped; acks of unauthenticated rejections wait with everything else."""
         env = make_ack(self.identity, self.device, ack, self._clock())
         self.acks = [*self.acks[-63:], (ack, env)]
         if self.link is not None:
-            self.link.publish_nowait(self.topics.ack, env.to_json())
+            self.link.publish_nowait(self.topics.ack, env.to_json(), priority=priority)
 
     def _audit(
         self,
@@ -303,8 +338,11 @@ class ControlService:
         outcome: str,
         reason: str | None = None,
         message: str | None = None,
+        unauthenticated: bool = False,
     ) -> bool:
-        """Append an audit entry and publish it; False (logged) when the disk refuses it."""
+        """Append an audit entry and publish it; False (logged) when the disk refuses it.
+
+        ``unauthenticated`` entries count against the rejection ledger's daily byte budget."""
         try:
             entry = self.audit.append(
                 event,
@@ -320,8 +358,11 @@ class ControlService:
         except StateError as exc:
             log.error("control_audit_write_failed", audit_event=event, kind=kind, reason=exc.reason)
             return False
+        line = json.dumps(entry, sort_keys=True).encode()
+        if unauthenticated:
+            self.rejections.spend(len(line) + 1)
         if self.link is not None:
-            self.link.publish_nowait(self.topics.audit, json.dumps(entry, sort_keys=True).encode())
+            self.link.publish_nowait(self.topics.audit, line)
         return True
 
     def _refuse_unrecorded(self, doc: VerifiedDocument, what: str, exc: StateError | None = None) -> None:
@@ -330,17 +371,114 @@ class ControlService:
         self._ack(Ack(doc.kind, doc.version, doc.payload_sha256, "rejected", "state_error", message))
         log.error("control_state_error", kind=doc.kind, version=doc.version, what=what)
 
-    async def handle(self, kind: str, raw: bytes) -> None:
-        """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it."""
+    async def handle(self, kind: str, raw: bytes, topic: str | None = None) -> None:
+        """Verify one document from a ``kind`` topic, then apply it (in a task) and ack it.
+
+        The message boundary: nothing an untrusted message does escapes from here. Every failure
+        becomes a typed rejection (acked and audited, or counted when unauthenticated) and the
+        link stays up (a retained poison message would otherwise kill it on every reconnect).
+        """
         try:
-            if self.trust.root is None:
-                raise Rejected("bad_signature", "this device has no trust root")
+            await self._handle(kind, raw, topic or kind)
+        except Exception as exc:  # CancelledError is a BaseException: it passes
+            self.unexpected_errors += 1
+            log.error("control_message_failed", kind=kind, error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._reject(kind, raw, topic or kind, Rejected("malformed", f"{type(exc).__name__}"))
+
+    def _verify(self, kind: str, raw: bytes) -> VerifiedDocument:
+        if self.trust.root is None:
+            raise Rejected("bad_signature", "this device has no trust root")
+        try:
             doc = verify_document(raw, kind, self.trust.root, self._context())
-            if self.lock_state() and (
-                kind in ("config", "keys")
-                or (isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)
-            ):
-                raise Rejected("locked", "the device is locked: media-affecting documents are refused")
+        except Rejected:
+            raise
+        except Exception as exc:
+            # A bug or a resource limit in parsing is still the sender's input: typed, never fatal.
+            self.unexpected_errors += 1
+            log.error("control_verify_failed", kind=kind, error=type(exc).__name__)
+            raise Rejected("malformed", f"could not parse: {type(exc).__name__}") from exc
+        if self.lock_state() and (
+            kind in ("config", "keys")
+            or (isinstance(doc.body, CommandBody) and doc.body.name in MEDIA_AFFECTING)
+        ):
+            self._refuse_locked(doc)
+        return doc
+
+    def _refuse_locked(self, doc: VerifiedDocument) -> None:
+        """A verified document refused while locked is *remembered* as refused (its version spent,
+        its outcome recorded): a redelivery after the unlock is acked ``rejected`` again, never
+        applied without a new signed action."""
+        message = "the device is locked: media-affecting documents are refused"
+        if doc.kind not in TRANSACTIONAL:
+            try:
+                self.state.accept(doc)
+                self.state.record(doc, Outcome("rejected", "locked", message))
+            except StateError as exc:
+                log.error("control_state_write_failed", kind=doc.kind, version=doc.version, reason=exc.reason)
+        raise Rejected("locked", message, authenticated=True)
+
+    def _reject(
+        self,
+        kind: str,
+        raw: bytes,
+        topic: str,
+        rej: Rejected,
+        peeked: tuple[int | None, str | None] | None = None,
+    ) -> None:
+        version, sha = peeked if peeked is not None else _peek(raw, self.config.control.max_document_bytes)
+        if not rej.authenticated:
+            admission = self.rejections.admit(rej.reason, topic, raw, self._clock())
+            if admission.audit:
+                self._audit(
+                    "rejected",
+                    kind=kind,
+                    version=version,
+                    digest=sha,
+                    outcome="rejected",
+                    reason=rej.reason,
+                    message=rej.message,
+                    unauthenticated=True,
+                )
+            if admission.ack:
+                self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message), priority=False)
+            log.debug("control_rejected", kind=kind, reason=rej.reason, version=version)
+            return
+        self._audit(
+            "rejected",
+            kind=kind,
+            version=version,
+            digest=sha,
+            outcome="rejected",
+            reason=rej.reason,
+            message=rej.message,
+        )
+        self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
+        log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
+
+    def flush_rejections(self) -> None:
+        """Write the coalesced counters of unauthenticated rejections (due every flush interval)."""
+        unprocessed = dict(self.intake.unprocessed)
+        for topic, total in sorted(unprocessed.items()):
+            new = total - self._flushed_unprocessed.get(topic, 0)
+            if new > 0:
+                self.rejections.count_unprocessed(topic, new, self._clock())
+        self._flushed_unprocessed = unprocessed
+        for reason, topic, message in self.rejections.flush(self._clock()):
+            self._audit(
+                "rejections_coalesced",
+                kind=_kind_of(topic),
+                version=None,
+                digest=None,
+                outcome="rejected",
+                reason=reason,
+                message=message,
+                unauthenticated=True,
+            )
+
+    async def _handle(self, kind: str, raw: bytes, topic: str) -> None:
+        try:
+            doc = self._verify(kind, raw)
         except Rejected as rej:
             version, sha = _peek(raw, self.config.control.max_document_bytes)
             running = self.transactions.running(kind)
@@ -360,17 +498,7 @@ class ControlService:
                     return
             if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
-            self._audit(
-                "rejected",
-                kind=kind,
-                version=version,
-                digest=sha,
-                outcome="rejected",
-                reason=rej.reason,
-                message=rej.message,
-            )
-            self._ack(Ack(kind, version, sha, "rejected", rej.reason, rej.message))
-            log.info("control_rejected", kind=kind, reason=rej.reason, version=version)
+            self._reject(kind, raw, topic, rej, (version, sha))
             return
         if not self._audit(
             "accepted",
@@ -479,8 +607,41 @@ class ControlService:
             if online:
                 self._published = None  # the link published a fresh state on connect
 
+    def _signer_keyids(self, kind: str) -> frozenset[bytes]:
+        """Key ids (ASCII, lower case) of the keys that may sign ``kind`` under the trusted root."""
+        root = self.trust.root
+        if root is None:
+            return frozenset()
+        version, cache = self._signer_ids
+        if version != root.version:
+            cache = {}
+            for name in (*SIGNER_ROLES, "root"):
+                roles = SIGNER_ROLES.get(name, frozenset({"root"}))
+                cache[name] = frozenset(
+                    k.encode() for r in roles if r in root.roles for k in root.roles[r].keyids
+                )
+            self._signer_ids = (root.version, cache)
+        return cache.get(kind, frozenset())
+
     async def _on_message(self, topic: str, kind: str, payload: bytes) -> None:
-        await self.handle(kind, payload)
+        """The link's callback: triage into the intake lanes (never blocks, never raises)."""
+        try:
+            likely = plausible(payload, self._signer_keyids(kind), self.config.control.max_document_bytes)
+            self.intake.put(topic, kind, payload, likely, self._clock())
+        except Exception as exc:  # nothing a message does ends the link
+            self.unexpected_errors += 1
+            log.error("control_intake_failed", kind=kind, error=type(exc).__name__)
+
+    async def _intake_worker(self) -> None:
+        """Verify and apply what the link delivered: plausible documents first, garbage after."""
+        while True:
+            item = self.intake.take()
+            if item is None:
+                await self.intake.ready.wait()
+                continue
+            topic, kind, payload = item
+            await self.handle(kind, payload, topic)
+            await asyncio.sleep(0)  # let the link read on between messages
 
     async def run(self, progress: Progress) -> None:
         """Run until cancelled: the link (if configured) and the apply tasks, in one TaskGroup."""
@@ -500,6 +661,7 @@ class ControlService:
                 if self.link is not None:
                     # The will of the first connection carries the versions applied at start.
                     self._will_applied = {"root": self.trust.version, **self.state.applied_versions()}
+                    tg.create_task(self._intake_worker(), name="control.intake")
                     tg.create_task(self.link.run(progress.beat), name="control.link")
                 next_report = loop.time() + self._state_interval_s
                 try:
@@ -509,9 +671,13 @@ class ControlService:
                         if loop.time() >= next_report:
                             next_report = loop.time() + self._state_interval_s
                             self._republish_if_changed()
+                        if self.rejections.flush_due(self._clock()):
+                            self.flush_rejections()
                         await asyncio.sleep(_TURN_S)
                 except asyncio.CancelledError:
                     await self._say_offline()  # the link is still up: the TaskGroup cancels it after
                     raise
             finally:
                 self._tg = None
+                with contextlib.suppress(Exception):  # best effort at shutdown; counts are in the state
+                    self.flush_rejections()

@@ -87,6 +87,16 @@ class PublicKey:
     def to_dict(self) -> dict[str, Any]:
         return key_dict(self.public)
 
+    @property
+    def identity(self) -> bytes:
+        """The key itself (raw Ed25519 bytes / DER SubjectPublicKeyInfo), whatever its key dict's
+        spelling: two key ids whose dicts differ only in hex case or PEM layout name one key."""
+        if isinstance(self.public, ed25519.Ed25519PublicKey):
+            return self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self.public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
 
 def parse_public_key(key: Any) -> PublicKey:
     """Parse one TUF key dict.

@@ -5,9 +5,13 @@ No I/O, no clock reads: the caller passes the trusted root, the device's identit
 TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the same shape):
 
 1. size cap before parsing (TUF "endless data" attack)            -> ``too_large``
-2. strict DSSE envelope and strict JSON payload                   -> ``malformed``
+2. strict DSSE envelope and strict JSON payload, nesting <= 32 (``dsse.MAX_JSON_DEPTH``), version an
+   integer in 1..2^53-1, at most as many signatures as the roles that may sign this kind have keys,
+   each at most 128 bytes                                          -> ``malformed``
 3. payloadType == topic kind == payload ``kind``                  -> ``wrong_type``
-4. signatures over DSSE PAE, each key id counted once, meeting a role threshold -> ``bad_signature``
+4. signatures over DSSE PAE meeting a role threshold -> ``bad_signature``; key ids are normalised
+   (hex lower case), each key id is verified at most once and each public key counts once however
+   many key ids name it (TUF specification 5.3.4 / python-tuf ``verify_delegate``: "unique keys")
 5. version strictly greater than the last of that kind (root: exactly N+1) -> ``rollback``/``version_gap``
 6. ``expires`` in the future, ``issued_at`` within the clock skew (freeze) -> ``expired``/``not_yet_valid``
 7. ``targets`` names this device or one of its groups              -> ``not_for_this_device``
@@ -18,6 +22,8 @@ TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the
 from __future__ import annotations
 
 __all__ = [
+    "MAX_VERSION",
+    "SIGNER_ROLES",
     "Role",
     "TrustedRoot",
     "VerifiedDocument",
@@ -56,6 +62,18 @@ from agent.schema.policy import Change, PolicyBody, classify_change
 
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
 _HEADER = {"kind", "version", "issued_at", "expires", "targets", "body"}
+MAX_VERSION = 2**53 - 1
+"""Largest document version: exact in every JSON implementation (RFC 8259 section 6, I-JSON RFC 7493
+section 2.2). Without a bound one signed version of 10^3999 would block its kind for ever."""
+MAX_SIGNATURE_BYTES = 128  # Ed25519: 64; DER ECDSA P-256: at most 72
+# Roles whose signatures are checked for each kind (rule 4 and the who-may-sign table of rule 9).
+# A signature naming a key outside these roles is never verified: it cannot change the verdict.
+SIGNER_ROLES: dict[str, frozenset[str]] = {
+    "config": frozenset({"fleet"}),
+    "policy": frozenset({"fleet", "customer"}),
+    "command": frozenset({"fleet", "customer", "legal"}),
+    "keys": frozenset({"customer", "fleet", "legal"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +136,15 @@ def _timestamp(value: Any, name: str) -> dt.datetime:
     return parsed
 
 
-def _parse(raw: bytes, topic_kind: str, max_bytes: int) -> tuple[Envelope, dict[str, Any]]:
+def _parse(
+    raw: bytes, topic_kind: str, max_bytes: int, max_signatures: int | None = None
+) -> tuple[Envelope, dict[str, Any]]:
     # Rule 1: size cap before any parsing (TUF "endless data").
     if len(raw) > max_bytes:
         raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}")
-    # Rule 2: strict envelope (DSSE envelope.md) ...
+    # Rule 2: strict envelope (DSSE envelope.md), its signature count capped before decoding ...
     try:
-        env = Envelope.parse(raw)
+        env = Envelope.parse(raw, max_signatures=max_signatures)
     except ValueError as exc:
         raise Rejected("malformed", f"not a DSSE envelope: {exc}") from exc
     # Rule 3a: payloadType agrees with the topic, before we even read the payload.
@@ -146,21 +166,50 @@ def _parse(raw: bytes, topic_kind: str, max_bytes: int) -> tuple[Envelope, dict[
     if payload["kind"] != topic_kind:
         raise Rejected("wrong_type", f"payload kind {str(payload['kind'])[:40]!r} on a {topic_kind} topic")
     version = payload["version"]
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise Rejected("malformed", "version must be a positive integer")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise Rejected("malformed", f"version must be an integer in 1..{MAX_VERSION}")
     return env, payload
 
 
+def _cap_signatures(env: Envelope, cap: int) -> None:
+    """Cheap rejection before any signature is checked (TUF "arbitrary software / endless data" style
+    resource bound; DSSE protocol.md leaves the number of signatures to the verifier's policy)."""
+    if len(env.signatures) > cap:
+        raise Rejected(
+            "malformed", f"{len(env.signatures)} signatures; the roles that may sign this have {cap} keys"
+        )
+    if any(len(s.sig) > MAX_SIGNATURE_BYTES for s in env.signatures):
+        raise Rejected("malformed", f"a signature is longer than {MAX_SIGNATURE_BYTES} bytes")
+
+
+def _role_keys(root: TrustedRoot, roles: frozenset[str]) -> dict[str, PublicKey]:
+    return {k: root.keys[k] for name in roles if name in root.roles for k in root.roles[name].keyids}
+
+
 def _valid_keyids(env: Envelope, keys: Mapping[str, PublicKey]) -> frozenset[str]:
-    """Key ids with a good signature over PAE; a key id signing twice still counts once."""
+    """Key ids with a good signature over PAE (DSSE protocol.md "Verification").
+
+    DSSE key ids are unauthenticated hints: they are normalised (hex lower case) and each one is
+    verified at most once, so N signatures naming one key cost one verification. Each public key
+    counts once however many key ids name it (TUF 5.3.4 counts *unique* keys towards a threshold).
+    """
     pae = env.pae()
     good: set[str] = set()
+    tried: set[str] = set()
+    counted: set[bytes] = set()
     for sig in env.signatures:
-        if sig.keyid in good:
+        keyid = sig.keyid.lower()
+        if keyid in tried:
             continue
-        key = keys.get(sig.keyid)
-        if key is not None and key.verify(sig.sig, pae):
-            good.add(sig.keyid)
+        key = keys.get(keyid)
+        if key is None:
+            continue
+        tried.add(keyid)
+        if key.identity in counted:
+            continue
+        if key.verify(sig.sig, pae):
+            good.add(keyid)
+            counted.add(key.identity)
     return frozenset(good)
 
 
@@ -198,7 +247,9 @@ def verify_initial_root(raw: bytes, *, max_bytes: int = 64 * 1024) -> TrustedRoo
     env, payload = _parse(raw, "root", max_bytes)
     body = _root_body(payload)
     root = trusted_root_from_body(body, payload["version"], _timestamp(payload["expires"], "expires"))
-    if "root" not in _met(root.roles, _valid_keyids(env, root.keys)):
+    root_keys = _role_keys(root, frozenset({"root"}))
+    _cap_signatures(env, len(root_keys))
+    if "root" not in _met(root.roles, _valid_keyids(env, root_keys)):
         raise Rejected("bad_signature", "initial root is not signed by a threshold of its own root keys")
     return root
 
@@ -261,13 +312,21 @@ def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyC
     """
     if topic_kind not in DOCUMENT_KINDS:
         raise Rejected("wrong_type", f"no documents of kind {topic_kind[:40]!r}")
-    env, payload = _parse(raw, topic_kind, ctx.max_bytes)
+    signer_keys = _role_keys(root, SIGNER_ROLES.get(topic_kind, frozenset({"root"})))
+    # Root rotations may also carry the new root's signatures: capped once the payload is read.
+    cap = None if topic_kind == "root" else len(signer_keys)
+    env, payload = _parse(raw, topic_kind, ctx.max_bytes, cap)
     version: int = payload["version"]
-    good = _valid_keyids(env, root.keys)
-    met = _met(root.roles, good)
 
     if topic_kind == "root":
-        return _verify_root(env, payload, root, ctx, good)
+        old_root_keys = _role_keys(root, frozenset({"root"}))
+        _cap_signatures(env, len(old_root_keys) + _peek_new_root_keys(payload))
+        good_old = _valid_keyids(env, old_root_keys)
+        return _verify_root(env, payload, root, ctx, good_old)
+
+    _cap_signatures(env, len(signer_keys))
+    good = _valid_keyids(env, signer_keys)
+    met = _met(root.roles, good)
 
     # Rule 4: some role whose signature could authorise this kind must meet its threshold; the
     # content-dependent table (rule 9) runs after the body is known to be valid.
@@ -281,6 +340,32 @@ def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyC
         raise Rejected(
             "bad_signature", f"no threshold of {'/'.join(sorted(eligible))} keys signed this {topic_kind}"
         )
+    try:
+        return _verify_authenticated(env, payload, topic_kind, version, root, ctx, good, met)
+    except Rejected as exc:
+        exc.authenticated = True  # past the signature gate: a signer is accountable for it
+        raise
+
+
+def _peek_new_root_keys(payload: dict[str, Any]) -> int:
+    """How many root-role key ids the (not yet validated) new root names, for the signature cap."""
+    body = payload.get("body")
+    roles = body.get("roles") if isinstance(body, dict) else None
+    spec = roles.get("root") if isinstance(roles, dict) else None
+    keyids = spec.get("keyids") if isinstance(spec, dict) else None
+    return len(keyids) if isinstance(keyids, list) else 0
+
+
+def _verify_authenticated(
+    env: Envelope,
+    payload: dict[str, Any],
+    topic_kind: str,
+    version: int,
+    root: TrustedRoot,
+    ctx: VerifyContext,
+    good: frozenset[str],
+    met: frozenset[str],
+) -> VerifiedDocument:
     # TUF 5.3.10 / freeze: nothing is accepted under an expired root.
     if root.expires <= ctx.now:
         raise Rejected("expired", f"trusted root v{root.version} expired at {root.expires.isoformat()}")
@@ -338,6 +423,16 @@ def _verify_root(
         raise Rejected(
             "bad_signature", f"root rotation not signed by a threshold of root v{trusted.version}'s keys"
         )
+    try:
+        return _verify_new_root(env, payload, trusted, ctx, good_old)
+    except Rejected as exc:
+        exc.authenticated = True
+        raise
+
+
+def _verify_new_root(
+    env: Envelope, payload: dict[str, Any], trusted: TrustedRoot, ctx: VerifyContext, good_old: frozenset[str]
+) -> VerifiedDocument:
     version: int = payload["version"]
     # 5.3.5: version must be exactly N+1 (rollback below, no skipping ahead).
     if version <= trusted.version:
@@ -350,7 +445,7 @@ def _verify_root(
     body = _root_body(payload)
     new = trusted_root_from_body(body, version, expires)
     # 5.3.4 (second half): also signed by a threshold of its *own* root keys.
-    good_new = _valid_keyids(env, new.keys)
+    good_new = _valid_keyids(env, _role_keys(new, frozenset({"root"})))
     if "root" not in _met(new.roles, good_new):
         raise Rejected("bad_signature", f"root v{version} is not signed by a threshold of its own root keys")
     return VerifiedDocument(

@@ -1,10 +1,17 @@
-"""``roomctl audit verify FILE --device-key KEY``: check a device's audit chain and signed head offline."""
+"""``roomctl audit verify FILE --device-key KEY``: check a device's audit chain and signed head offline.
+
+Exit 0: the chain and head verify and the log is whole. Exit 1 with a JSON report: a broken chain
+(``first_bad_seq``), or a log whose current segment began by recording damage to the one before
+(``audit_corrupt``, with the damaged file's sha256 and whether the kept copy beside FILE matches).
+Exit 2: unreadable input.
+"""
 
 from __future__ import annotations
 
 __all__ = ["register"]
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -27,7 +34,41 @@ def _verify(args: argparse.Namespace) -> int:
     except (ControlError, OSError, ValueError) as exc:
         print(f"roomctl: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"ok": True, "entries": report.entries, "head_hash": report.head_hash}))
+    if report.corruption is not None:
+        # The chain since the damage verifies, but the log is not whole: the segment before it was
+        # damaged on the device (kept there as audit-damaged-<seq>.jsonl).
+        c = report.corruption
+        kept = log_path.with_name(f"audit-damaged-{c.seq}.jsonl")
+        found = None
+        if kept.exists():
+            found = hashlib.sha256(kept.read_bytes()).hexdigest() == c.damaged_sha256
+        print(
+            json.dumps(
+                {
+                    "ok": False,
+                    "audit_corrupt": True,
+                    "segment_starts_at_seq": c.seq,
+                    "damaged_sha256": c.damaged_sha256,
+                    "damaged_file": kept.name,
+                    "damaged_file_matches": found,
+                    "reason": c.message,
+                    "entries": report.entries,
+                    "head_seq": report.head_seq,
+                    "head_hash": report.head_hash,
+                }
+            )
+        )
+        return 1
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "entries": report.entries,
+                "head_seq": report.head_seq,
+                "head_hash": report.head_hash,
+            }
+        )
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ __all__ = ["AuditAppender", "PrivacyGuard", "ShutterControl", "audit_to"]
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -206,15 +207,30 @@ class PrivacyGuard:
         self._publish_state()
         self._log.info("privacy_policy_applied", level=policy.telemetry.level)
 
-    def install_keys(self, body: KeysBody) -> KeySet:
-        """Install a verified (customer-signed) key package.
+    def install_keys(self, body: KeysBody, issued_at: datetime | None = None) -> KeySet:
+        """Install a verified (customer-signed) key package issued at ``issued_at`` (its signed
+        ``issued_at``; ``None`` skips the unlock rule, for local callers).
+
+        After an unlock only a package issued after the unlock is taken: a package signed before it
+        (sent, say, while the room was locked, and redelivered by the broker) would otherwise bring
+        back keys without any new action by the customer.
 
         Raises:
-            KeyDeliveryError: ``locked``, or a reason from :meth:`KeyManager.install`; nothing installed.
+            KeyDeliveryError: ``locked``; ``rollback`` (issued before the unlock); or a reason from
+                :meth:`KeyManager.install`; nothing installed.
         """
         reason = self.refusal("keys")
         if reason is not None:
             raise KeyDeliveryError(reason, "the room is locked: no meeting keys are accepted")
+        record = self.interventions.record
+        if issued_at is not None and record.command == "unlock":
+            unlocked = datetime.strptime(record.since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            if issued_at <= unlocked:
+                raise KeyDeliveryError(
+                    "rollback",
+                    f"key package issued {issued_at.strftime('%Y-%m-%dT%H:%M:%SZ')}, not after the unlock "
+                    f"at {record.since}: send a new one",
+                )
         return self.keys.install(body)
 
     async def intervene(

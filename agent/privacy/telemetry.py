@@ -152,6 +152,8 @@ PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
         "applied",
         "identity",
         "audit_head",
+        "audit_corrupt",
+        "rejections",
         "locked",
         "privacy.locked",
         "privacy.state",

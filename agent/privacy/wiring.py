@@ -15,6 +15,8 @@ A handler's refusal raises a ``PrivacyError`` whose ``reason`` is an ack reason 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = ["HPKE_ATTESTATION_KIND", "PrivacyApplyTarget", "wire_control"]
 
 from collections.abc import Mapping
@@ -70,7 +72,7 @@ def wire_control(service: ControlService, guard: PrivacyGuard, *, policy: Policy
 
     async def keys(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
         body = doc.body if isinstance(doc.body, KeysBody) else KeysBody.model_validate(args)
-        installed = guard.install_keys(body)
+        installed = guard.install_keys(body, issued_at=doc.issued_at)
         own = installed.own
         sending = f"sending kid {own.kid}" if own is not None else "receive only"
         peers = len(installed.peers)
