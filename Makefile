@@ -75,7 +75,7 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info images/out
 
-# Fuzzing (issue 9): each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
+# Fuzzing: each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
 # missing); corpora accumulate in FUZZ_DIR between runs. Fails on the first target that crashes.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR ?= $(CURDIR)/.fuzz
@@ -89,11 +89,11 @@ fuzz: $(STAMP)
 	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \
 	done
 
-# Soak (issue 9): the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
+# Soak: the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
 SOAK_SECONDS ?= 1800
 soak: $(STAMP) test-deps
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/roomagent bench soak --json -- --seconds $(SOAK_SECONDS)
 
-# Fault-injection suite (issue 9), also part of `make test`.
+# Fault-injection suite, also part of `make test`.
 reliability: $(STAMP) test-deps
 	$(BIN)/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)

@@ -40,7 +40,7 @@ def python() -> str:
     return sys.executable
 
 
-# --- Real Mosquitto brokers (issue 5; used by control, privacy, media and reliability tests) ---------
+# --- Real Mosquitto brokers (used by control, privacy, media and reliability tests) -----------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Issue 6 scenarios over a real Mosquitto with the real control plane and the privacy guard wired in.
+"""Privacy scenarios over a real Mosquitto with the real control plane and the privacy guard wired in.
 
 Each test: the plane (vendor, customer or court) publishes a signed document; the device acks it and
 the room's privacy follows (or does not change at all).

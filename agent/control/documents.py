@@ -1,6 +1,6 @@
 """The signed payload of every document, and the strict body model of each kind.
 
-Payload (DESIGN.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
+Payload (docs/design.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
 "body"}``; ``root`` documents carry no ``targets``. Body models are resolved through
 :func:`body_model`, which imports models owned by other packages lazily (``keys`` belongs to
 ``agent.privacy.keys``) so that a missing one is an ``invalid_body`` rejection, not an import error.
@@ -181,7 +181,7 @@ class CommandBody(_Strict):
 
 
 class AckBody(_Strict):
-    """The device's ack (DESIGN.md), as the plane reads it."""
+    """The device's ack (docs/design.md), as the plane reads it."""
 
     kind: Literal["ack"]
     device: str

@@ -44,10 +44,10 @@ from agent.persist import remove_stale_temp_files
 # Start order; the supervisor stops them in reverse (media first, then the control link, which publishes
 # "offline", then the state reporter, which flushes the final state).
 SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
-    ("agent.privacy.service", "early"),  # issue 6: the apply target control uses (policy, config)
-    ("agent.control.service", "services"),  # issue 5: MQTT control link
-    ("agent.media.service", "services"),  # issue 7: one pipeline per camera
-    ("agent.privacy.service", "services"),  # issue 6: key expiry, shutter when idle, telemetry filter
+    ("agent.privacy.service", "early"),  # first: the apply target control hands policy/config to
+    ("agent.control.service", "services"),  # the MQTT control link
+    ("agent.media.service", "services"),  # one pipeline per camera
+    ("agent.privacy.service", "services"),  # key expiry, shutter when idle, telemetry filter
 )
 
 # systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.
