@@ -20,7 +20,8 @@ Hooks for other subsystems:
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
 - ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
-  allow-list, so only what the policy lets leave reaches the broker); :meth:`ControlService.publish_state` republishes it after a change.
+  allow-list, so only what the policy lets leave reaches the broker);
+  :meth:`ControlService.publish_state` republishes it after a change.
 """
 
 from __future__ import annotations
