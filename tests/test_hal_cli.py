@@ -156,7 +156,7 @@ def test_stall_longer_than_the_scenario_is_not_recovered(agent_env: dict[str, st
     assert "after the scenario's 1.50 s" in result["verdict"]
 
 
-def test_stall_within_the_scenario_counts_only_later_frames(agent_env: dict[str, str], tmp_path: Path) -> None:
+def test_stall_within_the_scenario_counts_later_frames(agent_env: dict[str, str], tmp_path: Path) -> None:
     script = tmp_path / "stall.toml"
     script.write_text('duration_s = 2.0\n[[step]]\nat_s = 0.3\nfault = "stall"\nms = 600\n')
     out = _hal(agent_env, tmp_path, "scenario", str(script))
@@ -166,7 +166,7 @@ def test_stall_within_the_scenario_counts_only_later_frames(agent_env: dict[str,
 
 
 def test_record_reports_drops_and_codec_banners_stay_quiet(agent_env: dict[str, str], tmp_path: Path) -> None:
-    """A slow encoder (sim fault via a 60 fps camera and av1) must show up as drops with a reason."""
+    """Frames the encoder had no time for show up as drops, with the reason."""
     out = _hal(agent_env, tmp_path, "record", "cam0", "--seconds", "1.5", "--codec", "av1",
                str(tmp_path / "out.mkv"), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -177,7 +177,8 @@ def test_record_reports_drops_and_codec_banners_stay_quiet(agent_env: dict[str, 
     captured = int(lines[1].split()[1])
     assert captured >= written
     if captured > written:
-        assert f"dropped {captured - written} " in lines[1] and "slower than the camera" in lines[1]
+        assert f"dropped {captured - written} " in lines[1]
+        assert "slower than the camera" in lines[1]
     else:
         assert "none dropped" in lines[1]
 
