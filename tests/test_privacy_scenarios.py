@@ -206,7 +206,7 @@ async def test_telemetry_minimal_fields_outside_the_allow_list_never_reach_the_b
         with contextlib.suppress(asyncio.CancelledError):
             await sniffer
     assert seen
-    allowed = allowed_paths(PolicyBody.model_validate(plane.policy()), kind="state")
+    allowed = allowed_paths(PolicyBody.model_validate(plane.policy()))
     for state in seen:
         assert "inventory" not in state
         assert "SN-1234" not in json.dumps(state)
