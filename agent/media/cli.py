@@ -99,13 +99,46 @@ def _receive_file(receiver: Any, path: Path, as_json: bool) -> int:
     return status
 
 
+def drop_summary(report: dict[str, Any]) -> str:
+    """One line saying how many frames were not shown and why (the figures come from the report)."""
+    causes = []
+    if report["stamps_skipped"]:
+        causes.append(
+            f"{report['stamps_skipped']} captured frames never arrived (dropped by the sender or lost on "
+            f"the way: {report['packets_lost']} packets lost, {report['frames_incomplete']} frames incomplete)"
+        )
+    elif report["packets_lost"] or report["frames_incomplete"]:
+        causes.append(
+            f"{report['packets_lost']} packets lost, {report['frames_incomplete']} frames incomplete"
+        )
+    if report["decrypt_failures"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(report["decrypt_failures_by_reason"].items()))
+        causes.append(
+            f"{report['decrypt_failures']} failed to decrypt ({reasons}; is --key-file the sender's key?)"
+        )
+    for key, text in (
+        ("skipped_until_keyframe", "skipped until the next keyframe"),
+        ("decode_errors", "did not decode"),
+        ("malformed_frames", "were malformed"),
+        ("unprotected_refused", "were not SFrame-protected and were refused"),
+    ):
+        if report[key]:
+            causes.append(f"{report[key]} {text}")
+    head = f"decoded {report['frames_decoded']} of {report['frames_received']} frames received"
+    if report["frames_received"] == 0:
+        return "received nothing: is the sender's [media] sink this --listen address, and is it running?"
+    return head + (": " + "; ".join(causes) if causes else ", none dropped")
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
+        print(drop_summary(report), file=sys.stderr)  # stdout stays one JSON object
     else:
         print(file=sys.stderr)
         for key, value in report.items():
             print(f"{key}: {value}")
+        print(drop_summary(report))
 
 
 class _NoKey:
