@@ -104,8 +104,9 @@ def drop_summary(report: dict[str, Any]) -> str:
     causes = []
     if report["stamps_skipped"]:
         causes.append(
-            f"{report['stamps_skipped']} captured frames never arrived (dropped by the sender or lost on "
-            f"the way: {report['packets_lost']} packets lost, {report['frames_incomplete']} frames incomplete)"
+            f"{report['stamps_skipped']} captured frames never arrived (dropped by the sender or lost on"
+            f" the way: {report['packets_lost']} packets lost,"
+            f" {report['frames_incomplete']} frames incomplete)"
         )
     elif report["packets_lost"] or report["frames_incomplete"]:
         causes.append(
