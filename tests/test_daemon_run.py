@@ -139,7 +139,9 @@ def test_every_offending_key_is_named(tmp_path: Path, spawn) -> None:
     proc = spawn("--config", str(config))
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 2
-    assert [line.split(": ")[1] for line in err.splitlines()] == ["device.id", "log.level", "media.mtu"]
+    *keys, next_step = err.splitlines()
+    assert [line.split(": ")[1] for line in keys] == ["device.id", "log.level", "media.mtu"]
+    assert next_step.startswith("next: fix the keys above")
 
 
 def test_unusable_state_dir_exits_non_zero_with_a_reason(tmp_path: Path, spawn) -> None:

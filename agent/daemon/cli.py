@@ -37,8 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(path)
     except ConfigError as exc:
         # Refuse before starting anything: same output as check-config, one line per offending key.
-        for issue in exc.issues:
-            print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
+        print("\n".join(exc.report_lines()), file=sys.stderr)
         return EXIT_CONFIG
     fault_steps: tuple[object, ...] = ()
     if args.sim_faults is not None:

@@ -44,7 +44,8 @@ def _receive(args: argparse.Namespace) -> int:
         else:
             lab = load_lab_key(Path(key_file))
     except AgentError as exc:
-        print(f"receive: {exc}", file=sys.stderr)
+        print(f"receive: {exc} (make one with `roomagent lab-key PATH`; the sender needs the same file)",
+              file=sys.stderr)
         return 2
     opener: Any = LabReceiver(lab) if lab is not None else _NoKey()
     receiver = MediaReceiver(
@@ -194,15 +195,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "lab-key", help="write a fresh lab SFrame key file (mode 0600) for runs without a meeting"
     )
-    p.add_argument("out")
+    p.add_argument("out", help="key file to create (JSON); refuses to overwrite one")
     p.add_argument("--suite", type=int, default=4, choices=[1, 2, 3, 4, 5], help="RFC 9605 cipher suite")
     p.set_defaults(func=_lab_key)
 
     p = sub.add_parser("demo", help="two simulated rooms exchanging E2EE video over loopback")
     p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=360)
-    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--width", type=int, default=640, help="picture width of both rooms (default 640)")
+    p.add_argument("--height", type=int, default=360, help="picture height of both rooms (default 360)")
+    p.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
     p.add_argument("--rotate-s", type=float, default=10.0, help="rotate each room's key every N seconds")
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
     p.set_defaults(func=_demo)
