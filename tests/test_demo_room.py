@@ -1,0 +1,69 @@
+"""`roomagent run --demo`'s preparation: an ordinary config, a trust root the agent accepts, keys kept."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import demo_room
+from agent.config import load_config
+from agent.control.verify import verify_initial_root
+
+
+def test_demo_config_is_ordinary_and_its_files_survive_a_restart(tmp_path: Path) -> None:
+    room = demo_room.DemoRoom(tmp_path / "demo")
+    try:
+        config = load_config(room.prepare())
+        assert room.broker is not None
+        assert config.mqtt.url == room.broker.url
+        assert config.media.sink == f"rtp://127.0.0.1:{room.media_port}"
+        assert config.trust.root is not None
+        verify_initial_root(config.trust.root.read_bytes())
+        assert (tmp_path / "demo" / "customer.pem").stat().st_mode & 0o777 == 0o600
+        banner = room.banner()
+        assert f"roomctl status --broker {room.broker.url}" in banner
+    finally:
+        room.close()
+    root = (tmp_path / "demo" / "root.json").read_bytes()
+    fleet = (tmp_path / "demo" / "fleet.pem").read_bytes()
+    again = demo_room.DemoRoom(tmp_path / "demo")
+    try:
+        again.prepare()
+        assert (tmp_path / "demo" / "root.json").read_bytes() == root
+        assert (tmp_path / "demo" / "fleet.pem").read_bytes() == fleet
+    finally:
+        again.close()
+
+
+def test_without_mosquitto_the_demo_runs_offline_and_says_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo_room, "MOSQUITTO", str(tmp_path / "no-mosquitto"))
+    room = demo_room.DemoRoom(tmp_path / "demo")
+    try:
+        config = load_config(room.prepare())
+        assert config.mqtt.url is None
+        assert config.media.sink is not None  # media still shows the main job
+        banner = room.banner()
+        assert "mosquitto is not installed" in banner
+        assert "make test-deps" in banner
+        assert "roomctl status" not in banner
+    finally:
+        room.close()
+
+
+def test_demo_and_config_together_are_refused(agent_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--demo", "--config", str(tmp_path / "agent.toml")],
+        env=agent_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--demo runs its own config" in done.stderr
