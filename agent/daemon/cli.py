@@ -71,6 +71,10 @@ def _run(args: argparse.Namespace) -> int:
             )
     except StateError as exc:
         print(f"state: {exc.path}: {exc.reason}", file=sys.stderr)
+        print(
+            "next: make that directory writable for this user, or set [state] dir in the config",
+            file=sys.stderr,
+        )
         return 1
 
 

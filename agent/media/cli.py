@@ -57,7 +57,11 @@ def _receive(args: argparse.Namespace) -> int:
     try:
         sock = bind_udp(host, port)
     except OSError as exc:
-        print(f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (another receiver on that port? pick a free one and point the sender's [media] sink at it)",
+            file=sys.stderr,
+        )
         return 2
     stop = threading.Event()
     thread = threading.Thread(target=receiver.serve, args=(sock, stop), name="receive", daemon=True)
