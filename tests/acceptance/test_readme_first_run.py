@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -76,7 +78,37 @@ def test_make_run_shows_a_live_room_that_roomctl_status_sees(
         else:
             pytest.fail(f"roomctl status never showed room-demo online:\n{table}\n{''.join(seen)}")
 
-        # 3. The room's stream reaches the receiver, decrypted and verified.
+        # 3. The demo keys manage it: a policy signed by the demo fleet and customer keys is applied.
+        demo = Path(agent_env["XDG_STATE_HOME"]) / "roomagent-demo"
+        broker = status_cmd.split("--broker ")[1]
+        roomctl = [sys.executable, "-m", "agent.fleet"]
+        template = subprocess.run(
+            [*roomctl, "template", "policy"], env=agent_env, capture_output=True, text=True, check=True
+        )
+        policy = json.loads(template.stdout)
+        policy["targets"] = {"devices": ["room-demo"], "groups": []}
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        for key, source in (("fleet.pem", "policy.json"), ("customer.pem", "policy.env")):
+            subprocess.run(
+                [*roomctl, "sign", "policy", source, "--key", str(demo / key), "--out", "policy.env"],
+                cwd=tmp_path,
+                env=agent_env,
+                check=True,
+                capture_output=True,
+            )
+        pushed = subprocess.run(
+            [*roomctl, "push", "policy.env", "--broker", broker, "--device", "room-demo", "--wait", "60"],
+            cwd=tmp_path,
+            env=agent_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        assert "applied" in pushed.stdout
+
+        # 4. The room's stream reaches the receiver, decrypted and verified.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = lines.get(timeout=60)
