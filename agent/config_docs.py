@@ -31,8 +31,8 @@ The local configuration of a room: `/etc/roomagent/agent.toml` on a device (`roo
 PATH` elsewhere). Every key is optional; with no file at all the defaults below run the agent on the
 simulated HAL, offline. Unknown keys and wrong types are errors naming the dotted key path
 (`roomagent check-config PATH` shows them all, exit 2), so a typo never passes silently. TOML has no
-path type: paths are strings. A fleet `config` document pushed over MQTT overrides what it names
-(see [control-plane.md](control-plane.md)).
+path type: paths are strings. Signed `config` documents from the fleet (MQTT) change a running room
+on top of this file: see [control-plane.md](control-plane.md) and [design.md](design.md).
 """
 
 
