@@ -20,7 +20,7 @@ A real deployment never gets here: ``--demo`` is refused together with ``--confi
 
 from __future__ import annotations
 
-__all__ = ["DemoRoom", "demo_dir"]
+__all__ = ["DemoRoom", "DemoRoomError", "demo_dir"]
 
 import contextlib
 import datetime as dt
@@ -42,6 +42,7 @@ from agent.control.documents import ROLES, payload_type
 from agent.control.dsse import Envelope
 from agent.control.keys import key_dict, keyid_of, load_private_key, private_key_pem
 from agent.control.verify import verify_initial_root
+from agent.errors import AgentError
 from agent.persist import atomic_write_bytes
 
 DEVICE_ID = "room-demo"
@@ -124,7 +125,11 @@ class DemoRoom:
         return path
 
     def prepare(self) -> Path:
-        """Create the demo files (first run) and start the broker; returns the config path."""
+        """Create the demo files (first run) and start the broker; returns the config path.
+
+        Raises:
+            DemoRoomError: another demo room runs on this directory.
+        """
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         root = self._trust_root()
         lab = self.dir / "lab.json"
@@ -170,16 +175,29 @@ class DemoRoom:
         self.broker = broker
         pid = broker.pid
         if pid is not None:
-            (self.dir / "broker" / "mosquitto.pid").write_text(f"{pid}\n")
+            (self.dir / "broker" / "mosquitto.pid").write_text(f"{pid} {os.getpid()}\n")
 
     def _stop_stale_broker(self) -> None:
-        """A broker left behind by a demo that was killed (SIGKILL skips our clean-up)."""
+        """Stop a broker left behind by a demo that was killed (SIGKILL skips our clean-up); refuse
+        to start beside a demo that is still running on the same directory.
+
+        Raises:
+            DemoRoomError: another demo room runs on this directory.
+        """
         pid_file = self.dir / "broker" / "mosquitto.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(self.dir / "broker").encode() in cmdline:
-                os.kill(pid, signal.SIGTERM)
+        try:
+            broker_pid, agent_pid = (int(p) for p in pid_file.read_text().split())
+        except (OSError, ValueError):
+            return
+        if agent_pid != os.getpid() and _cmdline_has(agent_pid, b"--demo"):
+            raise DemoRoomError(
+                f"a demo room is already running on {self.dir} (pid {agent_pid}): stop it with Ctrl-C"
+                f" in its terminal, or `kill -INT {agent_pid}`"
+            )
+        if _cmdline_has(broker_pid, str(self.dir / "broker").encode()):
+            with contextlib.suppress(OSError):
+                os.kill(broker_pid, signal.SIGTERM)
+        with contextlib.suppress(OSError):
             pid_file.unlink()
 
     # --- receiver ---------------------------------------------------------------------------------
@@ -262,6 +280,17 @@ class DemoRoom:
             with contextlib.suppress(OSError):
                 (self.dir / "broker" / "mosquitto.pid").unlink()
             self.broker = None
+
+
+class DemoRoomError(AgentError):
+    """The demo room cannot start (the message says what to do)."""
+
+
+def _cmdline_has(pid: int, needle: bytes) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def free_port_udp() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,40 @@ def test_demo_and_config_together_are_refused(agent_env: dict[str, str], tmp_pat
     )
     assert done.returncode == 2
     assert "--demo runs its own config" in done.stderr
+
+
+def test_a_second_demo_on_the_same_directory_is_refused_and_the_first_keeps_running(
+    agent_env: dict[str, str],
+) -> None:
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--demo"],
+        env=agent_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if "Stop with Ctrl-C." in line:
+                break
+        second = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "--demo"],
+            env=agent_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert (
+            f"a demo room is already running on {demo_room.demo_dir()}".replace(
+                str(demo_room.demo_dir()), str(Path(agent_env["XDG_STATE_HOME"]) / "roomagent-demo")
+            )
+            in second.stderr
+        )
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    assert first.returncode == 0

@@ -41,10 +41,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.config is not None:
             print("--demo runs its own config: leave --config out (or drop --demo)", file=sys.stderr)
             return EXIT_CONFIG
-        from agent.demo_room import DemoRoom, demo_dir
+        from agent.demo_room import DemoRoom, DemoRoomError, demo_dir
 
         demo = DemoRoom(demo_dir())
-        path = demo.prepare()
+        try:
+            path = demo.prepare()
+        except DemoRoomError as exc:
+            print(f"--demo: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         config = load_config(path)
     except ConfigError as exc:
