@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,36 @@ def test_a_second_demo_on_the_same_directory_is_refused_and_the_first_keeps_runn
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=30)
     assert first.returncode == 0
+
+
+def _wait_banner(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Stop with Ctrl-C." in line:
+            return
+    raise AssertionError("the demo ended before its banner")
+
+
+def test_a_broker_left_by_a_killed_demo_is_stopped_at_the_next_start(agent_env: dict[str, str]) -> None:
+    argv = [sys.executable, "-m", "agent", "run", "--demo"]
+    pid_file = Path(agent_env["XDG_STATE_HOME"]) / "roomagent-demo" / "broker" / "mosquitto.pid"
+    first = subprocess.Popen(argv, env=agent_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_banner(first)
+    broker_pid = int(pid_file.read_text().split()[0])
+    first.kill()  # SIGKILL: no clean-up; the broker (its own session) lives on
+    first.communicate(timeout=30)
+    assert Path(f"/proc/{broker_pid}").exists()
+    second = subprocess.Popen(
+        argv, env=agent_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_banner(second)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{broker_pid}/cmdline").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = Path(f"/proc/{broker_pid}/stat")
+        assert not status.exists() or status.read_text().split()[2] == "Z", "the stale broker still runs"
+    finally:
+        second.send_signal(signal.SIGINT)
+        second.communicate(timeout=30)
+    assert second.returncode == 0
