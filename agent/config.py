@@ -47,8 +47,10 @@ FilePath = Annotated[Path, Field(strict=False)]
 
 
 class _Strict(BaseModel):
-    # Attribute docstrings become field descriptions: docs/config.md is generated from them.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+    # The attribute docstrings below each field are its documentation: agent/config_docs.py reads them
+    # from this file to generate docs/config.md (pydantic's use_attribute_docstrings would parse this
+    # source at every start).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class DeviceSection(_Strict):

@@ -1,13 +1,17 @@
 """Generate ``docs/config.md`` from the config model, so the page cannot drift from the code.
 
 ``python -m agent.config_docs > docs/config.md``; ``tests/test_config_docs.py`` fails when the committed
-page differs from what this prints. Descriptions are the attribute docstrings in ``agent/config.py``.
+page differs from what this prints. Descriptions are the attribute docstrings in ``agent/config.py``
+(the string literal right below each field), read here with :mod:`ast`.
 """
 
 from __future__ import annotations
 
-__all__ = ["render"]
+__all__ = ["descriptions", "render"]
 
+import ast
+import functools
+import inspect
 import json
 import re
 import sys
@@ -34,6 +38,28 @@ simulated HAL, offline. Unknown keys and wrong types are errors naming the dotte
 path type: paths are strings. Signed `config` documents from the fleet (MQTT) change a running room
 on top of this file: see [control-plane.md](control-plane.md) and [design.md](design.md).
 """
+
+
+@functools.cache
+def descriptions() -> dict[tuple[str, str], str]:
+    """``(class name, field name) -> docstring`` for every documented field of ``agent/config.py``."""
+    import agent.config
+
+    tree = ast.parse(inspect.getsource(agent.config))
+    out: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for field, doc in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(doc, ast.Expr)
+                and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str)
+            ):
+                out[(node.name, field.target.id)] = inspect.cleandoc(doc.value.value)
+    return out
 
 
 def _one_line(text: str | None) -> str:
@@ -120,7 +146,7 @@ def _section(title: str, model: type[BaseModel], out: list[str]) -> None:
         bounds = _bounds(field)
         if bounds:
             kind += f" ({bounds})"
-        desc = _one_line(field.description).replace("|", "\\|")
+        desc = _one_line(descriptions().get((model.__name__, name))).replace("|", "\\|")
         out.append(f"| `{name}` | {kind} | {_default(field)} | {desc} |")
     for sub_title, sub in nested:
         _section(f"[{sub_title}]", sub, out)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from agent import config
-from agent.config_docs import render
+from agent.config_docs import descriptions, render
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -26,8 +26,8 @@ def test_every_key_has_a_description() -> None:
     missing = [
         f"{model.__name__}.{name}"
         for model in _models()
-        for name, field in model.model_fields.items()
-        if model is not config.AgentConfig and not (field.description or "").strip()
+        for name in model.model_fields
+        if model is not config.AgentConfig and not descriptions().get((model.__name__, name), "").strip()
     ]
     assert not missing, f"add an attribute docstring in agent/config.py for: {missing}"
     assert all((model.__doc__ or "").strip() for model in _models())
