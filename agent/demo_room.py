@@ -66,9 +66,9 @@ def _roomctl_command() -> str:
     if script.exists():
         try:
             rel = script.relative_to(Path.cwd())
-            return str(rel) if str(rel).startswith(".") else f"./{rel}"
+            return shlex.quote(str(rel) if str(rel).startswith(".") else f"./{rel}")
         except ValueError:
-            return str(script)
+            return shlex.quote(str(script))
     return f"{shlex.quote(sys.executable)} -m agent.fleet"
 
 
@@ -219,6 +219,10 @@ class DemoRoom:
 
         def report() -> None:
             log = structlog.get_logger()
+            if self.broker is not None:
+                # The banner has scrolled away under the agent's logs by now: say it once more.
+                self._stop.wait(REPORT_INTERVAL_S)
+                log.info("demo_room_live", try_next=f"{_roomctl_command()} status --broker {self.broker.url}")
             while not self._stop.wait(REPORT_INTERVAL_S):
                 r = self._receiver.report()
                 log.info(
