@@ -1,5 +1,5 @@
 # roomagent: two set-up commands on a fresh Debian machine (see README):
-#   make run    the agent on the simulated HAL (creates .venv, nothing else to install)
+#   make run    a demo room on the simulated HAL (creates .venv, installs Mosquitto if missing)
 #   make test   the whole test suite (creates .venv, installs Mosquitto if missing, runs pytest)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# Without ARGS: the first-run demo room (docs/daemon.md, "First run"): a private Mosquitto (installed
+# here when missing, like the test services; the demo runs offline when that is not possible), demo
+# trust root and keys, the sim camera's E2EE stream to a local receiver. With ARGS: exactly those.
+RUN_DEBS ?= mosquitto
 run: $(STAMP)
-	$(BIN)/roomagent run $(ARGS)
+	@$(MAKE) --no-print-directory test-deps TEST_DEBS="$(RUN_DEBS)" || \
+	  echo "could not install $(RUN_DEBS): the demo room runs without a broker"
+	$(BIN)/roomagent run $(if $(ARGS),$(ARGS),--demo)
 
 # Real services the tests start themselves (brokers, SFU, browser, ...), from Debian's packages: one list,
 # installed when missing (root, or sudo). Add a package here, never a second install step.
@@ -76,7 +82,7 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info images/out
 
-# Fuzzing (issue 9): each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
+# Fuzzing: each fuzz/fuzz_*.py for FUZZ_SECONDS under atheris (hypothesis where atheris is
 # missing); corpora accumulate in FUZZ_DIR between runs. Fails on the first target that crashes.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR ?= $(CURDIR)/.fuzz
@@ -90,11 +96,11 @@ fuzz: $(STAMP)
 	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \
 	done
 
-# Soak (issue 9): the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
+# Soak: the agent on the sim HAL with pushes, key rotations and faults; figures in JSON.
 SOAK_SECONDS ?= 1800
 soak: $(STAMP) test-deps
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/roomagent bench soak --json -- --seconds $(SOAK_SECONDS)
 
-# Fault-injection suite (issue 9), also part of `make test`.
+# Fault-injection suite, also part of `make test`.
 reliability: $(STAMP) test-deps
 	$(BIN)/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)

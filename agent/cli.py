@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``roomagent``: the device daemon and the hardware testers' tools.
 
 Sub-commands live in their owners' modules; each such module has ``register(subparsers)`` which adds
@@ -12,6 +13,7 @@ __all__ = ["main"]
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,8 +35,7 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         load_config(Path(args.path))
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
+        print("\n".join(exc.report_lines()), file=sys.stderr)
         return 2
     print(f"{args.path}: ok")
     return 0
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check-config", help="validate a config file; exit 2 naming each bad key")
-    p.add_argument("path")
+    p.add_argument("path", help="agent.toml to check (keys: docs/config.md)")
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("bench", help="run one benchmark (or 'all') and print its results")
@@ -103,5 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Shell completion (README, Development): only when the shell's completion hook runs us, so a
+    # normal start does not pay argcomplete's ~40 ms import.
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     return int(args.func(args))

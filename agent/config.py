@@ -47,22 +47,37 @@ FilePath = Annotated[Path, Field(strict=False)]
 
 
 class _Strict(BaseModel):
+    # The attribute docstrings below each field are its documentation: agent/config_docs.py reads them
+    # from this file to generate docs/config.md (pydantic's use_attribute_docstrings would parse this
+    # source at every start).
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class DeviceSection(_Strict):
+    """This room's identity on the management plane."""
     id: Identifier = "room-sim"
+    """Device id: the `{id}` in every MQTT topic and in signed documents' `targets`."""
     groups: list[Identifier] = Field(default_factory=list)
+    """Groups the room belongs to; it takes `{prefix}/groups/{group}/desired/*` documents."""
 
 
 class MqttSection(_Strict):
+    """The broker the control link connects to."""
     url: str | None = None
+    """`mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`; unset: no broker, the room runs offline on its
+    last-known-good state."""
     ca: FilePath | None = None
+    """CA certificate (PEM) that signed the broker's certificate (mqtts only)."""
     cert: FilePath | None = None
+    """Client certificate (PEM) for mutual TLS; goes with `key`."""
     key: FilePath | None = None
+    """Client private key (PEM) for mutual TLS; goes with `cert`."""
     prefix: str = "roomagent/v1"
+    """Topic prefix `{p}` of every topic (no wildcards, no leading or trailing `/`)."""
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    """MQTT keep-alive in seconds; the broker publishes the last will after 1.5 times this."""
     username: str | None = None
+    """MQTT user name, when the broker authenticates by name rather than by client certificate."""
 
     @field_validator("url")
     @classmethod
@@ -97,30 +112,49 @@ class MqttSection(_Strict):
 
 
 class TrustSection(_Strict):
+    """Where trust starts."""
     root: FilePath | None = None
+    """The first trust root (a signed `root` envelope) shipped with the image; unset: the room accepts no
+    document until one is configured."""
 
 
 class StateSection(_Strict):
+    """Persisted state (identity, applied documents, audit log, `state.json`)."""
     dir: FilePath | None = None
+    """State directory; unset: `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/roomagent`
+    (`~/.local/state/roomagent`)."""
     report_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How often `state.json` and the retained state are refreshed, in seconds."""
 
 
 class LogSection(_Strict):
+    """Logging (JSON lines to stdout; journald stores them under systemd)."""
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
     format: Literal["auto", "json", "console"] = "auto"
+    """`auto`: readable console lines on a terminal, JSON otherwise."""
 
 
 class CameraSpec(_Strict):
     """One camera: simulated (described here) or a real V4L2 device."""
 
+
     id: Identifier
+    """Camera id used by commands, the CLI and logs (e.g. `cam0`)."""
     backend: Literal["sim", "v4l2"] = "sim"
+    """`sim`: a simulated camera drawn from this description; `v4l2`: a real device."""
     device: FilePath | None = None
+    """V4L2 device node (e.g. `/dev/video0`); required for `v4l2`."""
     width: Annotated[int, Field(ge=16, le=7680)] = 1280
+    """Capture width in pixels (even)."""
     height: Annotated[int, Field(ge=16, le=4320)] = 720
+    """Capture height in pixels (even)."""
     fps: Annotated[int, Field(ge=1, le=120)] = 30
+    """Frames per second."""
     pattern: Literal["bars", "gradient", "noise", "room"] = "bars"
+    """Test picture of a simulated camera (each frame also carries a stamp barcode)."""
     pixel_format: str | None = None
+    """V4L2 pixel format (e.g. `YUYV`, `MJPG`); unset: the device's preferred one."""
 
     @model_validator(mode="after")
     def _v4l2_needs_device(self) -> CameraSpec:
@@ -132,21 +166,31 @@ class CameraSpec(_Strict):
 
 
 class EncoderSection(_Strict):
+    """Video encoder selection and settings."""
     codecs: list[str] = Field(
         default_factory=lambda: ["h264_v4l2m2m", "h264_vaapi", "h264_nvenc", "libx264", "libvpx"]
     )
+    """Encoders to try in order; the first that opens is used (hardware first, software last)."""
     bitrate_kbps: Annotated[int, Field(ge=50, le=200_000)] = 2500
+    """Target bitrate in kbit/s."""
     keyframe_interval: Annotated[int, Field(ge=1, le=3000)] = 60
+    """Frames between keyframes (a receiver that lost packets recovers at the next one)."""
     low_latency: bool = True
-    # x264/x265 speed preset; unset: the HAL's default (veryfast for x264, ultrafast for x265).
+    """Tune the encoder for latency (no B-frames, no look-ahead)."""
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = None
+    """x264/x265 speed preset; unset: the HAL's default (`veryfast` for x264, `ultrafast` for x265)."""
 
 
 class HalSection(_Strict):
+    """The hardware abstraction layer: cameras and encoders."""
     backend: Literal["sim", "v4l2", "auto"] = "sim"
+    """`sim` or `v4l2` for every camera; `auto`: each camera by its own `backend`."""
     cameras: list[CameraSpec] = Field(default_factory=lambda: [CameraSpec(id="cam0")])
+    """The cameras (`[[hal.cameras]]`, keys below); default: one simulated `cam0`."""
     encoder: EncoderSection = Field(default_factory=EncoderSection)
+    """Encoder settings (`[hal.encoder]`)."""
     presets_dir: FilePath | None = None
+    """Directory of stored PTZ presets; unset: `roomagent hal` uses `presets/` in the state directory."""
 
     def camera_specs(self) -> list[HalCameraSpec]:
         """The cameras as the HAL's own value type (the agent hands devices to hal/ only this way)."""
@@ -176,9 +220,14 @@ class HalSection(_Strict):
 
 
 class MediaSection(_Strict):
+    """Where encrypted media goes."""
     sink: str | None = None
+    """`rtp://HOST:PORT` (SFrame-protected RTP over UDP) or `file:///PATH` (a record file); unset: no
+    pipeline runs."""
     mtu: Annotated[int, Field(ge=256, le=9000)] = 1200
+    """Largest RTP datagram payload in bytes."""
     enabled: bool = True
+    """`false` keeps media off even with a sink."""
 
     @field_validator("sink")
     @classmethod
@@ -198,33 +247,51 @@ class MediaSection(_Strict):
 
 
 class E2eeSection(_Strict):
+    """End-to-end encryption (SFrame, RFC 9605)."""
     lab_key_file: FilePath | None = None
+    """A shared lab key (`roomagent lab-key`): lab use only; meetings get keys from the customer's key
+    packages."""
     suite: Annotated[int, Field(ge=1, le=5)] = 4
+    """SFrame cipher suite for the lab key (RFC 9605 §4.5; 4 = AES-128-GCM-SHA256-128)."""
 
 
 class ControlSection(_Strict):
+    """Limits of the signed-document control plane."""
     max_document_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
+    """Largest document accepted, checked before parsing (bigger ones are acked `too_large`)."""
     clock_skew_s: Annotated[int, Field(ge=0, le=3600)] = 300
+    """How far in the future a document's `issued_at` may be, in seconds."""
     health_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
-    # Unauthenticated rejections (anyone on the broker can cause them; docs/control-plane.md
-    # "Coalesced rejections"): audit bytes per day, how often counters are written, acks/s per topic.
+    """How long an applied config has to become healthy before it is rolled back, in seconds."""
     rejection_audit_bytes_per_day: Annotated[int, Field(ge=4096, le=64 << 20)] = 256 * 1024
+    """Audit bytes per day for coalesced counters of unauthenticated rejections (anyone on the broker
+    can cause them; see docs/control-plane.md, "Coalesced rejections")."""
     rejection_flush_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    """How often the coalesced rejection counters are written to the audit log, in seconds."""
     rejection_acks_per_s: Annotated[float, Field(ge=0.1, le=1000)] = 5.0
-    # Messages naming no signer key id are verified at most this often per topic; the rest are
-    # counted unparsed, so a flood never delays a real document.
+    """Acks per second and topic for unauthenticated rejections; the rest are only counted."""
     unsigned_per_s_per_topic: Annotated[float, Field(ge=1, le=100000)] = 200.0
+    """Messages naming no signer key id verified at most this often per topic; the rest are counted
+    unparsed, so a flood never delays a real document."""
 
 
 class SupervisorSection(_Strict):
+    """Restarts of failed services inside the agent."""
     max_restarts: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Restarts of one service allowed within `restart_window_s` before the agent exits (and systemd takes
+    over)."""
     restart_window_s: Annotated[float, Field(gt=0)] = 60.0
+    """The window for `max_restarts`, in seconds."""
     backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    """First delay before restarting a failed service, in seconds (doubles each time)."""
     backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    """Longest restart delay, in seconds."""
     stall_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """A service that reports no progress for this long counts as hung (systemd's watchdog pings stop)."""
 
 
 class AgentConfig(_Strict):
+    """The whole `agent.toml`."""
     device: DeviceSection = Field(default_factory=DeviceSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     trust: TrustSection = Field(default_factory=TrustSection)

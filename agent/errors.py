@@ -41,6 +41,21 @@ class ConfigError(AgentError):
         detail = "; ".join(str(i) for i in issues)
         super().__init__(f"invalid configuration {source}: {detail}")
 
+    def report_lines(self) -> list[str]:
+        """What the CLIs print: one line per offending key, then what to do next."""
+        lines = [f"{self.source}: {issue.path}: {issue.reason}" for issue in self.issues]
+        if any(issue.path == "(file)" for issue in self.issues):
+            lines.append(
+                "next: pass the path of an existing agent.toml, or leave --config out for the built-in"
+                " defaults"
+            )
+        else:
+            lines.append(
+                f"next: fix the keys above (every key, its type and default: docs/config.md), then"
+                f" `roomagent check-config {self.source}`"
+            )
+        return lines
+
 
 class StateError(AgentError):
     """Persisted state could not be read or written."""

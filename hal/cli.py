@@ -25,52 +25,59 @@ def register(sub: Any) -> None:
         "hal", help="hardware testers' tools: list, snapshot, record, stamps, scenario, control"
     )
     hal.add_argument("--config", type=Path, default=None, help="agent config (default: built-in, sim cam0)")
-    hal.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    hal.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log lines (JSON, on stderr) from this level up (default: warning)",
+    )
     cmds = hal.add_subparsers(dest="hal_command", required=True, metavar="HAL_COMMAND")
 
     p = cmds.add_parser("list", help="cameras and encoders with their capabilities")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=_run(_list))
 
     p = cmds.add_parser("snapshot", help="save one frame of DEVICE as a PNG")
-    p.add_argument("device")
-    p.add_argument("out", type=Path)
+    p.add_argument("device", help="camera id (see `roomagent hal list`), e.g. cam0")
+    p.add_argument("out", type=Path, help="PNG file to write")
     p.set_defaults(func=_run(_snapshot))
 
     p = cmds.add_parser(
         "record", help="record DEVICE through the HAL encoder into a file (.mkv, .mp4, .webm)"
     )
-    p.add_argument("device")
-    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("device", help="camera id (see `roomagent hal list`), e.g. cam0")
+    p.add_argument("--seconds", type=float, required=True, help="how long to record")
     p.add_argument(
         "--codec", default="h264", help="family (h264, h265, vp8, vp9, av1) or FFmpeg encoder name"
     )
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="file to write: .mkv (any codec), .mp4, .webm (VP8/VP9/AV1)")
     p.set_defaults(func=_run(_record))
 
     p = cmds.add_parser("stamps", help="read the frame stamps back from a recorded or received file")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", type=Path, help="a video file (e.g. from `hal record`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object of figures")
     p.set_defaults(func=_run(_stamps))
 
     p = cmds.add_parser("scenario", help="run a scripted fault scenario against the sim devices")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", type=Path, help="scenario TOML (format: docs/hal.md, 'Scenario files')")
+    p.add_argument("--json", action="store_true", help="print the observations and verdict as JSON")
     p.set_defaults(func=_run(_scenario))
 
     p = cmds.add_parser("control", help="read a camera control, or set it and read it back")
-    p.add_argument("device")
+    p.add_argument("device", help="camera id (see `roomagent hal list`), e.g. cam0")
     p.add_argument("name", help="pan_absolute, tilt_absolute, zoom_absolute, privacy, or any V4L2 control")
-    p.add_argument("value", type=int, nargs="?")
+    p.add_argument("value", type=int, nargs="?", help="set the control to this integer first")
     p.set_defaults(func=_run(_control))
 
 
 def _run(handler: Any) -> Any:
     def call(args: argparse.Namespace) -> int:
         from agent.logs import configure_logging
+        from hal.codecs import quiet_codec_libraries
 
         # Logs go to stderr: stdout carries the tool's output (JSON with --json).
         configure_logging(level=args.log_level, stream=sys.stderr)
+        quiet_codec_libraries()
         try:
             return int(handler(args))
         except HalError as exc:
@@ -90,8 +97,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[Any], Path]:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{exc.source}: {issue.path}: {issue.reason}", file=sys.stderr)
+        print("\n".join(exc.report_lines()), file=sys.stderr)
         raise SystemExit(2) from exc
     specs = config.hal.camera_specs()
     presets = config.hal.presets_dir or (config.state_dir() / "presets")
@@ -108,6 +114,20 @@ def _inventory(args: argparse.Namespace) -> tuple[Any, Any]:
     elif backend == "sim":
         specs = [s for s in specs if s.backend == "sim"]
     return config, open_inventory(specs, backend=backend, presets_dir=presets)
+
+
+def _open_camera(inventory: Any, device: str) -> Any:
+    """Open ``device``, or say which cameras this config has."""
+    from hal.errors import UnsupportedError
+
+    ids = [d.id for d in inventory.list_devices() if d.kind == "camera"]
+    if device not in ids:
+        raise UnsupportedError(
+            f"no camera {device!r} in this config; it has: {', '.join(ids) or 'none'}"
+            " (`roomagent hal list`; other cameras: [[hal.cameras]] in --config)",
+            device=device,
+        )
+    return inventory.open_camera(device)
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -168,7 +188,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     from hal.images import save_png
 
     _, inventory = _inventory(args)
-    frame = asyncio.run(_first_frame(inventory.open_camera(args.device)))
+    frame = asyncio.run(_first_frame(_open_camera(inventory, args.device)))
     save_png(frame.image, args.out)
     print(f"{args.out}: {frame.width}x{frame.height} frame {frame.seq} of {args.device}")
     return 0
@@ -190,10 +210,26 @@ def _record(args: argparse.Namespace) -> int:
     if args.seconds <= 0:
         print("roomagent hal: --seconds must be > 0", file=sys.stderr)
         return 2
-    camera = inventory.open_camera(args.device)
+    camera = _open_camera(inventory, args.device)
     stats = asyncio.run(_record_async(camera, encoder_factory(), config, family, preference, args))
     print(f"{args.out}: {stats['frames']} frames, {stats['bytes']} bytes, {stats['encoder']}")
+    print(_drop_report(stats))
     return 0
+
+
+def _drop_report(stats: dict[str, Any]) -> str:
+    """What the camera captured against what was written, and why the difference."""
+    captured, written, seconds = stats["captured"], stats["frames"], stats["elapsed_s"]
+    dropped = captured - written
+    if dropped <= 0:
+        return f"captured {captured} frames in {seconds:.1f} s, none dropped"
+    encode_fps = written / seconds if seconds > 0 else 0.0
+    return (
+        f"captured {captured} frames in {seconds:.1f} s, dropped {dropped} "
+        f"({dropped * 100 // captured}%): {stats['encoder']} encoded {encode_fps:.1f} fps, slower than the "
+        f"camera's {stats['fps']} fps, and a camera does not wait for a slow consumer "
+        f"(pick a faster --codec or a smaller mode in --config)"
+    )
 
 
 async def _record_async(
@@ -209,6 +245,8 @@ async def _record_async(
     from hal.types import EncoderConfig
 
     frames = size = 0
+    first_seq: int | None = None
+    last_seq = 0
     async with camera:
         mode = camera.capabilities().modes[0]
         enc_config = EncoderConfig(
@@ -242,15 +280,29 @@ async def _record_async(
                     size += len(p.data)
 
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + args.seconds
+            started = loop.time()
+            deadline = started + args.seconds
             async for frame in camera.frames():
+                # Sequence numbers count every frame the sensor captured, so gaps are frames dropped
+                # while we were still encoding the previous one.
+                first_seq = frame.seq if first_seq is None else first_seq
+                last_seq = frame.seq
                 mux(await asyncio.to_thread(encoder.encode, frame))
                 frames += 1
                 if loop.time() >= deadline:
                     break
+            elapsed = loop.time() - started
             mux(encoder.flush())
         encoder.close()
-    return {"frames": frames, "bytes": size, "encoder": encoder.capabilities.name}
+    captured = 0 if first_seq is None else last_seq - first_seq + 1
+    return {
+        "frames": frames,
+        "captured": captured,
+        "elapsed_s": elapsed,
+        "fps": enc_config.fps,
+        "bytes": size,
+        "encoder": encoder.capabilities.name,
+    }
 
 
 def _stamps(args: argparse.Namespace) -> int:
@@ -289,7 +341,7 @@ def _scenario(args: argparse.Namespace) -> int:
                 f"out of order {r.out_of_order}, restarts {r.restarts}, "
                 f"latency mean {r.latency_ms_mean} ms max {r.latency_ms_max} ms"
             )
-        print("recovered" if result.recovered else "NOT recovered")
+        print(result.verdict)
     return 0 if result.recovered else 1
 
 
@@ -301,7 +353,7 @@ def _control(args: argparse.Namespace) -> int:
     from hal.v4l2 import V4l2Camera
 
     _, inventory = _inventory(args)
-    camera = inventory.open_camera(args.device)
+    camera = _open_camera(inventory, args.device)
     if isinstance(camera, V4l2Camera):
         if args.value is not None:
             camera.controls.set(args.name, args.value)

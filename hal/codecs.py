@@ -21,9 +21,11 @@ __all__ = [
     "PyAvEncoderFactory",
     "family_of",
     "open_decoder",
+    "quiet_codec_libraries",
 ]
 
 import collections
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +40,17 @@ from hal.errors import DecoderError, EncoderError, UnsupportedError
 from hal.sim.faults import SimEncoderFaults
 from hal.stamps import Stamp, read_stamp
 from hal.types import EncodedPacket, EncoderCapabilities, EncoderConfig, Frame
+
+
+def quiet_codec_libraries() -> None:
+    """Keep codec libraries' own chatter (SVT-AV1's banner, FFmpeg's info lines) off the terminal.
+
+    Command-line tools print results on stdout and our logs on stderr; a 20-line library banner on
+    every encoder open buries both. SVT-AV1 logs to stderr itself, past FFmpeg's log level, and reads
+    ``SVT_LOG`` when an encoder is created (1 = errors only). FFmpeg's own messages stay off unless
+    someone turned PyAV's logging on. Call it before any codec opens; an ``SVT_LOG`` the user set wins.
+    """
+    os.environ.setdefault("SVT_LOG", "1")
 
 log = structlog.get_logger()
 

@@ -33,6 +33,7 @@ __all__ = [
     "ScenarioResult",
     "Step",
     "apply_step",
+    "faults_end_s",
     "load_scenario",
     "run_scenario",
 ]
@@ -100,10 +101,14 @@ class ScenarioResult:
     report: StampReport | None = None
     recovered: bool = False
     frames_after_last_fault: int = 0
+    faults_end_s: float | None = None
+    verdict: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "recovered": self.recovered,
+            "verdict": self.verdict,
+            "faults_end_s": self.faults_end_s,
             "frames_after_last_fault": self.frames_after_last_fault,
             "stamps": None if self.report is None else self.report.as_dict(),
             "observations": [{"t_s": o.t_s, "event": o.event, "detail": o.detail} for o in self.observations],
@@ -177,6 +182,29 @@ def apply_step(
             encoder_faults.clear()
 
 
+def faults_end_s(scenario: Scenario) -> float | None:
+    """When the last fault is over, in seconds from the start; ``None`` if one never ends.
+
+    A stall lasts ``ms`` past its step; an unplug lasts until that camera's ``replug`` or ``clear``
+    (never, without one). Other switches take effect at their step: drops and a slow encoder are
+    degraded states during which frames still flow, so they do not hold recovery back.
+    """
+    default = scenario.cameras[0].id
+    end = 0.0
+    unplugged: set[str] = set()
+    for step in scenario.steps:
+        camera = step.camera or default
+        end = max(end, step.at_s)
+        if step.fault == "stall":
+            end = max(end, step.at_s + step.ms / 1000)
+        elif step.fault == "unplug":
+            unplugged.add(camera)
+        elif step.fault in ("replug", "clear"):
+            unplugged.discard(camera)
+    # Only the first camera feeds the pipeline: an unplugged second camera does not stop its frames.
+    return None if default in unplugged else end
+
+
 async def run_scenario(scenario: Scenario) -> ScenarioResult:
     """Run the pipeline and the fault script side by side; observe and judge recovery."""
     inventory = SimInventory(scenario.cameras)
@@ -184,6 +212,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioResult:
     spec = scenario.cameras[0]
     result = ScenarioResult()
     start = time.monotonic()
+    start_wall_ns = time.time_ns()
     arrivals: list[tuple[Any, int | None, float]] = []  # (stamp, arrival ns, t_s)
 
     def observe(event: str, detail: str = "") -> None:
@@ -236,12 +265,36 @@ async def run_scenario(scenario: Scenario) -> ScenarioResult:
             tg.create_task(stop_after(), name="scenario.deadline")
     except* _Done:
         pass
-    last_fault = max((s.at_s for s in scenario.steps), default=0.0)
-    settled = [a for a in arrivals if a[0] is not None and a[2] >= last_fault]
-    result.frames_after_last_fault = len(settled)
-    result.recovered = bool(settled) and settled[0][2] <= last_fault + scenario.settle_s
+    # Judge by capture time, not arrival: frames captured before the faults were over (a stall that
+    # outlasts the scenario, frames queued before an unplug) prove nothing about recovery.
+    fault_end = faults_end_s(scenario)
+    result.faults_end_s = fault_end
     result.report = analyse((a[0], a[1]) for a in arrivals)
-    observe("result", "recovered" if result.recovered else "NOT recovered")
+    if fault_end is None:
+        result.verdict = "NOT recovered: a camera was unplugged and never plugged back in"
+    else:
+        after = [
+            a for a in arrivals if a[0] is not None and (a[0].capture_ns - start_wall_ns) / 1e9 >= fault_end
+        ]
+        result.frames_after_last_fault = len(after)
+        result.recovered = bool(after) and after[0][2] <= fault_end + scenario.settle_s
+        if result.recovered:
+            result.verdict = (
+                f"recovered: {len(after)} frames captured after the faults ended at {fault_end:.2f} s"
+            )
+        elif fault_end >= scenario.duration_s:
+            result.verdict = (
+                f"NOT recovered: the faults end at {fault_end:.2f} s, after the scenario's "
+                f"{scenario.duration_s:.2f} s (raise duration_s)"
+            )
+        elif not after:
+            result.verdict = f"NOT recovered: no frame captured after the faults ended at {fault_end:.2f} s"
+        else:
+            result.verdict = (
+                f"NOT recovered: the first frame after the faults ended at {fault_end:.2f} s arrived at "
+                f"{after[0][2]:.2f} s, later than settle_s = {scenario.settle_s:.2f} s"
+            )
+    observe("result", result.verdict)
     return result
 
 

@@ -13,8 +13,7 @@ import structlog
 from tests.broker import DEFAULT_ACL, Broker, TlsBroker
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-VECTORS = SHARED / "vectors"
+VECTORS = REPO / "tests" / "vectors"  # published test vectors, copied into the repo (see its README)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +40,7 @@ def python() -> str:
     return sys.executable
 
 
-# --- Real Mosquitto brokers (issue 5; used by control, privacy, media and reliability tests) ---------
+# --- Real Mosquitto brokers (used by control, privacy, media and reliability tests) -----------------
 
 
 @pytest.fixture

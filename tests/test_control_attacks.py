@@ -1,4 +1,4 @@
-"""One scenario per attack (TUF threat list + DESIGN.md rules), against a real Mosquitto.
+"""One scenario per attack (TUF threat list + docs/design.md rules), against a real Mosquitto.
 
 Each scenario: the plane (or an attacker with broker access) publishes one bad document; the device
 acks it ``rejected`` with the attack's own reason code, audits it, changes nothing, and keeps

@@ -1,4 +1,4 @@
-"""Pure verification: each rule of DESIGN.md on its own, and DSSE interop with securesystemslib."""
+"""Pure verification: each rule of docs/design.md on its own, and DSSE interop with securesystemslib."""
 
 from __future__ import annotations
 

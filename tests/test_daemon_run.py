@@ -139,7 +139,9 @@ def test_every_offending_key_is_named(tmp_path: Path, spawn) -> None:
     proc = spawn("--config", str(config))
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 2
-    assert [line.split(": ")[1] for line in err.splitlines()] == ["device.id", "log.level", "media.mtu"]
+    *keys, next_step = err.splitlines()
+    assert [line.split(": ")[1] for line in keys] == ["device.id", "log.level", "media.mtu"]
+    assert next_step.startswith("next: fix the keys above")
 
 
 def test_unusable_state_dir_exits_non_zero_with_a_reason(tmp_path: Path, spawn) -> None:
@@ -220,8 +222,11 @@ def test_hung_camera_in_real_process_stops_watchdog_pings_until_frames_flow(
     assert any(p > pings[0] + 3.0 for p in pings), "pings never resumed after the stall"
     out, _ = proc.communicate()
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    # (the fault's details are outside the minimal telemetry allow-list; the event itself is logged)
     assert any(e["event"] == "sim_fault_applied" for e in events)
+    # Local logs keep the operational fields a tester needs, whatever the telemetry level.
+    assert any(
+        e["event"] == "sim_fault" and (e.get("camera"), e.get("fault")) == ("cam0", "stall") for e in events
+    )
 
 
 def test_sim_faults_refused_before_start(tmp_path: Path, agent_env: dict[str, str], spawn) -> None:
@@ -231,3 +236,15 @@ def test_sim_faults_refused_before_start(tmp_path: Path, agent_env: dict[str, st
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "melt" in err
+
+
+def test_sim_faults_without_sink_refused(tmp_path: Path, agent_env: dict[str, str], spawn) -> None:
+    """No pipelines, nothing to fault: exit 2 with the fix, not a restart loop."""
+    script = tmp_path / "faults.toml"
+    script.write_text('[[step]]\nat_s = 1.0\nfault = "stall"\nms = 100\n')
+    proc = spawn("--sim-faults", str(script))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "no [media] sink" in err
+    assert "[media] sink = " in err  # names the next step
+    assert "FaultScriptError" not in out + err

@@ -1,4 +1,4 @@
-"""A hung pipeline on the simulated HAL stops systemd's watchdog pings (issue 2, "a service that hangs").
+"""A hung pipeline on the simulated HAL stops systemd's watchdog pings, so systemd restarts a hung agent.
 
 The whole daemon stack in process: the real service providers (media pipeline on the sim camera,
 libx264, SFrame with a lab key, file sink), the supervisor and a real notify socket. The sim camera's
@@ -22,8 +22,8 @@ from agent.daemon.supervisor import EXIT_OK, Supervisor
 from tests.sdnotify_listener import NotifyListener
 
 # Written against the sim HAL (branch hal) and the media service (branch media); runs once both land.
-pytest.importorskip("hal.sim", reason="the simulated HAL (issue 3) has not landed")
-media_service = pytest.importorskip("agent.media.service", reason="the media pipeline (issue 7) is not here")
+pytest.importorskip("hal.sim", reason="the simulated HAL (hal.sim) is not importable")
+media_service = pytest.importorskip("agent.media.service", reason="the media pipeline is not importable")
 
 
 def pings(notes: list[Any]) -> int:

@@ -22,7 +22,7 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_sim_documents_pass_the_device_verifier() -> None:
-    """The simulator signs exactly as DESIGN.md says: the device's own verifier accepts its documents."""
+    """The simulator signs exactly as docs/design.md says: the device's own verifier accepts its documents."""
     import datetime as dt
 
     from agent.control.verify import VerifyContext, verify_document, verify_initial_root

@@ -159,6 +159,14 @@ async def test_the_file_sink_service_records_frames_a_lab_receiver_decrypts(
     assert report["stamps_missing"] == 0
     assert report["stamps_out_of_order"] == 0
     assert report["stamps_skipped"] == 0
+    assert f"decoded {sent} of {sent} frames received, none dropped" in done.stderr
+    # With the wrong key every frame is reported as not shown, with the reason and the next step.
+    other = tmp_path / "other.json"
+    assert _agent(agent_env, "lab-key", str(other)).returncode == 0
+    wrong = _agent(agent_env, "receive", "--file", str(out), "--key-file", str(other))
+    summary = wrong.stdout.splitlines()[-1]
+    assert summary.startswith(f"decoded 0 of {sent} frames received: {sent} failed to decrypt (")
+    assert "is --key-file the sender's key?" in summary
 
 
 def test_receive_rejects_bad_arguments_with_exit_2(agent_env: dict[str, str], tmp_path: Path) -> None:

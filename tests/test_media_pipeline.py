@@ -1,6 +1,6 @@
 """The media pipeline end to end on the sim HAL: real libx264, real SFrame, real UDP on loopback.
 
-Scenarios from issue 7 and issue 6 item 4: every stamped frame verified in order; injected UDP loss
+Scenarios: every stamped frame verified in order; injected UDP loss
 reported and repaired at the next keyframe; a camera unplugged mid-stream recovers within 2 s of
 replug; a wrong key is counted, never a crash; with E2EE required every datagram is SFrame and no
 plaintext leaves; the in-use indicator is on exactly while frames leave; live settings changes.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-# These scenarios run on the HAL's sim backend and PyAV codecs (issue 3); skip only while it is absent.
-pytest.importorskip("hal.sim", reason="the sim HAL (hal.sim, hal.codecs) has not landed on this branch")
+# These scenarios run on the HAL's sim backend and PyAV codecs.
+pytest.importorskip("hal.sim", reason="the simulated HAL (hal.sim) is not importable")
 
 from agent.e2ee.sframe import decrypt
 from agent.media.frame import split_frame

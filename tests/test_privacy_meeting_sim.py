@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("hal.sim", reason="the sim HAL (issue 3) has not landed on this branch")
+pytest.importorskip("hal.sim", reason="the simulated HAL (hal.sim) is not importable")
 
 from agent.control.signing_keys import private_key_pem
 from agent.e2ee.header import decode_header

@@ -1,4 +1,5 @@
-"""Telemetry allow-list: what the policy does not allow never leaves, secrets and frames never at all."""
+"""Telemetry: what the policy does not allow never leaves; secrets, frames and personal data never, not
+even in local logs; operational fields stay in local logs."""
 
 from __future__ import annotations
 
@@ -65,26 +66,46 @@ def test_policy_fields_extend_the_list_but_cannot_open_secrets() -> None:
     assert "peer_ip" not in out["media"]
 
 
-def test_log_processor_drops_keys_outside_the_allow_list() -> None:
+def test_local_logs_keep_operational_fields_at_every_level() -> None:
+    """Testers see what happened: fault, encoder, reason and counts survive even at level ``none``."""
     stream = io.StringIO()
-    f = TelemetryFilter(_policy("minimal"))
+    f = TelemetryFilter(_policy("none"))
     configure_logging("debug", "json", extra_processors=[f.processor], stream=stream)
     log = structlog.get_logger()
-    log.info("doc_applied", doc_kind="policy", version=4, meeting="m-1", base_key=b"\x00" * 16, email="a@b")
-    f.set_policy(_policy("standard"))
-    log.info("keys_installed", meeting="m-1", epoch=2, sealed="QUFB", plaintext_len=3)
+    log.info("sim_fault", camera="cam0", fault="stall", ms=300)
+    log.info("encoder_selected", encoder="libx264", after_fallbacks=2)
+    log.warning("encoder_fallback", encoder="h264_vaapi", reason="not available in this FFmpeg build")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert lines[0] == {
+    assert (lines[0]["camera"], lines[0]["fault"], lines[0]["ms"]) == ("cam0", "stall", 300)
+    assert (lines[1]["encoder"], lines[1]["after_fallbacks"]) == ("libx264", 2)
+    assert lines[2]["reason"] == "not available in this FFmpeg build"
+
+
+def test_local_logs_never_carry_secrets_frames_or_personal_data() -> None:
+    stream = io.StringIO()
+    f = TelemetryFilter(_policy("standard", ["base_key", "email"]))
+    configure_logging("debug", "json", extra_processors=[f.processor], stream=stream)
+    log = structlog.get_logger()
+    log.info(
+        "doc_applied",
+        doc_kind="policy",
+        version=4,
+        base_key=b"\x00" * 16,
+        email="a@b",
+        sealed="QUFB",
+        peer_ip="10.0.0.7",
+        blob=b"\x01\x02",
+        detail={"camera": "cam0", "passphrase": "hunter2", "frame": "...", "count": 3},
+    )
+    line = json.loads(stream.getvalue())
+    assert line == {
         "event": "doc_applied",
         "doc_kind": "policy",
         "version": 4,
+        "detail": {"camera": "cam0", "count": 3},
         "level": "info",
-        "timestamp": lines[0]["timestamp"],
+        "timestamp": line["timestamp"],
     }
-    assert lines[1]["meeting"] == "m-1"
-    assert lines[1]["epoch"] == 2
-    assert "sealed" not in lines[1]
-    assert "plaintext_len" not in lines[1]
 
 
 def test_filter_installed_after_logging_is_configured_also_filters_cached_loggers() -> None:
@@ -100,5 +121,5 @@ def test_filter_installed_after_logging_is_configured_also_filters_cached_logger
     log.info("after", fps=30, peer_ip="10.1.1.1", reason="x")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines[0]["peer_ip"] == "10.1.1.1"  # unfiltered before: what the filter is for
-    assert set(lines[1]) == {"event", "level", "timestamp", "reason"}
+    assert set(lines[1]) == {"event", "level", "timestamp", "reason", "fps"}
     assert sum(1 for p in structlog.get_config()["processors"] if getattr(p, "__self__", None) is f) == 1

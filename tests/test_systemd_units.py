@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
 UNIT = SYSTEMD / "roomagent.service"
-EXPOSURE_LIMIT = 2.0  # issue 8; the goal is 1.5
+EXPOSURE_LIMIT = 2.0  # regression bound with headroom; the unit scores 1.5 (docs/image.md)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"

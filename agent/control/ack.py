@@ -1,4 +1,4 @@
-"""Acks: one signed DSSE envelope per received document (DESIGN.md "Ack payload")."""
+"""Acks: one signed DSSE envelope per received document (docs/design.md "Ack payload")."""
 
 from __future__ import annotations
 

@@ -109,6 +109,9 @@ class Mosquitto:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: Ctrl-C in a terminal reaches the agent alone, which disconnects
+            # cleanly (publishing "offline") before it stops the broker.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """The signed payload of every document, and the strict body model of each kind.
 
-Payload (DESIGN.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
+Payload (docs/design.md "Signed documents"): ``{"kind", "version", "issued_at", "expires", "targets",
 "body"}``; ``root`` documents carry no ``targets``. Body models are resolved through
 :func:`body_model`; the policy and key package bodies live in :mod:`agent.schema`, below every package
 that reads them.
@@ -242,7 +242,7 @@ class CommandBody(_Strict):
 
 
 class AckBody(_Strict):
-    """The device's ack (DESIGN.md), as the plane reads it."""
+    """The device's ack (docs/design.md), as the plane reads it."""
 
     kind: Literal["ack"]
     device: str

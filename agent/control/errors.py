@@ -1,7 +1,7 @@
 """Errors of the control plane, grouped by origin.
 
 ``Rejected`` is bad data from the management plane (or an attacker): a document that fails a rule
-of DESIGN.md "Rules every document passes". Its ``reason`` is one of :data:`REASONS`, the code the
+of docs/design.md "Rules every document passes". Its ``reason`` is one of :data:`REASONS`, the code the
 device puts in its ack. ``Refused`` is a command (or key package) handler declining a verified
 document in the device's current state (locked, forbidden by policy, ...): acked ``rejected`` with
 its reason, nothing changed. ``KeyFileError`` and ``LinkError`` are local problems.

@@ -23,7 +23,8 @@ Hooks for other subsystems (connected in ONE place, the composition root ``agent
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
 - ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
-  allow-list); :meth:`ControlService.publish_state` republishes it after a change.
+  allow-list, so only what the policy lets leave reaches the broker);
+  :meth:`ControlService.publish_state` republishes it after a change.
 - ``device_state``: the daemon's runtime (:class:`DeviceState`), whose snapshot is the base of the
   state document and which learns the applied versions, identity, audit head and link state.
 """

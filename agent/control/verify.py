@@ -1,7 +1,7 @@
 """Pure verification of signed documents: bytes in, :class:`VerifiedDocument` or :class:`Rejected` out.
 
 No I/O, no clock reads: the caller passes the trusted root, the device's identity and state and
-``now``. The checks run cheapest first, following DESIGN.md "Rules every document passes" and the
+``now``. The checks run cheapest first, following docs/design.md "Rules every document passes" and the
 TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the same shape):
 
 1. size cap before parsing (TUF "endless data" attack)            -> ``too_large``
@@ -16,7 +16,7 @@ TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the
 6. ``expires`` in the future, ``issued_at`` within the clock skew (freeze) -> ``expired``/``not_yet_valid``
 7. ``targets`` names this device or one of its groups              -> ``not_for_this_device``
 8. strict pydantic body                                           -> ``invalid_body``
-9. who may sign what (DESIGN.md table) -> ``needs_customer``/``lawful_order_mismatch``
+9. who may sign what (docs/design.md table) -> ``needs_customer``/``lawful_order_mismatch``
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def payload_sha256(data: bytes) -> str:
 
 
 def _timestamp(value: Any, name: str) -> dt.datetime:
-    # RFC 3339 UTC with "Z" (DESIGN.md): anything else is malformed, so clocks never get guessed.
+    # RFC 3339 UTC with "Z" (docs/design.md): anything else is malformed, so clocks never get guessed.
     # Full date-time required: fromisoformat("2026-11-29+00:00") gives a *naive* datetime, which then
     # cannot be compared with ``now`` (found by fuzz/fuzz_verify.py).
     if not isinstance(value, str) or not _RFC3339_UTC.fullmatch(value):
@@ -255,7 +255,7 @@ def verify_initial_root(raw: bytes, *, max_bytes: int = 64 * 1024) -> TrustedRoo
 
 
 def required_roles(kind: str, body: BaseModel, policy: PolicyBody) -> tuple[frozenset[str], ...]:
-    """Alternatives of role sets that may sign ``body`` (DESIGN.md "Who may sign what")."""
+    """Alternatives of role sets that may sign ``body`` (docs/design.md "Who may sign what")."""
     if kind == "config":
         return (frozenset({"fleet"}),)
     if kind == "policy":

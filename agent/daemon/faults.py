@@ -36,7 +36,9 @@ def load_fault_script(path: Path, config: AgentConfig) -> tuple[object, ...]:
     from hal.scenario import load_scenario
 
     if config.hal.backend != "sim":
-        raise FaultScriptError(f"--sim-faults needs [hal] backend = 'sim' (is {config.hal.backend!r})")
+        raise FaultScriptError(
+            f"--sim-faults needs [hal] backend = 'sim' (is {config.hal.backend!r}): set it in the config"
+        )
     cameras = config.hal.camera_specs()
     try:
         scenario = load_scenario(path, cameras)
@@ -45,6 +47,15 @@ def load_fault_script(path: Path, config: AgentConfig) -> tuple[object, ...]:
     unknown = {s.camera for s in scenario.steps if s.camera is not None} - {c.id for c in cameras}
     if unknown:
         raise FaultScriptError(f"{path}: steps name cameras the agent does not have: {sorted(unknown)}")
+    # Without pipelines there is nothing to throw faults at: refuse now, with the fix, rather than let
+    # the script's service fail and be restarted over and over by the supervisor.
+    if config.media.sink is None or not config.media.enabled:
+        raise FaultScriptError(
+            "--sim-faults needs running media pipelines, and this config has "
+            + ("[media] enabled = false" if config.media.sink is not None else "no [media] sink")
+            + ': add [media] sink = "rtp://127.0.0.1:5004" (or "file:///tmp/room.ramf") and '
+            'enabled = true to the config (docs/daemon.md, "Testers")'
+        )
     return tuple(scenario.steps)
 
 

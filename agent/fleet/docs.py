@@ -32,7 +32,7 @@ def _ts(when: dt.datetime) -> str:
 
 
 def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """A complete, valid example payload of ``kind`` with every field of DESIGN.md's payload."""
+    """A complete, valid example payload of ``kind`` with every field of docs/design.md's payload."""
     t = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
     bodies: dict[str, Any] = {
         "policy": {

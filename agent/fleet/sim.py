@@ -8,7 +8,7 @@ run in ``--workers`` child processes (``python -m agent.fleet.sim --worker``, on
 their state on tmpfs by default (``--state-dir``); the plane below runs in this process on an otherwise
 idle event loop so that it timestamps each ack as it arrives. All talk to one MQTT broker.
 
-The measurement is the management plane's view, through the wire contract only (DESIGN.md):
+The measurement is the management plane's view, through the wire contract only (docs/design.md):
 
 1. set up a trust root (root and fleet Ed25519 keys) and write the root envelope every room trusts;
 2. start the rooms (paced at ``--connect-rate`` per second) and wait until each has published its
@@ -71,7 +71,7 @@ class FleetSimError(AgentError):
     """The simulation could not run (no broker, control plane not built, too few file descriptors)."""
 
 
-# -- signing (DESIGN.md "Signed documents": TUF key dicts, DSSE envelopes) ----------------------------
+# -- signing (docs/design.md "Signed documents": TUF key dicts, DSSE envelopes) ----------------------------
 
 
 def _key_dict(private: Ed25519PrivateKey) -> dict[str, Any]:
@@ -126,7 +126,7 @@ class FleetKeys:
         devices: tuple[str, ...] = (),
         valid_for: timedelta = timedelta(days=30),
     ) -> dict[str, Any]:
-        """A document payload of DESIGN.md's shape (``targets`` omitted for ``root``)."""
+        """A document payload of docs/design.md's shape (``targets`` omitted for ``root``)."""
         out: dict[str, Any] = {
             "kind": kind,
             "version": version,

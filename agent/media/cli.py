@@ -44,7 +44,8 @@ def _receive(args: argparse.Namespace) -> int:
         else:
             lab = load_lab_key(Path(key_file))
     except AgentError as exc:
-        print(f"receive: {exc}", file=sys.stderr)
+        print(f"receive: {exc} (make one with `roomagent lab-key PATH`; the sender needs the same file)",
+              file=sys.stderr)
         return 2
     opener: Any = LabReceiver(lab) if lab is not None else _NoKey()
     receiver = MediaReceiver(
@@ -56,7 +57,11 @@ def _receive(args: argparse.Namespace) -> int:
     try:
         sock = bind_udp(host, port)
     except OSError as exc:
-        print(f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"receive: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (another receiver on that port? pick a free one and point the sender's [media] sink at it)",
+            file=sys.stderr,
+        )
         return 2
     stop = threading.Event()
     thread = threading.Thread(target=receiver.serve, args=(sock, stop), name="receive", daemon=True)
@@ -99,13 +104,47 @@ def _receive_file(receiver: Any, path: Path, as_json: bool) -> int:
     return status
 
 
+def drop_summary(report: dict[str, Any]) -> str:
+    """One line saying how many frames were not shown and why (the figures come from the report)."""
+    causes = []
+    if report["stamps_skipped"]:
+        causes.append(
+            f"{report['stamps_skipped']} captured frames never arrived (dropped by the sender or lost on"
+            f" the way: {report['packets_lost']} packets lost,"
+            f" {report['frames_incomplete']} frames incomplete)"
+        )
+    elif report["packets_lost"] or report["frames_incomplete"]:
+        causes.append(
+            f"{report['packets_lost']} packets lost, {report['frames_incomplete']} frames incomplete"
+        )
+    if report["decrypt_failures"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(report["decrypt_failures_by_reason"].items()))
+        causes.append(
+            f"{report['decrypt_failures']} failed to decrypt ({reasons}; is --key-file the sender's key?)"
+        )
+    for key, text in (
+        ("skipped_until_keyframe", "skipped until the next keyframe"),
+        ("decode_errors", "did not decode"),
+        ("malformed_frames", "were malformed"),
+        ("unprotected_refused", "were not SFrame-protected and were refused"),
+    ):
+        if report[key]:
+            causes.append(f"{report[key]} {text}")
+    head = f"decoded {report['frames_decoded']} of {report['frames_received']} frames received"
+    if report["frames_received"] == 0:
+        return "received nothing: is the sender's [media] sink this --listen address, and is it running?"
+    return head + (": " + "; ".join(causes) if causes else ", none dropped")
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
+        print(drop_summary(report), file=sys.stderr)  # stdout stays one JSON object
     else:
         print(file=sys.stderr)
         for key, value in report.items():
             print(f"{key}: {value}")
+        print(drop_summary(report))
 
 
 class _NoKey:
@@ -160,15 +199,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "lab-key", help="write a fresh lab SFrame key file (mode 0600) for runs without a meeting"
     )
-    p.add_argument("out")
+    p.add_argument("out", help="key file to create (JSON); refuses to overwrite one")
     p.add_argument("--suite", type=int, default=4, choices=[1, 2, 3, 4, 5], help="RFC 9605 cipher suite")
     p.set_defaults(func=_lab_key)
 
     p = sub.add_parser("demo", help="two simulated rooms exchanging E2EE video over loopback")
     p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=360)
-    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--width", type=int, default=640, help="picture width of both rooms (default 640)")
+    p.add_argument("--height", type=int, default=360, help="picture height of both rooms (default 360)")
+    p.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
     p.add_argument("--rotate-s", type=float, default=10.0, help="rotate each room's key every N seconds")
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
     p.set_defaults(func=_demo)

@@ -48,7 +48,7 @@ class SinkError(MediaError):
 class PlaintextRefusedError(SinkError):
     """A payload that is not SFrame-protected was offered to a sink while E2EE is required.
 
-    Nothing was sent (issue 6 item 4: no unencrypted media leaves the device).
+    Nothing was sent: no unencrypted media leaves the device while policy requires E2EE.
     """
 
 

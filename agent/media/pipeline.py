@@ -7,10 +7,10 @@ Threads and queues (STYLE: blocking work in threads with bounded drop-oldest que
 - one worker thread per pipeline encodes (HAL encoder, blocking), seals each encoded frame with the
   current SFrame sender (:class:`agent.media.key_source.KeySource`) and hands it to the sink.
 
-Privacy rules enforced here (issue 6 item 4): with E2EE required and no sender key nothing is encoded
-or sent (``stats.dropped_no_key``); the sink refuses anything not sealed; the camera's in-use indicator
-is switched ON before the first frame leaves and OFF as soon as frames stop leaving (no key, refused,
-camera gone, service stopped).
+Privacy rules enforced here (no unencrypted media leaves the device): with E2EE required and no
+sender key nothing is encoded or sent (``stats.dropped_no_key``); the sink refuses anything not
+sealed; the camera's in-use indicator is switched ON before the first frame leaves and OFF as soon as
+frames stop leaving (no key, refused, camera gone, service stopped).
 
 Recovery: an unplugged camera (``DeviceGoneError``) is reopened every ``replug_poll_s`` until it
 returns; the first frame after it is a keyframe. An encoder that fails is reopened (falling back

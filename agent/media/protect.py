@@ -5,7 +5,7 @@ token), so a sink holding one knows it came through :func:`protect_frame`, i.e. 
 frame header followed by an SFrame ciphertext (RFC 9605 §4.2: the whole encoded frame is encrypted;
 the frame header is the authenticated metadata). :func:`plain_copy_frame` exists for the pipeline
 benchmark only (``plain_copy=True``); it marks the frame unprotected and sinks refuse it while E2EE is
-required (issue 6 item 4).
+required, so a benchmark path can never leak plaintext into a real sink.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Where media leaves the device: RTP over UDP, or a record file. Both refuse plaintext.
 
-Enforcement (issue 6 item 4): a sink accepts only :class:`agent.media.protect.ProtectedFrame`; while
+Enforcement (no unencrypted media leaves the device while policy requires E2EE): a sink accepts
+only :class:`agent.media.protect.ProtectedFrame`; while
 ``e2ee_required`` is true (the policy default) an unprotected frame, or anything else, raises
 :class:`PlaintextRefusedError` and nothing is sent or written.
 

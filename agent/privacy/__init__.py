@@ -1,4 +1,4 @@
-"""Privacy guarantees the device enforces itself (issue 6; see docs/privacy.md).
+"""Privacy guarantees the device enforces itself, whatever the management plane says (docs/privacy.md).
 
 - ``policy``: the policy body and the keep/tighten/weaken classification;
 - ``hpke``: the device HPKE identity and sealing of SFrame base keys (RFC 9180);

@@ -1,6 +1,6 @@
 """Account interventions (lock, unlock, deprovision) and the remote-snapshot gate.
 
-Who may sign (DESIGN.md "Who may sign what"): ``customer``, or ``legal`` with a lawful-order reference
+Who may sign (docs/design.md "Who may sign what"): ``customer``, or ``legal`` with a lawful-order reference
 whose jurisdiction equals the device's policy jurisdiction. The control verifier enforces it before a
 command reaches us, with :func:`authorize_intervention` (pure, shared so the rule lives in one place).
 

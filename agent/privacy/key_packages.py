@@ -1,6 +1,6 @@
 """Meeting key packages on the device: the key manager (the body model is :mod:`agent.schema.key_package`).
 
-A ``keys`` document (DESIGN.md; signed by ``customer`` only, which the control verifier enforces) carries
+A ``keys`` document (docs/design.md; signed by ``customer`` only, which the control verifier enforces) carries
 for one meeting epoch, per sender device, the sender's SFrame base key and KID sealed with HPKE to each
 recipient device (:mod:`agent.privacy.hpke`). The vendor cannot add a ghost participant: it cannot sign
 a key package, and without one no device will encrypt to or decrypt from anyone.

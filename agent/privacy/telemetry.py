@@ -1,27 +1,24 @@
-"""Telemetry minimisation: an allow-list, set by policy, for everything the agent logs or publishes.
+"""Telemetry minimisation: what leaves the device follows the policy; personal data never, anywhere.
 
-Two filters share one allow-list per ``telemetry.level`` plus the policy's ``telemetry.fields``:
+The policy's ``telemetry.level`` plus its ``telemetry.fields`` is an allow-list for what LEAVES the
+device: :meth:`TelemetryFilter.filter_state` applies it to the retained state document before it is
+published over MQTT. Allow-list entries are dotted paths; an entry allows its whole subtree
+(``health`` allows ``health.fps``), a deeper entry allows just that leaf (``health.status``). The
+control protocol's own fields (device id, online flag, applied versions, identity public keys, audit
+head, lock state) are not telemetry: without them the fleet plane could not tell what a room runs, so
+they pass at every level, ``none`` included.
 
-- :meth:`TelemetryFilter.processor`: a structlog processor; keys of a log event that are not allowed
-  are dropped before rendering (install it with ``configure_logging(extra_processors=[...])``);
-- :meth:`TelemetryFilter.filter_state`: applied to the retained state document before it is published.
-
-Allow-list entries are dotted paths; an entry allows its whole subtree (``health`` allows
-``health.fps``), a deeper entry allows just that leaf (``health.status``).
-
-Whatever the level and whatever ``telemetry.fields`` says, some things never pass: values that are
-bytes (frame or key material), and keys named like secrets, keys, frame contents or personal data
-(:data:`NEVER`). The control protocol's own fields (device id, online flag, applied versions,
-identity public keys, audit head, lock state) are not telemetry: without them the fleet plane could not
-tell what a room runs, so they pass at every level, ``none`` included.
+Local logs (stdout, stored by journald on the device) are diagnostics, not telemetry: a tester or
+admin at the room needs the fault, encoder, reason and counts to see what happened, so
+:meth:`TelemetryFilter.processor` keeps operational fields at every level. What never passes, in logs
+or state, whatever the level and whatever ``telemetry.fields`` says: values that are bytes (frame or
+key material), and keys named like secrets, keys, frame contents or personal data (:data:`NEVER`).
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "LOG_FIELDS",
     "NEVER",
-    "PROTOCOL_LOG_FIELDS",
     "PROTOCOL_STATE_FIELDS",
     "STATE_FIELDS",
     "TelemetryFilter",
@@ -80,67 +77,6 @@ _NEVER_SUFFIXES = (
     "_email",
 )
 
-# Log events: what every line keeps (the event name itself is a fixed snake_case identifier).
-PROTOCOL_LOG_FIELDS: frozenset[str] = frozenset({"event", "level", "timestamp", "logger", "reason"})
-LOG_FIELDS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "minimal": frozenset(
-        {
-            "device",
-            "doc_kind",
-            "doc_version",
-            "version",
-            "status",
-            "error",
-            "camera",
-            "codec",
-            "backend",
-            "state",
-            "role",
-            "attempt",
-            "delay_s",
-        }
-    ),
-    "standard": frozenset(
-        {
-            "device",
-            "doc_kind",
-            "doc_version",
-            "version",
-            "status",
-            "error",
-            "camera",
-            "codec",
-            "backend",
-            "state",
-            "role",
-            "attempt",
-            "delay_s",
-            "exception",
-            "meeting",
-            "epoch",
-            "suite",
-            "kid",
-            "senders",
-            "sending",
-            "fps",
-            "width",
-            "height",
-            "bitrate_kbps",
-            "drops",
-            "dropped",
-            "latency_ms",
-            "count",
-            "seconds",
-            "path",
-            "topic",
-            "encoder",
-            "group",
-            "groups",
-        }
-    ),
-}
-
 # Retained state document: protocol fields always, then per level.
 PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
     {
@@ -171,16 +107,9 @@ STATE_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
-def allowed_paths(policy: PolicyBody, *, kind: str) -> frozenset[str]:
-    """The dotted paths allowed out for ``kind`` ``"log"`` or ``"state"`` under ``policy``."""
-    level = policy.telemetry.level
-    if kind == "log":
-        base = PROTOCOL_LOG_FIELDS | LOG_FIELDS[level]
-    elif kind == "state":
-        base = PROTOCOL_STATE_FIELDS | STATE_FIELDS[level]
-    else:
-        raise ValueError(f"kind must be 'log' or 'state', not {kind!r}")
-    return base | frozenset(policy.telemetry.fields)
+def allowed_paths(policy: PolicyBody) -> frozenset[str]:
+    """The dotted paths of the state document allowed off the device under ``policy``."""
+    return PROTOCOL_STATE_FIELDS | STATE_FIELDS[policy.telemetry.level] | frozenset(policy.telemetry.fields)
 
 
 def _never(key: str, value: Any) -> bool:
@@ -243,34 +172,34 @@ def _prefixes(allowed: frozenset[str]) -> frozenset[str]:
 
 
 class TelemetryFilter:
-    """The allow-list filter for logs and the published state, following the policy in force."""
+    """The allow-list for the published state (following the policy in force) and the log scrubber."""
 
     def __init__(self, policy: PolicyBody = DEFAULT_POLICY) -> None:
         self.set_policy(policy)
 
     def set_policy(self, policy: PolicyBody) -> None:
         """Switch to a newly applied policy (takes effect for the next log line / state publish)."""
-        log_allowed = allowed_paths(policy, kind="log")
-        state_allowed = allowed_paths(policy, kind="state")
-        # One tuple, swapped in one assignment, so a log line from another thread sees old or new.
-        self._lists = (log_allowed, _prefixes(log_allowed), state_allowed, _prefixes(state_allowed))
+        state_allowed = allowed_paths(policy)
+        # One tuple, swapped in one assignment, so a publisher in another thread sees old or new.
+        self._lists = (state_allowed, _prefixes(state_allowed))
         self.level = policy.telemetry.level
 
     def processor(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> dict[str, Any]:
-        """structlog processor: keep only allowed keys of the event."""
-        log_allowed, log_prefixes, _, _ = self._lists
-        return _filter(event_dict, log_allowed, log_prefixes, "")
+        """structlog processor for local logs: operational fields stay; secrets, key and frame
+        material and personal data go (at any depth), whatever the telemetry level."""
+        return {k: _scrub(v) for k, v in event_dict.items() if not _never(str(k), v)}
 
     def filter_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """The state document as it may leave the device."""
-        _, _, state_allowed, state_prefixes = self._lists
+        state_allowed, state_prefixes = self._lists
         return _filter(state, state_allowed, state_prefixes, "", PROTOCOL_STATE_FIELDS)
 
 
 def install_log_filter(telemetry: TelemetryFilter) -> None:
-    """Put ``telemetry.processor`` into the running structlog configuration, just before the renderer.
+    """Put ``telemetry.processor`` (the log scrubber) into the running structlog configuration, just
+    before the renderer.
 
     The daemon configures logging before the policy is loaded; this adds the filter afterwards. The
     processor list is changed in place, so loggers already bound (and cached) filter too. Idempotent.

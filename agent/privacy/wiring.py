@@ -8,7 +8,7 @@ telemetry allow-list as the state filter, and the audit log for interventions.
 :class:`PrivacyApplyTarget` wraps the control plane's apply target so that an applied (or rolled-back)
 ``policy`` takes effect in the guard before the rest of the system sees it.
 
-The verifier has already enforced who may sign (DESIGN.md table) when a handler runs; the handlers
+The verifier has already enforced who may sign (docs/design.md table) when a handler runs; the handlers
 enforce what depends on the device's own state (locked, policy suites and KEM, snapshot permission).
 A handler's refusal raises a ``PrivacyError`` whose ``reason`` is an ack reason code.
 """

@@ -3,7 +3,7 @@
 Outside checks read these JSON paths of a policy body: ``e2ee.required``, ``e2ee.suites``,
 ``camera.shutter_when_idle``, ``camera.remote_snapshot``, ``camera.remote_ptz``,
 ``telemetry.level``, ``jurisdiction``. A change that weakens privacy on any axis needs both the
-``fleet`` and the ``customer`` thresholds (DESIGN.md "Who may sign what").
+``fleet`` and the ``customer`` thresholds (docs/design.md "Who may sign what").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 ...``; until the daemon wires the control plane, the control plane's own entry point ``python -m
 agent.control``) against a real broker, and SIGKILLs or stops it. ``ReconcilingPlane`` is what a
 management plane does: it keeps the desired documents retained, republishes any that are not acked yet
-after every reconnect, and records every ack. Only the wire contract (DESIGN.md) is used, plus the
+after every reconnect, and records every ack. Only the wire contract (docs/design.md) is used, plus the
 agent's own persisted files for the never-torn checks.
 """
 

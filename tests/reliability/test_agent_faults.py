@@ -1,6 +1,6 @@
 """Fault injection against a real agent process and a real Mosquitto.
 
-Scenarios (issue 9):
+Scenarios:
 - the broker is killed (SIGKILL) or stopped and restarted 10 times while documents are being pushed:
   every pushed version is eventually applied exactly once (the agent's audit log has one ``applied``
   entry per version) and acked;
