@@ -15,8 +15,6 @@ A handler's refusal raises a ``PrivacyError`` whose ``reason`` is an ack reason 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 __all__ = ["HPKE_ATTESTATION_KIND", "PrivacyApplyTarget", "wire_control"]
 
 from collections.abc import Mapping
