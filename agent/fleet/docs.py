@@ -52,12 +52,14 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
             "media": {"sink": "rtp://198.51.100.7:5004", "mtu": 1200, "enabled": True},
             "log": {"level": "info", "format": "json"},
         },
-        # Commands are not retained: a time-based version keeps them increasing across admins.
+        # Commands are not retained: a time-based version (ms) keeps them increasing across admins.
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
         "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.keys.KeysBody"},
         "root": {"keys": {}, "roles": {r: {"keyids": [], "threshold": 1} for r in ROLES}},
     }
-    version = int(t.timestamp()) if kind == "command" else 1
+    # Same clock as roomctl's own commands (milliseconds): a template signed after a roomctl verb is
+    # not refused as a rollback.
+    version = int(t.timestamp() * 1000) if kind in ("command", "keys") else 1
     payload: dict[str, Any] = {
         "kind": kind,
         "version": version,
