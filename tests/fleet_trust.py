@@ -21,7 +21,7 @@ import aiomqtt
 
 from agent.control.keys import private_key_pem
 from tests.broker import Broker
-from tests.plane import PREFIX, Plane, PlaneClient
+from tests.plane import PREFIX, Plane
 from tests.test_privacy_agent_process import agent_process
 
 
@@ -101,24 +101,26 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def running(fleet: Fleet, broker: Broker, *devices: str) -> AsyncIterator[PlaneClient]:
-    """``roomagent run`` for each enrolled room; yields a plane client that has seen them online."""
+async def running(fleet: Fleet, broker: Broker, *devices: str) -> AsyncIterator[None]:
+    """``roomagent run`` for each enrolled room, returning once each has published ``online: true``."""
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
         )
-        pc = PlaneClient(client)
-        listener = asyncio.create_task(pc.listen(), name="plane.listen")
-        try:
-            for device in devices:
-                await stack.enter_async_context(agent_process(fleet.rooms[device], fleet.env))
-            for device in devices:
-                await pc.wait_for(lambda s, d=device: s.get("device") == d and s.get("online") is True, 30)
-            yield pc
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        for device in devices:
+            await client.subscribe(topic(device, "state"), qos=1)
+        for device in devices:
+            await stack.enter_async_context(agent_process(fleet.rooms[device], fleet.env))
+        online: set[str] = set()
+        async with asyncio.timeout(30):
+            async for message in client.messages:
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    state = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    if state.get("online") is True and state.get("device") in devices:
+                        online.add(state["device"])
+                if online == set(devices):
+                    break
+        yield
 
 
 async def publish(broker: Broker, topic: str, payload: bytes, *, retain: bool = False) -> None:

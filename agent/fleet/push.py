@@ -168,27 +168,33 @@ async def _collect_states(
     states: dict[str, Any] = {}
     head, tail = f"{prefix}/devices/", "/state"
     await client.subscribe(f"{prefix}/devices/+/state", qos=1)
-    try:
-        async with asyncio.timeout(settle_s):
-            async for m in client.messages:
-                topic = str(m.topic)
-                if not (topic.startswith(head) and topic.endswith(tail)):
-                    continue
-                device = topic[len(head) : -len(tail)]
-                payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
-                if not payload:
-                    continue  # a cleared retained state
-                try:
-                    state = parse_json_message(bytes(payload))
-                except ValueError as exc:
-                    warner.skip(device, topic, str(exc))
-                    continue
-                if not isinstance(state, dict):
-                    warner.skip(device, topic, f"a JSON {type(state).__name__}, not an object")
-                    continue
-                states[device] = state
-    except TimeoutError:
-        pass
+    # Retained states arrive in a burst after the subscription: collect until the broker has been
+    # quiet for ``settle_s`` (a busy machine delays the burst), at most ten times that in all.
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10 * settle_s
+    messages = aiter(client.messages)
+    while True:
+        try:
+            async with asyncio.timeout(max(0.0, min(settle_s, give_up - loop.time()))):
+                m = await anext(messages)
+        except TimeoutError:
+            break
+        topic = str(m.topic)
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            continue
+        device = topic[len(head) : -len(tail)]
+        payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+        if not payload:
+            continue  # a cleared retained state
+        try:
+            state = parse_json_message(bytes(payload))
+        except ValueError as exc:
+            warner.skip(device, topic, str(exc))
+            continue
+        if not isinstance(state, dict):
+            warner.skip(device, topic, f"a JSON {type(state).__name__}, not an object")
+            continue
+        states[device] = state
     return states
 
 
@@ -283,7 +289,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=0.5,
         metavar="SECONDS",
-        help="how long to collect retained states (default 0.5)",
+        help="collect retained states until the broker is quiet this long (default 0.5)",
     )
     p.add_argument(
         "--json", action="store_true", help="print {device: {trust, reason, groups, state}} as JSON"

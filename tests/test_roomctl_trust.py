@@ -1,0 +1,309 @@
+"""Attack scenarios against roomctl's trust in what the broker says, with a real Mosquitto, real
+``roomagent run`` rooms enrolled through ``roomagent identity --json`` + ``roomctl roster add``, and
+real ``roomctl`` processes. Each test is the attack, then the outcome the threat model promises
+(docs/threat-model.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from agent.control.dsse import Envelope
+from agent.control.identity import DeviceIdentity
+from agent.privacy.errors import PrivacyError
+from agent.privacy.hpke import HpkeIdentity
+from agent.privacy.keys import KeyManager, KeysBody, KeySet
+from agent.privacy.policy import DEFAULT_POLICY
+from tests.broker import Broker
+from tests.fleet_trust import GARBAGE, Fleet, publish, running, topic
+from tests.plane import PREFIX
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, agent_env: dict[str, str]) -> Fleet:
+    return Fleet(tmp_path, agent_env)
+
+
+def _forged_state(device: str, attacker_dir: Path) -> tuple[dict[str, Any], HpkeIdentity, DeviceIdentity]:
+    """A retained state with the attacker's own Ed25519 key, HPKE keys and a valid self-signed attestation."""
+    ed = DeviceIdentity.load_or_create(attacker_dir)
+    hpke = HpkeIdentity.generate()
+    attestation = ed.sign_envelope("hpke-identity", {"device": device, "hpke": hpke.public_keys()})
+    head = ed.sign_envelope("audit-head", {"device": device, "seq": 99, "hash": "0" * 64})
+    state = {
+        "device": device,
+        "online": True,
+        "groups": ["hq"],
+        "applied": {"root": 7, "policy": 7, "config": 7},
+        "identity": {
+            "ed25519": ed.public_dict,
+            "keyid": ed.keyid,
+            "hpke": hpke.public_keys(),
+            "hpke_attestation": attestation.to_dict(),
+        },
+        "audit_head": {"seq": 99, "hash": "0" * 64, "signed": head.to_dict()},
+        "locked": False,
+    }
+    return state, hpke, ed
+
+
+async def _capture(broker: Broker, topics: list[str], ready: asyncio.Event, out: dict[str, bytes]) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for t in topics:
+            await client.subscribe(t, qos=1)
+        ready.set()
+        async for message in client.messages:
+            out[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+
+
+async def test_broker_client_with_its_own_keys_gets_no_meeting_keys_and_shows_as_forged(
+    fleet: Fleet, mosquitto: Broker
+) -> None:
+    fleet.enroll("room-a", mosquitto)
+    fleet.enroll("room-b", mosquitto)
+    async with running(fleet, mosquitto, "room-a", "room-b"):
+        status = await fleet.aroomctl("status", *fleet.broker_args(mosquitto), "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert {d: r["trust"] for d, r in report.items()} == {"room-a": "verified", "room-b": "verified"}
+
+        # The attack: overwrite room-b's retained state with the attacker's keys and self-signed attestation.
+        forged, attacker_hpke, _ = _forged_state("room-b", fleet.tmp / "attacker")
+        await publish(mosquitto, topic("room-b", "state"), json.dumps(forged).encode(), retain=True)
+        status = await fleet.aroomctl("status", *fleet.broker_args(mosquitto), "--json")
+        report = json.loads(status.stdout)
+        assert report["room-b"]["trust"] == "forged"
+        assert "identity key is not the enrolled one" in report["room-b"]["reason"]
+        table = await fleet.aroomctl("status", *fleet.broker_args(mosquitto))
+        assert table.returncode == 0
+        row = next(line for line in table.stdout.splitlines() if line.strip("│ ").startswith("room-b"))
+        assert "forged" in row
+        assert "7" not in row  # the forged versions are not shown as facts
+
+        # The customer starts a meeting as the README says: keys come from the roster, not the state.
+        captured: dict[str, bytes] = {}
+        ready = asyncio.Event()
+        spy = asyncio.create_task(_capture(mosquitto, [topic("+", "keys")], ready, captured))
+        await ready.wait()
+        try:
+            result = await fleet.aroomctl(
+                "meeting",
+                "start",
+                "--rooms",
+                "room-a,room-b",
+                *fleet.broker_args(mosquitto),
+                "--customer-key",
+                str(fleet.keys["customer"]),
+                "--meeting",
+                "m-1",
+                "--wait-acks",
+                "--json",
+            )
+            assert result.returncode == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert {r["ack"] for r in report["rooms"].values()} == {"applied"}
+            assert all(r["ack_verified"] for r in report["rooms"].values())
+            async with asyncio.timeout(10):
+                while len(captured) < 2:  # noqa: ASYNC110 - the spy fills a plain dict
+                    await asyncio.sleep(0.05)
+        finally:
+            spy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await spy
+
+    # The attacker holds every sealed package that crossed the broker, and opens none of them.
+    class Sink:
+        def apply_keys(self, keys: KeySet) -> None:
+            raise AssertionError("the attacker opened a key package")
+
+    assert {t.split("/")[-2] for t in captured} == {"room-a", "room-b"}
+    for where, raw in captured.items():
+        body = KeysBody.model_validate(json.loads(Envelope.parse(raw).payload)["body"])
+        # The attacker opens each package as its addressee, with the HPKE key it planted for room-b.
+        thief = KeyManager(
+            device_id=where.split("/")[-2],
+            identity=attacker_hpke,
+            policy=lambda: DEFAULT_POLICY,
+            target=Sink(),
+        )
+        with pytest.raises(PrivacyError, match="bad_seal"):
+            thief.install(body)
+
+
+async def test_forged_acks_do_not_make_an_offline_room_look_applied(fleet: Fleet, mosquitto: Broker) -> None:
+    """room-c is enrolled but offline; a broker client answers every command with forged acks."""
+    fleet.enroll("room-c", mosquitto)
+    forged_state, _, planted = _forged_state("room-c", fleet.tmp / "attacker")
+    await publish(mosquitto, topic("room-c", "state"), json.dumps(forged_state).encode(), retain=True)
+
+    async def answer(mode: str) -> None:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(topic("room-c", "cmd"), qos=1)
+            await c.subscribe(topic("room-c", "desired/+"), qos=1)
+            async for message in c.messages:
+                doc = Envelope.parse(bytes(message.payload))  # type: ignore[arg-type]
+                payload = json.loads(doc.payload)
+                ack = {
+                    "kind": "ack",
+                    "device": "room-c",
+                    "doc_kind": payload["kind"],
+                    "doc_version": payload["version"],
+                    "payload_sha256": hashlib.sha256(doc.payload).hexdigest(),
+                    "status": "applied",
+                    "reason": None,
+                    "message": "applied and healthy",
+                    "time": "2026-01-01T00:00:00.000000Z",
+                }
+                if mode == "planted":
+                    env = planted.sign_envelope("ack", ack)
+                else:
+                    env = Envelope("application/vnd.roomagent.ack+json", json.dumps(ack).encode(), ())
+                await c.publish(topic("room-c", "ack"), env.to_json(), qos=1)
+
+    for mode in ("planted", "unsigned"):
+        attacker = asyncio.create_task(answer(mode))
+        await asyncio.sleep(0.3)
+        try:
+            lock = await fleet.aroomctl(
+                "lock",
+                "room-c",
+                *fleet.broker_args(mosquitto),
+                "--customer-key",
+                str(fleet.keys["customer"]),
+                "--wait",
+                "3",
+                "--json",
+            )
+            assert lock.returncode == 1, (mode, lock.stdout, lock.stderr)
+            outcome = json.loads(lock.stdout)["rooms"]["room-c"]
+            assert outcome["status"] == "forged"
+            assert outcome["verified"] is False
+            signed = fleet.plane.sign(
+                "config", {"log": {"level": "info", "format": "json"}}, devices=["room-c"]
+            )
+            (fleet.tmp / "config.env").write_bytes(signed)
+            push = await fleet.aroomctl(
+                "push",
+                str(fleet.tmp / "config.env"),
+                *fleet.broker_args(mosquitto),
+                "--device",
+                "room-c",
+                "--wait",
+                "3",
+            )
+            assert push.returncode == 1, (mode, push.stdout, push.stderr)
+            assert "FORGED" in push.stdout
+        finally:
+            attacker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attacker
+
+
+async def test_garbage_on_ack_and_state_topics_does_not_break_push_status_or_lock(
+    fleet: Fleet, mosquitto: Broker
+) -> None:
+    fleet.enroll("room-a", mosquitto)
+    # Retained garbage on other devices' state topics (one per shape).
+    for n, junk in enumerate(GARBAGE[:-1]):
+        await publish(mosquitto, topic(f"junk-{n}", "state"), junk, retain=True)
+    stop = asyncio.Event()
+
+    async def spray() -> None:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            while not stop.is_set():
+                for junk in GARBAGE:
+                    await c.publish(topic("room-a", "ack"), junk, qos=1)
+                await asyncio.sleep(0.05)
+
+    async with running(fleet, mosquitto, "room-a"):
+        sprayer = asyncio.create_task(spray())
+        try:
+            status = await fleet.aroomctl("status", *fleet.broker_args(mosquitto), "--json")
+            assert status.returncode == 0, status.stderr
+            report = json.loads(status.stdout)
+            assert report["room-a"]["trust"] == "verified"
+            for n in range(4):  # invalid UTF-8, a JSON list, not JSON, deep nesting
+                assert f"from junk-{n} on {PREFIX}/devices/junk-{n}/state" in status.stderr
+            assert report["junk-4"]["trust"] == "unverified"  # an object, but no rostered room
+            signed = fleet.plane.sign("config", {"log": {"level": "info", "format": "json"}}, groups=["hq"])
+            (fleet.tmp / "config.env").write_bytes(signed)
+            push = await fleet.aroomctl(
+                "push",
+                str(fleet.tmp / "config.env"),
+                *fleet.broker_args(mosquitto),
+                "--group",
+                "hq",
+                "--json",
+            )
+            assert push.returncode == 0, push.stdout + push.stderr
+            assert json.loads(push.stdout)["rooms"]["room-a"]["verified"] is True
+            assert f"room-a on {PREFIX}/devices/room-a/ack" in push.stderr
+            lock = await fleet.aroomctl(
+                "lock", "room-a", *fleet.broker_args(mosquitto), "--customer-key", str(fleet.keys["customer"])
+            )
+            assert lock.returncode == 0, lock.stdout + lock.stderr
+            unlock = await fleet.aroomctl(
+                "unlock",
+                "room-a",
+                *fleet.broker_args(mosquitto),
+                "--customer-key",
+                str(fleet.keys["customer"]),
+            )
+            assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+            for result in (status, push, lock, unlock):
+                assert "Traceback" not in result.stderr
+                # One warning line per topic, however many garbage messages arrived.
+                lines = [x for x in result.stderr.splitlines() if "warning" in x]
+                assert len(lines) == len(set(lines))
+        finally:
+            stop.set()
+            await sprayer
+
+
+async def test_lock_by_legal_needs_the_order_and_fleet_cannot_lock(fleet: Fleet, mosquitto: Broker) -> None:
+    fleet.enroll("room-a", mosquitto)
+    async with running(fleet, mosquitto, "room-a"):
+        by_fleet = await fleet.aroomctl(
+            "lock",
+            "room-a",
+            *fleet.broker_args(mosquitto),
+            "--customer-key",
+            str(fleet.keys["fleet"]),
+            "--json",
+        )
+        assert by_fleet.returncode == 1
+        outcome = json.loads(by_fleet.stdout)["rooms"]["room-a"]
+        assert outcome["status"] == "rejected"
+        assert outcome["reason"] == "needs_customer"
+        assert outcome["verified"] is True
+        no_order = await fleet.aroomctl(
+            "lock", "room-a", *fleet.broker_args(mosquitto), "--legal-key", str(fleet.keys["legal"])
+        )
+        assert no_order.returncode == 2
+        assert "--order-issuer" in no_order.stderr
+        # The room's policy names no jurisdiction yet: a lawful order cannot match it.
+        order = await fleet.aroomctl(
+            "lock",
+            "room-a",
+            *fleet.broker_args(mosquitto),
+            "--legal-key",
+            str(fleet.keys["legal"]),
+            "--order-issuer",
+            "AG Berlin",
+            "--order-id",
+            "42",
+            "--jurisdiction",
+            "DE",
+        )
+        assert order.returncode == 1
+        assert "lawful_order_mismatch" in order.stdout
+        assert "jurisdiction" in order.stdout
