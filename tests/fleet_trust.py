@@ -100,26 +100,32 @@ class Fleet:
         return ["--broker", broker.url, *self.trust]
 
 
+async def wait_online(broker: Broker, devices: list[str], within_s: float = 30) -> None:
+    """Return once every device's retained state says ``online: true`` (garbage is ignored)."""
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for device in devices:
+            await client.subscribe(topic(device, "state"), qos=1)
+        online: set[str] = set()
+        async with asyncio.timeout(within_s):
+            async for message in client.messages:
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    state = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    if state.get("device") in devices:
+                        if state.get("online") is True:
+                            online.add(state["device"])
+                        else:
+                            online.discard(state["device"])
+                if online == set(devices):
+                    return
+
+
 @contextlib.asynccontextmanager
 async def running(fleet: Fleet, broker: Broker, *devices: str) -> AsyncIterator[None]:
     """``roomagent run`` for each enrolled room, returning once each has published ``online: true``."""
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(
-            aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
-        )
-        for device in devices:
-            await client.subscribe(topic(device, "state"), qos=1)
         for device in devices:
             await stack.enter_async_context(agent_process(fleet.rooms[device], fleet.env))
-        online: set[str] = set()
-        async with asyncio.timeout(30):
-            async for message in client.messages:
-                with contextlib.suppress(ValueError, AttributeError, TypeError):
-                    state = json.loads(bytes(message.payload))  # type: ignore[arg-type]
-                    if state.get("online") is True and state.get("device") in devices:
-                        online.add(state["device"])
-                if online == set(devices):
-                    break
+        await wait_online(broker, list(devices))
         yield
 
 
