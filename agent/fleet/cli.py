@@ -14,6 +14,7 @@ import importlib
 import os
 
 from agent import __version__
+from agent.fleet.common import quiet_stdout
 
 _COMMAND_MODULES: list[str] = [
     "agent.fleet.keys",  # keygen
@@ -54,4 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
         argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # ``roomctl status | head``: the reader left; not an error worth a traceback.
+        quiet_stdout()
+        return 141

@@ -22,6 +22,7 @@ __all__ = [
     "mqtt_client",
     "parse_json_message",
     "passphrase",
+    "quiet_stdout",
 ]
 
 import argparse
@@ -262,7 +263,7 @@ def broker_hint(url: str, exc: BaseException) -> str:
     return f"broker {url}: {text}"
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """After a broken pipe (``roomctl status | head``) point stdout at /dev/null so the interpreter's
     final flush does not raise again."""
     with contextlib.suppress(OSError, ValueError):
@@ -279,14 +280,14 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
         try:
             return int(func(args))
         except BrokenPipeError:
-            _quiet_stdout()
+            quiet_stdout()
             return 141
         except aiomqtt.MqttError as exc:
             print(f"roomctl {name}: {broker_hint(getattr(args, 'broker', '?'), exc)}", file=sys.stderr)
             return 4
         except OSError as exc:
             if exc.errno == errno.EPIPE:
-                _quiet_stdout()
+                quiet_stdout()
                 return 141
             if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 print(f"roomctl {name}: {broker_hint(getattr(args, 'broker', '?'), exc)}", file=sys.stderr)

@@ -266,6 +266,8 @@ def print_outcomes(
         ack = "verified" if o.verified else ("FORGED" if o.status == "forged" else "-")
         table.add_row(device, f"[{colour}]{o.status}[/{colour}]", o.reason or "", o.message[:80], ack)
     console.print(table)
+    for o in failed:  # the whole message: a refusal names what to change (e.g. weakened policy fields)
+        console.print(f"{o.device}: {o.status} {o.reason or ''}: {o.message}", soft_wrap=True)
     hints = {hint_for(o.reason) for o in failed} - {""}
     for hint in sorted(hints):
         console.print(f"next step: {hint}")
