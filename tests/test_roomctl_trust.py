@@ -307,3 +307,26 @@ async def test_lock_by_legal_needs_the_order_and_fleet_cannot_lock(fleet: Fleet,
         assert order.returncode == 1
         assert "lawful_order_mismatch" in order.stdout
         assert "jurisdiction" in order.stdout
+
+
+async def test_snapshot_refused_by_policy_names_the_policy_field(fleet: Fleet, mosquitto: Broker) -> None:
+    fleet.enroll("room-a", mosquitto)
+    recipient = fleet.tmp / "me.json"
+    HpkeIdentity.generate().save(recipient)
+    async with running(fleet, mosquitto, "room-a"):
+        result = await fleet.aroomctl(
+            "snapshot",
+            "--device",
+            "room-a",
+            *fleet.broker_args(mosquitto),
+            "--customer-key",
+            str(fleet.keys["customer"]),
+            "--recipient-key",
+            str(recipient),
+            "--out",
+            str(fleet.tmp / "room.png"),
+        )
+    assert result.returncode == 1, result.stderr
+    assert "forbidden_by_policy" in result.stderr
+    assert "camera.remote_snapshot" in result.stderr
+    assert not (fleet.tmp / "room.png").exists()
