@@ -40,7 +40,11 @@ def identity_document(config: AgentConfig) -> dict[str, Any]:
     from agent.daemon.main import prepare_state_dir
     from agent.privacy.hpke import HpkeIdentity
 
-    state_dir = prepare_state_dir(config.state_dir())
+    state_dir = config.state_dir()
+    if not state_dir.exists():
+        # First use (image build, installation): create it as the daemon would. On a running room
+        # it exists: leave it alone (prepare_state_dir also sweeps temp files a live agent may own).
+        prepare_state_dir(state_dir)
     device = DeviceIdentity.load_or_create(state_dir)
     hpke = HpkeIdentity.load_or_create(state_dir / "identity" / "hpke.json").public_keys()
     attestation = device.sign_envelope(ATTESTATION_KIND, {"device": config.device.id, "hpke": hpke})
