@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from agent.control.dsse import Envelope
 from agent.control.identity import DeviceIdentity
+from agent.control.keys import private_key_pem
 from agent.privacy.errors import PrivacyError
 from agent.privacy.hpke import HpkeIdentity
 from agent.privacy.keys import KeyManager, KeysBody, KeySet
@@ -330,3 +332,85 @@ async def test_snapshot_refused_by_policy_names_the_policy_field(fleet: Fleet, m
     assert "forbidden_by_policy" in result.stderr
     assert "camera.remote_snapshot" in result.stderr
     assert not (fleet.tmp / "room.png").exists()
+
+
+async def test_a_picture_planted_by_a_broker_client_is_not_taken_for_the_rooms(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    """The broker saw the requester's HPKE key in the request and answers first with a picture of
+    its own, sealed to that key and signed by a key it planted: roomctl skips it (it is not signed by
+    the rostered key) and writes the room's real picture."""
+    import base64
+
+    from agent.privacy.hpke import seal_to
+    from agent.privacy.snapshot import SealedSnapshot, snapshot_info
+    from hal.images import decode_png
+    from hal.stamps import read_stamp
+    from tests.plane import Plane
+    from tests.privacy_rooms import enroll, running_rooms
+    from tests.test_privacy_snapshot import _allow_snapshots, _with_camera
+
+    plane = Plane()
+    customer = tmp_path / "customer.pem"
+    customer.write_bytes(private_key_pem(plane.customer))
+    requester = tmp_path / "me.json"
+    HpkeIdentity.generate().save(requester)
+    planted = DeviceIdentity.load_or_create(tmp_path / "attacker")
+
+    async def forge() -> None:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(topic("room-101", "cmd"), qos=1)
+            async for message in c.messages:
+                env = Envelope.parse(bytes(message.payload))  # type: ignore[arg-type]
+                payload = json.loads(env.payload)
+                recipient = payload["body"]["args"]["recipient"]
+                sha = hashlib.sha256(env.payload).hexdigest()
+                png = b"\x89PNG\r\n\x1a\n a picture of the attacker's choosing"
+                info = snapshot_info("room-101", payload["version"], sha)
+                fields = {
+                    "device": "room-101",
+                    "doc_version": payload["version"],
+                    "kem": recipient["kem"],
+                    "sealed": base64.b64encode(
+                        seal_to(recipient["kem"], recipient["public_key"], png, info)
+                    ).decode(),
+                    "sha256": hashlib.sha256(png).hexdigest(),
+                }
+                fake = SealedSnapshot("cam0", recipient["kem"], len(png), fields["sha256"], fields)
+                await c.publish(topic("room-101", "snapshot"), fake.message(planted), qos=1)
+
+    async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
+        _with_camera(room)
+        await _allow_snapshots(room, plane)
+        attacker = asyncio.create_task(forge())
+        await asyncio.sleep(0.3)
+        try:
+            out = tmp_path / "room.png"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent.fleet",
+                "snapshot",
+                "--device",
+                "room-101",
+                "--broker",
+                mosquitto.url,
+                "--customer-key",
+                str(customer),
+                "--recipient-key",
+                str(requester),
+                "--out",
+                str(out),
+                *enroll(plane, tmp_path, [room]),
+                env=agent_env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+        finally:
+            attacker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attacker
+    assert proc.returncode == 0, err.decode()
+    assert "not signed by the room's rostered key" in err.decode()
+    assert read_stamp(decode_png(out.read_bytes())) is not None  # the room's own camera picture
