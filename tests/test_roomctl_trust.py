@@ -381,6 +381,15 @@ async def test_a_picture_planted_by_a_broker_client_is_not_taken_for_the_rooms(
 
     async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
         _with_camera(room)
+        source = room.guard.snapshot_source
+        assert source is not None
+        real_capture = source.capture
+
+        async def slow_capture(camera_id: str | None, timeout_s: float) -> Any:
+            await asyncio.sleep(1.0)  # fault injected: the room is slow, the attacker answers first
+            return await real_capture(camera_id, timeout_s)
+
+        source.capture = slow_capture  # type: ignore[method-assign]
         await _allow_snapshots(room, plane)
         attacker = asyncio.create_task(forge())
         await asyncio.sleep(0.3)

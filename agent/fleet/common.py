@@ -67,9 +67,14 @@ def passphrase(env_var: str | None) -> bytes | None:
     return value.encode()
 
 
-def load_signing_keys(paths: list[Path], env_var: str | None) -> list[PrivateKey]:
-    """Private keys from PEM files; errors name the next step (passphrase missing or wrong)."""
-    secret = passphrase(env_var)
+def load_signing_keys(
+    paths: list[Path], env_var: str | None, *, secret_given: bytes | None = None
+) -> list[PrivateKey]:
+    """Private keys from PEM files; errors name the next step (passphrase missing or wrong).
+
+    The passphrase comes from ``$env_var``, or ``secret_given`` (typed at a prompt)."""
+    secret = secret_given if secret_given is not None else passphrase(env_var)
+    source = f"${env_var}" if secret_given is None else "the prompt"
     out = []
     for path in paths:
         try:
@@ -85,7 +90,7 @@ def load_signing_keys(paths: list[Path], env_var: str | None) -> list[PrivateKey
                 ) from exc
             if "wrong passphrase" in exc.reason and secret is not None:
                 raise CliError(
-                    f"{path}: wrong passphrase (from ${env_var}), or not a PEM private key: check the "
+                    f"{path}: wrong passphrase (from {source}), or not a PEM private key: check the "
                     "variable's value, or that this is the private key and not its .pub.json"
                 ) from exc
             raise

@@ -127,13 +127,8 @@ def _rooms(args: argparse.Namespace, roster: Roster) -> list[str]:
 
 
 def _customer_keys(args: argparse.Namespace) -> list[PrivateKey]:
-    if args.ask_passphrase:
-        import os
-
-        var = "_ROOMCTL_ASKED_PASSPHRASE"
-        os.environ[var] = getpass.getpass("customer key passphrase: ")
-        return load_signing_keys([Path(k) for k in args.customer_key], var)
-    return load_signing_keys([Path(k) for k in args.customer_key], args.passphrase_env)
+    typed = getpass.getpass("customer key passphrase: ").encode() if args.ask_passphrase else None
+    return load_signing_keys([Path(k) for k in args.customer_key], args.passphrase_env, secret_given=typed)
 
 
 async def _start(args: argparse.Namespace, console: Console) -> int:
