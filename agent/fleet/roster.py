@@ -81,9 +81,7 @@ def _existing(args: argparse.Namespace) -> Roster | None:
 def _write(args: argparse.Namespace, old: Roster | None, rooms: dict[str, RosterRoom]) -> Roster:
     root = load_root(args.root)
     keys = load_signing_keys([Path(k) for k in args.customer_key], args.passphrase_env)
-    customer = args.customer or (old.body.customer if old is not None else None)
-    if customer is None:
-        raise CliError("--customer NAME is required for a new roster (the customer it belongs to)")
+    customer = args.customer or (old.body.customer if old is not None else "customer")
     body = RosterBody(customer=customer, rooms=dict(sorted(rooms.items())))
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = roster_envelope(
@@ -190,7 +188,11 @@ def _signer_args(p: argparse.ArgumentParser) -> None:
         help="customer private key (PEM) that signs the roster; repeat to meet a threshold above 1",
     )
     p.add_argument("--passphrase-env", metavar="VAR", help="environment variable holding the key passphrase")
-    p.add_argument("--customer", metavar="NAME", help="customer name (required when creating the roster)")
+    p.add_argument(
+        "--customer",
+        metavar="NAME",
+        help="customer name recorded in the roster (default: kept, else 'customer')",
+    )
     p.add_argument(
         "--expires-days", type=int, default=365, metavar="DAYS", help="roster validity in days (default 365)"
     )
