@@ -101,3 +101,12 @@ def test_a_signed_ack_from_the_rostered_key_verifies_and_another_rooms_name_does
     assert "rostered" in str(verify_ack("room-a", planted, roster)[1])
     unsigned = Envelope("application/vnd.roomagent.ack+json", json.dumps(ack).encode(), ()).to_json()
     assert verify_ack("room-a", unsigned, roster)[1] is not None
+
+
+@given(st.text(alphabet='[]{}"\\ab\n', max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_brackets_and_escapes_inside_strings_never_count_as_nesting(text: str) -> None:
+    value: object = text
+    for _ in range(MAX_JSON_DEPTH - 1):
+        value = [text, value]
+    assert parse_json_message(json.dumps({"k": value}).encode()) == {"k": value}

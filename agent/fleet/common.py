@@ -31,6 +31,7 @@ import datetime as dt
 import errno
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from agent.errors import AgentError
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 """Deeper JSON is refused before parsing: the parser recurses once per level."""
+_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
 
 
 class CliError(ControlError):
@@ -123,24 +125,25 @@ def parse_json_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if len(data) > max_bytes:
         raise ValueError(f"{len(data)} bytes (the cap is {max_bytes})")
     text = data.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:  # brackets inside strings do not nest
+    depth = 0
+    in_string = False
+    escaped_at = -1  # index of the character a backslash escapes
+    # Visit only the characters that matter; brackets inside strings do not nest.
+    for match in _JSON_SPECIAL.finditer(text):
+        ch, at = match.group(), match.start()
         if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
+            if at == escaped_at:
+                continue
+            if ch == "\\":
+                escaped_at = at + 1
             elif ch == '"':
                 in_string = False
         elif ch == '"':
             in_string = True
         elif ch in "[{":
             depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
         elif ch in "]}":
             depth -= 1
     try:
