@@ -423,3 +423,36 @@ async def test_a_picture_planted_by_a_broker_client_is_not_taken_for_the_rooms(
     assert proc.returncode == 0, err.decode()
     assert "not signed by the room's rostered key" in err.decode()
     assert read_stamp(decode_png(out.read_bytes())) is not None  # the room's own camera picture
+
+
+async def test_a_refused_weakening_names_the_weakened_fields(fleet: Fleet, mosquitto: Broker) -> None:
+    fleet.enroll("room-a", mosquitto)
+    async with running(fleet, mosquitto, "room-a"):
+        weak = fleet.plane.policy(
+            e2ee={"required": False, "suites": [4, 5], "kem": "x25519"},
+            camera={"shutter_when_idle": True, "remote_snapshot": True, "remote_ptz": True},
+        )
+        (fleet.tmp / "weak.env").write_bytes(
+            fleet.plane.sign("policy", weak, devices=["room-a"])
+        )  # fleet alone
+        push = await fleet.aroomctl(
+            "push", str(fleet.tmp / "weak.env"), "--device", "room-a", *fleet.broker_args(mosquitto)
+        )
+        assert push.returncode == 1
+        out = push.stdout.replace("\n", " ")
+        assert "needs_customer" in out
+        # roomctl names the weakened fields before pushing (the room's own check, run locally).
+        assert "weakens e2ee.required, camera.remote_snapshot" in out
+        assert "roomctl sign policy" in out
+        # Countersigned by the customer, the same policy is applied.
+        both = fleet.plane.envelope(
+            "policy",
+            json.loads(Envelope.parse(fleet.plane.sign("policy", weak, devices=["room-a"])).payload),
+            [fleet.plane.fleet, fleet.plane.customer],
+        )
+        (fleet.tmp / "both.env").write_bytes(both.to_json())
+        ok = await fleet.aroomctl(
+            "push", str(fleet.tmp / "both.env"), "--device", "room-a", *fleet.broker_args(mosquitto)
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "weakens" not in ok.stdout

@@ -17,6 +17,7 @@ __all__ = ["register", "verify_state"]
 
 import argparse
 import asyncio
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -28,19 +29,23 @@ from rich.table import Table
 
 from agent.control.audit import HEAD_TYPE
 from agent.control.dsse import Envelope
+from agent.control.errors import Rejected
 from agent.control.keys import keyid_of
 from agent.control.roster import Roster
+from agent.control.verify import VerifyContext, verify_document
 from agent.fleet.common import (
     CliError,
     Warner,
     add_broker_args,
     add_roster_args,
     guarded,
+    load_root,
     load_roster,
     mqtt_client,
     parse_json_message,
 )
 from agent.fleet.send import Publication, deliver, print_outcomes
+from agent.privacy.policy import DEFAULT_POLICY, PolicyBody, weakenings
 
 _RETAINED_KINDS = ("root", "policy", "config")
 
@@ -99,6 +104,9 @@ async def _push(args: argparse.Namespace, console: Console) -> int:
         pubs += [Publication(f"{prefix}/devices/{d}/{leaf}", raw, False) for d in devices]
     warner = Warner()
     async with mqtt_client(args) as client:
+        if kind == "policy":
+            for note in await _policy_preflight(client, args, raw, roster, devices, warner):
+                console.print(note, soft_wrap=True)
         with console.status(f"{kind} -> {len(devices)} room(s), waiting up to {args.wait:g} s for acks"):
             outcomes = await deliver(
                 client,
@@ -116,6 +124,89 @@ async def _push(args: argparse.Namespace, console: Console) -> int:
     return print_outcomes(
         outcomes, title=f"{kind} v{version} ({sha[:12]})", as_json=args.json, console=console
     )
+
+
+async def _retained(
+    client: aiomqtt.Client, topics: list[str], settle_s: float, warner: Warner
+) -> dict[str, bytes]:
+    """The retained messages of ``topics`` (collected until the broker is quiet for ``settle_s``)."""
+    for t in topics:
+        await client.subscribe(t, qos=1)
+    found: dict[str, bytes] = {}
+    messages = aiter(client.messages)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10 * settle_s
+    while True:
+        try:
+            async with asyncio.timeout(max(0.0, min(settle_s, give_up - loop.time()))):
+                m = await anext(messages)
+        except TimeoutError:
+            break
+        if str(m.topic) in topics and isinstance(m.payload, bytes | bytearray) and m.payload:
+            found[str(m.topic)] = bytes(m.payload)
+    for t in topics:
+        await client.unsubscribe(t)
+    return found
+
+
+async def _policy_preflight(
+    client: aiomqtt.Client,
+    args: argparse.Namespace,
+    raw: bytes,
+    roster: Roster,
+    devices: list[str],
+    warner: Warner,
+) -> list[str]:
+    """Say before pushing which rooms will refuse a policy as an unsigned weakening, and why.
+
+    The baseline is what each room would run: the newest policy on its retained desired topics
+    (its own and its rostered groups') that verifies against the trust root, else the first-boot
+    policy. The check is the room's own (:func:`agent.control.verify.verify_document`), so a
+    weakening without the customer's signature is named with its fields
+    (:func:`agent.privacy.policy.weakenings`).
+    """
+    root = load_root(args.root)
+    now = dt.datetime.now(dt.UTC)
+    prefix = args.prefix
+    topics = sorted(
+        {f"{prefix}/devices/{d}/desired/policy" for d in devices}
+        | {f"{prefix}/groups/{g}/desired/policy" for d in devices for g in roster.rooms[d].groups}
+    )
+    retained = await _retained(client, topics, 0.3, warner)
+    notes: list[str] = []
+    for device in devices:
+        groups = tuple(roster.rooms[device].groups)
+        ctx = VerifyContext(device_id=device, groups=groups, now=now)
+        baseline, source = DEFAULT_POLICY, "the first-boot policy"
+        mine = [
+            f"{prefix}/devices/{device}/desired/policy",
+            *(f"{prefix}/groups/{g}/desired/policy" for g in groups),
+        ]
+        best = 0
+        for t in mine:
+            if t not in retained:
+                continue
+            try:
+                doc = verify_document(retained[t], "policy", root, ctx)
+            except (Rejected, ValueError, RecursionError):
+                continue
+            if doc.version > best and isinstance(doc.body, PolicyBody):
+                best, baseline, source = doc.version, doc.body, f"policy v{doc.version} on the broker"
+        try:
+            verify_document(raw, "policy", root, VerifyContext(device, groups, now, policy=baseline))
+        except Rejected as exc:
+            if exc.reason == "needs_customer":
+                try:
+                    new = PolicyBody.model_validate(json.loads(Envelope.parse(raw).payload)["body"])
+                    fields = ", ".join(weakenings(baseline, new)) or "?"
+                except (ValueError, KeyError, TypeError):
+                    fields = "?"
+                notes.append(
+                    f"{device}: this policy weakens {fields} (compared with {source}) and lacks the "
+                    "customer's signature: the room will refuse it (needs_customer); countersign it: "
+                    f"roomctl sign policy {args.envelope} --key CUSTOMER_KEY --out SIGNED"
+                )
+    return notes
 
 
 def verify_state(device: str, state: Any, roster: Roster) -> tuple[str, str]:
