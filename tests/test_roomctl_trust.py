@@ -227,6 +227,9 @@ async def test_garbage_on_ack_and_state_topics_does_not_break_push_status_or_loc
                 await asyncio.sleep(0.05)
 
     async with running(fleet, mosquitto, "room-a"):
+        # Retained garbage on the ack topic reaches every roomctl the moment it subscribes; the
+        # sprayer adds a stream of fresh garbage on top.
+        await publish(mosquitto, topic("room-a", "ack"), GARBAGE[3], retain=True)
         sprayer = asyncio.create_task(spray())
         try:
             status = await fleet.aroomctl("status", *fleet.broker_args(mosquitto), "--json")
