@@ -204,9 +204,9 @@ _ROUTINE = {
 }
 
 _INTERVENTIONS = {
-    "lock": "lock the rooms: media stops, keys erased, shutter closed (customer, or legal with an order)",
+    "lock": "lock the rooms: media stops, meeting keys refused until unlock (customer, or legal + order)",
     "unlock": "unlock the rooms (customer, or legal with a lawful order)",
-    "deprovision": "deprovision the rooms: keys and identity erased for good (customer, or legal)",
+    "deprovision": "deprovision the rooms for good: keys wiped, media off (customer, or legal with an order)",
 }
 
 
