@@ -26,6 +26,7 @@ from agent.logs import configure_logging
 # module path -> each registers one or more sub-commands.
 _COMMAND_MODULES: list[str] = [
     "agent.daemon.cli",  # run
+    "agent.daemon.enroll",  # identity (enrollment: the room's public keys for the customer's roster)
     "hal.cli",  # hal list|snapshot|record|stamps|scenario
     "agent.media.cli",  # receive, demo
 ]

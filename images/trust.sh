@@ -4,8 +4,9 @@
 # A product build takes the fleet's real root document from $IMAGE_TRUST_ROOT (signed offline by the
 # root key holders) and ships only that. The self-test build (IMAGE_SELFTEST=1, the default) generates
 # a throwaway test fleet under images/out/test-fleet: root, fleet and customer keys, a root document
-# signed by the test root key, and ships the fleet private key in the self-test directory so the
-# self-test can sign and push a config inside the guest. Never ship a self-test image to a room.
+# signed by the test root key, and ships the fleet and customer private keys in the self-test directory
+# so the self-test can enroll the room in a roster, sign and push a config inside the guest. Never ship
+# a self-test image to a room.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 ROOT=$1
@@ -45,6 +46,8 @@ done
 chmod 0644 "$TRUST_DIR/root.json"
 install -d -m 0700 "$ROOT/usr/lib/roomagent-selftest/keys"
 install -m 0600 "$ROOT$work/fleet.pem" "$ROOT/usr/lib/roomagent-selftest/keys/fleet.pem"
+# The customer key enrolls the image in a test roster (roomctl trusts acks only from rostered rooms).
+install -m 0600 "$ROOT$work/customer.pem" "$ROOT/usr/lib/roomagent-selftest/keys/customer.pem"
 rm -rf "$OUT/test-fleet"; mv "$ROOT$work" "$OUT/test-fleet"
 trust_config
 log "trust: test fleet in $OUT/test-fleet, its root in /etc/roomagent/trust/root.json (self-test image only)"

@@ -65,3 +65,34 @@ async def running_rooms(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await stack.aclose()
+
+
+def enroll(plane: Plane, tmp_path: Path, rooms: list[Room]) -> list[str]:
+    """Record the rooms in a customer-signed roster, read from the rooms themselves (as
+    ``roomagent identity --json`` would print them), never from the broker; returns roomctl's
+    ``--roster``/``--root`` arguments (the root is the one ``running_rooms`` wrote)."""
+    import datetime as dt
+
+    from agent.control.roster import ATTESTATION_KIND, RosterBody, RosterRoom, roster_envelope
+
+    entries = {}
+    for room in rooms:
+        device, hpke = room.service.device, room.guard.identity.public_keys()
+        attestation = room.service.identity.sign_envelope(ATTESTATION_KIND, {"device": device, "hpke": hpke})
+        entries[device] = RosterRoom(
+            ed25519=room.service.identity.public_dict,
+            hpke=hpke,
+            hpke_attestation=attestation.to_dict(),
+            groups=list(room.service.groups),
+        )
+    now = dt.datetime.now(dt.UTC)
+    env = roster_envelope(
+        RosterBody(customer="acme", rooms=entries),
+        version=1,
+        issued_at=now,
+        expires=now + dt.timedelta(days=1),
+        signers=[plane.customer],
+    )
+    path = tmp_path / "roster.env.json"
+    path.write_bytes(env.to_json())
+    return ["--roster", str(path), "--root", str(tmp_path / "root.json")]

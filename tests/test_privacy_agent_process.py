@@ -98,8 +98,16 @@ async def test_court_lock_jurisdiction_rule_lock_state_and_tampered_audit_found(
     audit = state_dir / "audit" / "audit.jsonl"
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert any(e["event"] == "intervention" and "7 Js 1/26" in e["message"] for e in entries)
-    device_state = tmp_path / "device-state.json"
-    device_state.write_text(json.dumps(locked))
+    # The room's key as enrolled (roomagent identity --json on the room), not from the broker.
+    enrolled = subprocess.run(  # noqa: ASYNC221 - the room has stopped; nothing else runs
+        [sys.executable, "-m", "agent", "identity", "--config", str(config), "--json"],
+        env=agent_env,
+        check=True,
+        capture_output=True,
+    )
+    device_key = tmp_path / "identity.json"
+    device_key.write_bytes(enrolled.stdout)
+    assert json.loads(enrolled.stdout)["ed25519"] == locked["identity"]["ed25519"]
 
     def verify() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -111,7 +119,7 @@ async def test_court_lock_jurisdiction_rule_lock_state_and_tampered_audit_found(
                 "verify",
                 str(audit),
                 "--device-key",
-                str(device_state),
+                str(device_key),
             ],
             env=agent_env,
             capture_output=True,

@@ -1,10 +1,10 @@
-"""``roomctl meeting start`` against a real Mosquitto: reads rooms' HPKE keys, pushes customer-signed
-key packages that each room verifies and opens; frames from room A then decrypt at room B."""
+"""``roomctl meeting start`` against a real Mosquitto: takes rooms' HPKE keys from the customer-signed
+roster, pushes customer-signed key packages that each room verifies and opens; frames from room A
+then decrypt at room B. The broker's retained states play no part."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.control.errors import Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.signing_keys import private_key_pem
 from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.e2ee.context import ReceiverContext, SenderContext
+from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity
 from agent.privacy.key_packages import KeyManager, KeySet
 from agent.schema.key_package import KeysBody
@@ -38,16 +38,49 @@ class Recorder:
         self.keys = keys
 
 
-def _state(room: str, hpke: HpkeIdentity, device_dir: Path) -> dict:
-    """A room's retained state as its agent publishes it: Ed25519 identity, HPKE keys, attestation."""
+def _identity(room: str, hpke: HpkeIdentity, device_dir: Path) -> dict:
+    """What ``roomagent identity --json`` prints on the room: Ed25519 identity, HPKE keys, attestation."""
     device = DeviceIdentity.load_or_create(device_dir / room)
     attestation = device.sign_envelope("hpke-identity", {"device": room, "hpke": hpke.public_keys()})
-    identity = {
+    return {
+        "device": room,
         "ed25519": device.public_dict,
+        "keyid": device.keyid,
         "hpke": hpke.public_keys(),
         "hpke_attestation": attestation.to_dict(),
     }
-    return {"device": room, "online": True, "identity": identity}
+
+
+def _state(room: str, hpke: HpkeIdentity, device_dir: Path) -> dict:
+    return {"device": room, "online": True, "identity": _identity(room, hpke, device_dir)}
+
+
+def _enroll(env: dict[str, str], plane: Plane, tmp: Path, identities: dict[str, HpkeIdentity]) -> list[str]:
+    """Record each room in a customer-signed roster; returns roomctl's --roster/--root arguments."""
+    root = tmp / "root.json"
+    if not root.exists():
+        root.write_bytes(plane.root())
+    customer = tmp / "roster-customer.pem"
+    customer.write_bytes(private_key_pem(plane.customer))
+    trust = ["--roster", str(tmp / "roster.env.json"), "--root", str(root)]
+    for room, hpke in identities.items():
+        path = tmp / f"{room}.identity.json"
+        path.write_text(json.dumps(_identity(room, hpke, tmp / "devices")))
+        added = _roomctl(
+            env,
+            "roster",
+            "add",
+            room,
+            "--identity",
+            str(path),
+            "--customer",
+            "acme",
+            "--customer-key",
+            str(customer),
+            *trust,
+        )
+        assert added.returncode == 0, added.stderr
+    return trust
 
 
 async def _publish_states(broker: Broker, identities: dict[str, HpkeIdentity], device_dir: Path) -> None:
@@ -90,7 +123,7 @@ async def test_meeting_start_pushes_customer_signed_packages_that_rooms_open(
     customer_pem.write_bytes(private_key_pem(plane.customer))
     rooms = ["room-a", "room-b"]
     identities = {room: HpkeIdentity.generate() for room in rooms}
-    await _publish_states(mosquitto, identities, tmp_path / "devices")
+    trust = _enroll(agent_env, plane, tmp_path, identities)
     ready = asyncio.Event()
     collector = asyncio.create_task(_collect_keys(mosquitto, rooms, ready))
     await ready.wait()
@@ -110,6 +143,7 @@ async def test_meeting_start_pushes_customer_signed_packages_that_rooms_open(
         "--epoch",
         "3",
         "--json",
+        *trust,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -147,9 +181,12 @@ async def test_meeting_start_pushes_customer_signed_packages_that_rooms_open(
 async def test_meeting_start_names_rooms_without_hpke_keys(
     mosquitto: Broker, agent_env: dict[str, str], tmp_path: Path
 ) -> None:
+    plane = Plane()
     key = tmp_path / "customer.pem"
-    key.write_bytes(private_key_pem(ed25519.Ed25519PrivateKey.generate()))
-    await _publish_states(mosquitto, {"room-a": HpkeIdentity.generate()}, tmp_path / "devices")
+    key.write_bytes(private_key_pem(plane.customer))
+    trust = _enroll(agent_env, plane, tmp_path, {"room-a": HpkeIdentity.generate()})
+    # A state on the broker does not enroll a room.
+    await _publish_states(mosquitto, {"room-x": HpkeIdentity.generate()}, tmp_path / "devices")
     result = await asyncio.to_thread(
         _roomctl,
         agent_env,
@@ -163,20 +200,27 @@ async def test_meeting_start_names_rooms_without_hpke_keys(
         str(key),
         "--timeout",
         "1.5",
+        *trust,
     )
     assert result.returncode == 3
-    assert "room-x" in result.stderr
-    assert "room-a" not in result.stderr.split(":")[-1]
+    assert "room-x: not in the roster" in result.stderr
+    assert "room-a:" not in result.stderr
 
 
-async def test_broker_swapping_a_rooms_hpke_key_or_identity_is_refused(
+async def test_broker_swapping_a_rooms_keys_changes_nothing_and_pins_are_gone(
     mosquitto: Broker, agent_env: dict[str, str], tmp_path: Path
 ) -> None:
+    plane = Plane()
     key = tmp_path / "customer.pem"
-    key.write_bytes(private_key_pem(ed25519.Ed25519PrivateKey.generate()))
-    pins = tmp_path / "pins.json"
+    key.write_bytes(private_key_pem(plane.customer))
     rooms = {"room-a": HpkeIdentity.generate(), "room-b": HpkeIdentity.generate()}
-    await _publish_states(mosquitto, rooms, tmp_path / "devices")
+    trust = _enroll(agent_env, plane, tmp_path, rooms)
+    # The attack: the broker operator replaces room-b's whole identity with its own, validly self-signed.
+    vendor = HpkeIdentity.generate()
+    await _publish_raw(mosquitto, "room-b", _state("room-b", vendor, tmp_path / "vendor-devices"))
+    ready = asyncio.Event()
+    collector = asyncio.create_task(_collect_keys(mosquitto, ["room-b"], ready))
+    await ready.wait()
     start = [
         "meeting",
         "start",
@@ -186,31 +230,26 @@ async def test_broker_swapping_a_rooms_hpke_key_or_identity_is_refused(
         mosquitto.url,
         "--customer-key",
         str(key),
-        "--pins",
-        str(pins),
         "--timeout",
         "3",
         "--json",
+        *trust,
     ]
-    first = await asyncio.to_thread(_roomctl, agent_env, *start)
-    assert first.returncode == 0, first.stderr
-    assert {r["pinned"] for r in json.loads(first.stdout)["rooms"].values()} == {"new"}
-    # The attack, 1: the broker operator swaps room-b's HPKE key for its own, keeping the attestation.
-    vendor = HpkeIdentity.generate()
-    state = _state("room-b", rooms["room-b"], tmp_path / "devices")
-    state["identity"]["hpke"] = vendor.public_keys()
-    forged = json.loads(json.dumps(state))
-    att = forged["identity"]["hpke_attestation"]
-    payload = json.loads(base64.b64decode(att["payload"]))
-    payload["hpke"] = vendor.public_keys()
-    att["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
-    await _publish_raw(mosquitto, "room-b", forged)
-    swapped = await asyncio.to_thread(_roomctl, agent_env, *start)
-    assert swapped.returncode == 3
-    assert "room-b" in swapped.stderr
-    assert "not signed" in swapped.stderr
-    # The attack, 2: it replaces room-b's whole identity with its own, validly self-signed: the pin refuses.
-    await _publish_raw(mosquitto, "room-b", _state("room-b", vendor, tmp_path / "vendor-devices"))
-    replaced = await asyncio.to_thread(_roomctl, agent_env, *start)
-    assert replaced.returncode == 3
-    assert "pinned" in replaced.stderr
+    result = await asyncio.to_thread(_roomctl, agent_env, *start)
+    assert result.returncode == 0, result.stderr
+    raw = (await collector)["room-b"]
+    root = verify_initial_root((tmp_path / "root.json").read_bytes())
+    body = verify_document(raw, "keys", root, VerifyContext(device_id="room-b", groups=(), now=now())).body
+    assert isinstance(body, KeysBody)
+    # Sealed to room-b's rostered key: room-b opens it, the broker's key does not.
+    KeyManager(
+        device_id="room-b", identity=rooms["room-b"], policy=lambda: DEFAULT_POLICY, target=Recorder()
+    ).install(body)
+    with pytest.raises(KeyDeliveryError, match="bad_seal"):
+        KeyManager(
+            device_id="room-b", identity=vendor, policy=lambda: DEFAULT_POLICY, target=Recorder()
+        ).install(body)
+    # Trust on first use is gone: --pins is no longer an option.
+    pins = await asyncio.to_thread(_roomctl, agent_env, *start, "--pins", str(tmp_path / "pins.json"))
+    assert pins.returncode == 2
+    assert "--pins" in pins.stderr

@@ -34,7 +34,7 @@ from hal.sim import SimInventory
 from hal.types import CameraSpec, IndicatorState
 from tests.broker import Broker
 from tests.plane import Beat, Plane
-from tests.privacy_rooms import running_rooms
+from tests.privacy_rooms import enroll, running_rooms
 
 pytestmark = pytest.mark.broker
 
@@ -99,6 +99,7 @@ async def test_meeting_on_the_sim_camera_only_sframe_leaves_b_reads_the_stamps_a
                     str(key),
                     "--wait-acks",
                     "--json",
+                    *enroll(plane, tmp_path, [a, b]),
                 ],
                 env=agent_env,
                 capture_output=True,

@@ -23,7 +23,7 @@ from agent.privacy.telemetry import allowed_paths
 from agent.schema.policy import PolicyBody
 from tests.broker import Broker
 from tests.plane import PREFIX, Plane
-from tests.privacy_rooms import running_rooms
+from tests.privacy_rooms import enroll, running_rooms
 
 pytestmark = pytest.mark.broker
 
@@ -130,7 +130,7 @@ async def test_key_packages_fleet_rejected_customer_meeting_decrypts_a_to_b(
         assert ack["status"] == "rejected"
         assert ack["reason"] == "needs_customer"
         assert a.guard.keys.keys.idle
-        # The customer starts the meeting with roomctl (reads HPKE keys from the retained states).
+        # The customer starts the meeting with roomctl (HPKE keys from its roster of enrolled rooms).
         key = tmp_path / "customer.pem"
         key.write_bytes(private_key_pem(plane.customer))
         result = await asyncio.to_thread(
@@ -149,6 +149,7 @@ async def test_key_packages_fleet_rejected_customer_meeting_decrypts_a_to_b(
                 str(key),
                 "--wait-acks",
                 "--json",
+                *enroll(plane, tmp_path, [a, b]),
             ],
             env=agent_env,
             capture_output=True,

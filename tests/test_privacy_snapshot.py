@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import sys
-import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from hal.stamps import read_stamp
 from hal.types import CameraSpec
 from tests.broker import Broker
 from tests.plane import PREFIX, Plane
-from tests.privacy_rooms import Room, running_rooms
+from tests.privacy_rooms import Room, enroll, running_rooms
 
 pytestmark = pytest.mark.broker
 
@@ -208,7 +207,15 @@ async def test_roomctl_snapshot_writes_the_png_and_reports_a_refusal(
     async with running_rooms(plane, mosquitto, tmp_path, "room-101") as (room,):
         _with_camera(room)
         await _allow_snapshots(room, plane)
-        common = ["--device", "room-101", "--broker", mosquitto.url, "--recipient-key", str(hpke_key)]
+        common = [
+            "--device",
+            "room-101",
+            "--broker",
+            mosquitto.url,
+            "--recipient-key",
+            str(hpke_key),
+            *enroll(plane, tmp_path, [room]),
+        ]
         out_png = tmp_path / "room.png"
         code, out, err = await _roomctl(
             agent_env, "snapshot", *common, "--customer-key", str(customer), "--out", str(out_png)
@@ -225,8 +232,6 @@ async def test_roomctl_snapshot_writes_the_png_and_reports_a_refusal(
             str(fleet),
             "--out",
             str(other),
-            "--version",
-            str(int(time.time()) + 10),
         )
         assert code == 1
         assert "needs_customer" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +44,36 @@ async def test_roomagent_run_serves_a_customer_snapshot_from_its_running_camera(
     customer.write_bytes(private_key_pem(plane.customer))
     hpke_key = tmp_path / "me.json"
     HpkeIdentity.generate().save(hpke_key)
+    # Enrollment: the room's identity (roomagent identity --json) signed into the customer's roster.
+    identity = subprocess.run(  # noqa: ASYNC221 - before the room starts; nothing else runs
+        [sys.executable, "-m", "agent", "identity", "--config", str(config), "--json"],
+        env=agent_env,
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "identity.json").write_bytes(identity.stdout)
+    trust = ["--roster", str(tmp_path / "roster.env.json"), "--root", str(root)]
+    enrolled = subprocess.run(  # noqa: ASYNC221 - before the room starts; nothing else runs
+        [
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            "roster",
+            "add",
+            "room-101",
+            "--identity",
+            str(tmp_path / "identity.json"),
+            "--customer",
+            "acme",
+            "--customer-key",
+            str(customer),
+            *trust,
+        ],
+        env=agent_env,
+        capture_output=True,
+        text=True,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
     async with (
         aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
         agent_process(config, agent_env),
@@ -76,6 +107,7 @@ async def test_roomagent_run_serves_a_customer_snapshot_from_its_running_camera(
                 str(hpke_key),
                 "--out",
                 str(out),
+                *trust,
                 env=agent_env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

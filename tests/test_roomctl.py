@@ -13,11 +13,11 @@ import pytest
 from securesystemslib.dsse import Envelope as SslEnvelope
 from securesystemslib.signer import SSlibKey
 
-from agent.control.standalone import FileApplyTarget
 from agent.control.verify import VerifyContext, verify_document, verify_initial_root
 from agent.fleet.cli import main as roomctl
 from tests.broker import Broker
-from tests.plane import device_config, start_device, stop_device
+from tests.fleet_trust import wait_online
+from tests.test_privacy_agent_process import agent_process
 
 pytestmark = pytest.mark.broker
 
@@ -226,11 +226,42 @@ async def test_push_status_and_audit_verify(
         )
         == 0
     )
-    config = device_config(tmp_path / "state", root, mosquitto.url, groups=["hq"])
-    dev = await start_device(
-        config, FileApplyTarget(tmp_path / "state" / "running"), mosquitto.host, mosquitto.port
+    config = tmp_path / "room-101.toml"
+    config.write_text(
+        f'[device]\nid = "room-101"\ngroups = ["hq"]\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'[trust]\nroot = "{root}"\n[state]\ndir = "{tmp_path / "state"}"\n[log]\nformat = "json"\n'
     )
-    try:
+    # Enrollment: the room prints its identity, the customer (here the root2 key) signs it into the roster.
+    identity = subprocess.run(  # noqa: ASYNC221 - the room is not running yet
+        [sys.executable, "-m", "agent", "identity", "--config", str(config), "--json"],
+        env=agent_env,
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "identity.json").write_bytes(identity.stdout)
+    roster = tmp_path / "roster.env.json"
+    trust = ["--roster", str(roster), "--root", str(root)]
+    assert (
+        roomctl(
+            [
+                "roster",
+                "add",
+                "room-101",
+                "--identity",
+                str(tmp_path / "identity.json"),
+                "--groups",
+                "hq",
+                "--customer",
+                "acme",
+                "--customer-key",
+                str(keys["root2"]),
+                *trust,
+            ]
+        )
+        == 0
+    )
+    async with agent_process(config, agent_env):
+        await wait_online(mosquitto, ["room-101"])
         from agent.fleet.docs import template
 
         payload = template("config")
@@ -263,15 +294,16 @@ async def test_push_status_and_audit_verify(
             "--wait",
             "10",
             "--json",
+            *trust,
             env=agent_env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await push.communicate()
         assert push.returncode == 0, err.decode()
-        acks = json.loads(out.decode().strip().splitlines()[-1])
+        acks = json.loads(out.decode().strip().splitlines()[-1])["rooms"]
         assert acks["room-101"]["status"] == "applied"
-        assert acks["room-101"]["signature_ok"] is True
+        assert acks["room-101"]["verified"] is True
         # Pushing it again is a replay: the device acks it again as applied (idempotent), exit 0.
         # A rejected one makes push fail.
         payload["version"] = 1
@@ -295,6 +327,7 @@ async def test_push_status_and_audit_verify(
             "room-101",
             "--wait",
             "10",
+            *trust,
             env=agent_env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -311,19 +344,20 @@ async def test_push_status_and_audit_verify(
             "--broker",
             mosquitto.url,
             "--json",
+            *trust,
             env=agent_env,
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await status.communicate()
         states = json.loads(out)
-        assert states["room-101"]["online"] is True
-        assert states["room-101"]["applied"]["config"] == 1
-        (tmp_path / "device.json").write_text(json.dumps(states["room-101"]))
-    finally:
-        await stop_device(dev)
+        assert states["room-101"]["trust"] == "verified"
+        assert states["room-101"]["state"]["online"] is True
+        assert states["room-101"]["state"]["applied"]["config"] == 1
 
     audit = tmp_path / "state" / "audit" / "audit.jsonl"
-    assert roomctl(["audit", "verify", str(audit), "--device-key", str(tmp_path / "device.json")]) == 0
+    assert roomctl(["audit", "verify", str(audit), "--device", "room-101", *trust]) == 0
+    # The enrollment identity works as the key too (offline, without the roster).
+    assert roomctl(["audit", "verify", str(audit), "--device-key", str(tmp_path / "identity.json")]) == 0
     original = audit.read_bytes()
     for index in (0, 2):  # an entry in the middle of the chain, and the last one (pinned by the head)
         lines = original.splitlines()
@@ -339,8 +373,9 @@ async def test_push_status_and_audit_verify(
                 "audit",
                 "verify",
                 str(audit),
-                "--device-key",
-                str(tmp_path / "device.json"),
+                "--device",
+                "room-101",
+                *trust,
             ],
             env=agent_env,
             capture_output=True,

@@ -6,8 +6,9 @@ and its groups' topics, reconnect with jittered exponential backoff. The will is
 the moment of connecting; :meth:`ControlLink.refresh_will` reconnects at once (same session, nothing
 lost) so that a crash later still reports the versions last applied (docs/adr/0020-last-will-refresh.md).
 Outgoing messages wait in two queues while offline: acks of authenticated documents in a priority
-queue that is sent first and never dropped (each needs a threshold signature, so it cannot be flooded), everything else in a
-bounded drop-oldest queue; the device keeps running on last-known-good meanwhile.
+queue that is sent first and never dropped (each needs a threshold signature, so it cannot be
+flooded), everything else in a bounded drop-oldest queue; the device keeps running on
+last-known-good meanwhile.
 """
 
 from __future__ import annotations

@@ -20,10 +20,9 @@ from pydantic import ValidationError
 
 from agent.control.documents import DOCUMENT_KINDS, ROLES, RootBody, body_model, payload_type
 from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import ControlError, Rejected
 from agent.control.signing_keys import keyid_of
 from agent.control.verify import verify_initial_root
-from agent.fleet.common import CliError, load_public_key_file, load_signing_keys
+from agent.fleet.common import CliError, guarded, load_public_key_file, load_signing_keys
 from agent.persist import atomic_write_bytes
 
 
@@ -52,12 +51,14 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
             "media": {"sink": "rtp://198.51.100.7:5004", "mtu": 1200, "enabled": True},
             "log": {"level": "info", "format": "json"},
         },
-        # Commands are not retained: a time-based version keeps them increasing across admins.
+        # Commands are not retained: a time-based version (ms) keeps them increasing across admins.
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
         "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.key_packages.KeysBody"},
         "root": {"keys": {}, "roles": {r: {"keyids": [], "threshold": 1} for r in ROLES}},
     }
-    version = int(t.timestamp()) if kind == "command" else 1
+    # Same clock as roomctl's own commands (milliseconds): a template signed after a roomctl verb is
+    # not refused as a rollback.
+    version = int(t.timestamp() * 1000) if kind in ("command", "keys") else 1
     payload: dict[str, Any] = {
         "kind": kind,
         "version": version,
@@ -192,15 +193,7 @@ def _template(args: argparse.Namespace) -> int:
 
 
 def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except (ControlError, OSError, ValueError, ValidationError) as exc:
-            text = exc.message if isinstance(exc, Rejected) else str(exc)
-            print(f"roomctl: {text}", file=sys.stderr)
-            return 2
-
-    return run
+    return guarded(func.__name__.strip("_").replace("_", " "), func)
 
 
 def _role_args(p: argparse.ArgumentParser) -> None:
@@ -212,7 +205,12 @@ def _role_args(p: argparse.ArgumentParser) -> None:
             metavar="KEY",
             help=f"{role} public key (.pub.json or private PEM); repeat for several",
         )
-        p.add_argument(f"--{role}-threshold", type=int, metavar="N")
+        p.add_argument(
+            f"--{role}-threshold",
+            type=int,
+            metavar="N",
+            help=f"signatures of distinct {role} keys needed (default 1; rotate: kept)",
+        )
     p.add_argument(
         "--sign",
         action="append",
@@ -221,8 +219,12 @@ def _role_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="root private key(s) that sign (rotation: old AND new root keys)",
     )
-    p.add_argument("--expires-days", type=int, default=365)
-    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument(
+        "--expires-days", type=int, default=365, metavar="DAYS", help="root validity in days (default 365)"
+    )
+    p.add_argument(
+        "--passphrase-env", metavar="VAR", help="environment variable holding the keys' passphrase"
+    )
     p.add_argument("--out", help="output file (default: stdout)")
 
 
@@ -238,13 +240,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_guard(_root_rotate))
 
     p = sub.add_parser("template", help="print a complete example payload of KIND as JSON")
-    p.add_argument("kind", choices=[k for k in DOCUMENT_KINDS if k != "root"] + ["root"])
-    p.set_defaults(func=_template)
+    p.add_argument(
+        "kind", choices=[k for k in DOCUMENT_KINDS if k != "root"] + ["root"], help="document kind to show"
+    )
+    p.set_defaults(func=_guard(_template))
 
     p = sub.add_parser("sign", help="sign a payload (TOML/JSON) into a DSSE envelope, or add a signature")
-    p.add_argument("kind", choices=[k for k in DOCUMENT_KINDS])
+    p.add_argument("kind", choices=[k for k in DOCUMENT_KINDS], help="document kind (must match the payload)")
     p.add_argument("file", help="payload .toml/.json, or an existing envelope to countersign")
     p.add_argument("--key", action="append", required=True, help="private key (PEM); repeat for several")
-    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument(
+        "--passphrase-env", metavar="VAR", help="environment variable holding the keys' passphrase"
+    )
     p.add_argument("--out", help="output file (default: stdout)")
     p.set_defaults(func=_guard(_sign))

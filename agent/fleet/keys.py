@@ -48,5 +48,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--type", choices=["ed25519", "ecdsa"], default="ed25519", help="ecdsa = P-256")
     p.add_argument("--out", required=True, help="private key path; the public key goes to OUT.pub.json")
     p.add_argument("--passphrase-env", metavar="VAR", help="encrypt with the passphrase in $VAR")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
     p.set_defaults(func=_keygen)

@@ -9,9 +9,10 @@ device identity's file format, mode 0600) and prints the public keys.
    ``--kem``) targeting that device only, signs it with the customer key (DSSE) and publishes it on
    ``{p}/devices/{id}/cmd`` (QoS 1);
 2. waits for the device's ack of that document and its sealed image on ``{p}/devices/{id}/snapshot``;
-3. checks the image message is signed by the device's Ed25519 identity (``--device-key``, else the
-   key in its retained state): HPKE base mode does not authenticate the sender, so without this the
-   broker, which saw our public key in the request, could answer with a picture of its own;
+3. checks the ack and the image message are signed by the room's Ed25519 identity key *from the
+   customer-signed roster* (``--roster``), never from the broker: HPKE base mode does not
+   authenticate the sender, so without this the broker, which saw our public key in the request,
+   could answer with a picture of its own;
 4. opens the image with our HPKE private key (``info`` binds device, version and payload digest:
    :func:`agent.privacy.snapshot.snapshot_info`), checks its sha256 and writes ``OUT.png`` atomically.
 
@@ -25,22 +26,28 @@ __all__ = ["register"]
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
-from agent.control.documents import payload_type
-from agent.control.dsse import Envelope
-from agent.control.signing_keys import PrivateKey, PublicKey, parse_public_key
+from agent.control.roster import Roster
+from agent.control.signing_keys import PrivateKey
 from agent.errors import AgentError
-from agent.fleet.common import load_public_key_file, load_signing_keys, mqtt_client
+from agent.fleet.common import (
+    Warner,
+    add_broker_args,
+    add_roster_args,
+    document_version,
+    guarded,
+    load_roster,
+    load_signing_keys,
+    mqtt_client,
+    parse_json_message,
+)
+from agent.fleet.send import Publication, deliver, hint_for, sign
 from agent.persist import atomic_write_bytes
 from agent.privacy.errors import PrivacyError
 from agent.privacy.hpke import KEM_NAMES, HpkeIdentity
@@ -101,79 +108,74 @@ def _load_keys(args: argparse.Namespace) -> tuple[HpkeIdentity, list[PrivateKey]
         raise _Exit(str(exc), 2) from exc
 
 
-async def _snapshot(args: argparse.Namespace, identity: HpkeIdentity, customer: list[PrivateKey]) -> str:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    version = args.version if args.version is not None else int(time.time())
+async def _snapshot(
+    args: argparse.Namespace, identity: HpkeIdentity, customer: list[PrivateKey], roster: Roster
+) -> str:
+    device_key = roster.room(args.device).identity_key()  # from the roster, never the broker
+    version = args.version if args.version is not None else document_version()
     payload = build_request(
         device=args.device,
         camera=args.camera,
         kem=args.kem,
         public_key=identity.public_keys()[args.kem],
         version=version,
-        now=now,
+        now=dt.datetime.now(dt.UTC).replace(microsecond=0),
         ttl_s=args.ttl,
     )
-    data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    env = Envelope(payload_type("command"), data, ())
-    for key in customer:
-        env = env.signed_by(key)
-    sha = hashlib.sha256(data).hexdigest()
+    env = sign("command", payload, customer)
+    sha = hashlib.sha256(env.payload).hexdigest()
     base = f"{args.prefix}/devices/{args.device}"
-    device_key = (
-        None if args.device_key is None else parse_public_key(load_public_key_file(Path(args.device_key)))
-    )
-    state_key: PublicKey | None = None
-    ack: dict[str, Any] | None = None
-    sealed: bytes | None = None
-    try:
-        async with mqtt_client(args) as client:
-            if device_key is None:
-                await client.subscribe(f"{base}/state", qos=1)  # retained: the identity key first
-            await client.subscribe(f"{base}/ack", qos=1)
-            await client.subscribe(f"{base}/snapshot", qos=1)
-            await client.publish(f"{base}/cmd", env.to_json(), qos=1)
-            try:
-                async with asyncio.timeout(args.timeout):
-                    async for message in client.messages:
-                        body = bytes(message.payload)
-                        if str(message.topic) == f"{base}/state":
-                            with contextlib.suppress(ValueError, KeyError, TypeError):
-                                state_key = parse_public_key(json.loads(body)["identity"]["ed25519"])
-                            continue
-                        if str(message.topic) == f"{base}/ack":
-                            try:
-                                got = json.loads(Envelope.parse(body).payload)
-                            except ValueError:
-                                continue
-                            if isinstance(got, dict) and got.get("payload_sha256") == sha:
-                                ack = got
-                        elif sealed is None:
-                            try:
-                                if json.loads(body).get("doc_version") == version:
-                                    sealed = body
-                            except (ValueError, AttributeError):
-                                continue
-                        if ack is not None and (ack.get("status") != "applied" or sealed is not None):
-                            break
-            except TimeoutError:
-                pass
-    except aiomqtt.MqttError as exc:
-        raise _Exit(f"broker {args.broker}: {exc}", 4) from exc
-    if ack is None:
-        raise _Exit(f"{args.device}: no ack within {args.timeout:g} s", 3)
-    if ack.get("status") != "applied":
-        raise _Exit(f"{args.device}: {ack.get('status')} {ack.get('reason')}: {ack.get('message')}", 1)
-    if sealed is None:
-        raise _Exit(f"{args.device}: applied, but no sealed image arrived within {args.timeout:g} s", 3)
-    identity_key = device_key or state_key
-    if identity_key is None:
-        raise _Exit(
-            f"{args.device}: no identity key (--device-key, or its retained state) to check the image", 3
+    warner = Warner()
+    sealed: list[bytes] = []
+
+    def on_image(topic: str, body: bytes) -> bool:
+        # HPKE base mode does not authenticate the sender: only an image signed by the room's
+        # rostered key is taken, so the broker (which saw our public key) cannot answer instead.
+        if sealed:
+            return True
+        try:
+            message = parse_json_message(body)
+        except ValueError as exc:
+            warner.skip(args.device, topic, str(exc))
+            return False
+        if not isinstance(message, dict) or message.get("doc_version") != version:
+            return False
+        if not snapshot_signed_by(body, device_key):
+            warner.skip(args.device, topic, "an image not signed by the room's rostered key")
+            return False
+        sealed.append(body)
+        return True
+
+    async with mqtt_client(args, timeout=max(10.0, args.timeout)) as client:
+        outcomes = await deliver(
+            client,
+            prefix=args.prefix,
+            publications=[Publication(f"{base}/cmd", env.to_json())],
+            expected={args.device: sha},
+            roster=roster,
+            wait_s=args.timeout,
+            warner=warner,
+            extra_topics=(f"{base}/snapshot",),
+            on_extra=on_image,
         )
-    if not snapshot_signed_by(sealed, identity_key):
-        raise _Exit(f"{args.device}: the image is not signed by the device's identity key", 3)
+    outcome = outcomes[args.device]
+    if outcome.status == "timeout":
+        raise _Exit(f"{args.device}: no ack signed by its rostered key within {args.timeout:g} s", 3)
+    if not outcome.verified:
+        raise _Exit(f"{args.device}: {outcome.status}: {outcome.message}", 3)
+    if outcome.status != "applied":
+        hint = hint_for(outcome.reason)
+        raise _Exit(
+            f"{args.device}: {outcome.status} {outcome.reason}: {outcome.message}"
+            + (f" (next step: {hint})" if hint else ""),
+            1,
+        )
+    if not sealed:
+        raise _Exit(
+            f"{args.device}: applied, but no signed sealed image arrived within {args.timeout:g} s", 3
+        )
     try:
-        png = open_snapshot(identity, sealed, device=args.device, doc_version=version, payload_sha256=sha)
+        png = open_snapshot(identity, sealed[0], device=args.device, doc_version=version, payload_sha256=sha)
     except PrivacyError as exc:
         raise _Exit(f"{args.device}: the image does not open: {exc.reason}", 3) from exc
     await asyncio.to_thread(atomic_write_bytes, Path(args.out), png)
@@ -183,41 +185,32 @@ async def _snapshot(args: argparse.Namespace, identity: HpkeIdentity, customer: 
 def _run(args: argparse.Namespace) -> int:
     try:
         identity, customer = _load_keys(args)
-        print(asyncio.run(_snapshot(args, identity, customer)))
+        roster = load_roster(args)
+        print(asyncio.run(_snapshot(args, identity, customer, roster)))
     except _Exit as exc:
         print(f"roomctl snapshot: {exc}", file=sys.stderr)
         return exc.code
-    except AgentError as exc:
-        print(f"roomctl snapshot: {exc}", file=sys.stderr)
-        return 2
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("hpke-keygen", help="make an HPKE key pair to receive sealed snapshots")
     p.add_argument("--out", required=True, help="private key file to create (mode 0600)")
-    p.set_defaults(func=_keygen)
+    p.set_defaults(func=guarded("hpke-keygen", _keygen))
 
     p = sub.add_parser(
         "snapshot", help="ask a room for one picture, sealed to your HPKE key (customer-signed)"
     )
     p.add_argument("--device", required=True, help="device id")
     p.add_argument("--camera", help="camera id (default: the device's first camera)")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    p.add_argument("--ca", type=Path, help="CA certificate (mqtts)")
-    p.add_argument("--cert", type=Path, help="client certificate (mqtts)")
-    p.add_argument("--key", dest="tls_key", type=Path, help="client private key (mqtts)")
-    p.add_argument("--prefix", default="roomagent/v1")
+    add_broker_args(p)
+    add_roster_args(p)
     p.add_argument("--customer-key", required=True, help="the customer's signing key (PKCS#8 PEM)")
     p.add_argument("--passphrase-env", help="environment variable holding the key's passphrase")
     p.add_argument("--recipient-key", required=True, help="HPKE private key file (roomctl hpke-keygen)")
     p.add_argument("--kem", default="mlkem768-x25519", choices=KEM_NAMES, help="HPKE KEM to seal with")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument(
-        "--device-key",
-        help="the device's identity public key (key dict or saved state JSON); default: its retained state",
-    )
-    p.add_argument("--version", type=int, help="command version (default: current Unix time)")
+    p.add_argument("--version", type=int, help="command version (default: current time in milliseconds)")
     p.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid (default 300)")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ack and image")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=guarded("snapshot", _run))

@@ -148,9 +148,23 @@ def check_config_push() -> None:
     if sign.returncode != 0:
         report("config_push", False, f"roomctl sign failed: {sign.stdout[-800:]} {sign.stderr[-800:]}")
         return
+    # roomctl trusts acks only from rooms in a customer-signed roster: enroll this room as an installer
+    # would (roomagent identity --json on the room, roomctl roster add with the customer key).
+    trust: list[str] = []
+    customer_key = SELFTEST_KEYS / "customer.pem"
+    if _has(ROOMCTL, "roster"):
+        identity = run([ROOMAGENT, "identity", "--config", "/etc/roomagent/agent.toml", "--json"])
+        (work / "identity.json").write_text(identity.stdout)
+        trust = ["--roster", str(work / "roster.env.json"), "--root", "/etc/roomagent/trust/root.json"]
+        enroll = run([ROOMCTL, "roster", "add", "room-image", "--identity", str(work / "identity.json"),
+                      "--customer", "selftest", "--customer-key", str(customer_key), *trust])  # fmt: skip
+        if identity.returncode != 0 or enroll.returncode != 0:
+            report("config_push", False,
+                   f"enrollment failed: {identity.stderr[-600:]} {enroll.stderr[-600:]}")  # fmt: skip
+            return
     t0 = time.monotonic()
     push = run([ROOMCTL, "push", str(envelope), "--broker", "mqtt://127.0.0.1:1883", "--device", "room-image",
-                "--wait", "90"], timeout=150)  # fmt: skip
+                "--wait", "90", *trust], timeout=150)  # fmt: skip
     wait_for(lambda: _applied("config") == doc["version"], 30)
     applied = _applied("config")
     ok = push.returncode == 0 and applied == doc["version"]
