@@ -40,8 +40,9 @@ _RAMP = (_N - _WINDOW) // 2
 _SYMBOLS = 6
 _BITS = 4
 _BASE_BIN = 4  # x 100 Hz
-_LEVEL = 0.5 * 32767 / np.sqrt(_SYMBOLS)
+_LEVEL = 0.8 * 32767 / _SYMBOLS  # peaks never clip (clipping would mix the tones)
 _SLOT_MOD = 1 << 16
+_SYNC_FRAMES = 4
 
 F64 = npt.NDArray[np.float64]
 I16 = npt.NDArray[np.int16]
@@ -135,18 +136,29 @@ class AudioStampReader:
     _misses: int = 0
 
     def feed(self, samples: npt.NDArray[Any], now_ns: int) -> list[int | None]:
+        """Append played samples; the slots of the frames completed (None: unreadable)."""
+        return [slot for slot, _ in self.feed_with_offsets(samples, now_ns)]
+
+    def feed_with_offsets(self, samples: npt.NDArray[Any], now_ns: int) -> list[tuple[int | None, int]]:
+        """Like :meth:`feed`, with each frame's start as a count of samples before the end of
+        everything fed so far (so a player knows when that frame started playing)."""
         self._buf = np.concatenate((self._buf, np.asarray(samples, dtype=np.float64)))
         near = slot_of(now_ns)
-        out: list[int | None] = []
+        out: list[tuple[int | None, int]] = []
         if self.phase is None:
-            if len(self._buf) < 2 * _N:
+            if len(self._buf) < (_SYNC_FRAMES + 1) * _N:
                 return out
-            # Every phase that reads; the middle one is farthest from the envelope's edges.
-            good = [
-                phase
+            # Score every phase over a few frames; the middle of the best-scoring run is farthest
+            # from the envelope's edges (one frame alone may read at a marginal phase).
+            scores = {
+                phase: sum(
+                    read_audio_stamp(self._buf[o + _RAMP : o + _RAMP + _WINDOW], near) is not None
+                    for o in range(phase, phase + _SYNC_FRAMES * _N, _N)
+                )
                 for phase in range(0, _N, 16)
-                if read_audio_stamp(self._buf[phase + _RAMP : phase + _RAMP + _WINDOW], near) is not None
-            ]
+            }
+            top = max(scores.values())
+            good = [phase for phase, score in scores.items() if score == top and score > 0]
             if not good:
                 self._buf = self._buf[-_N:]
                 return out
@@ -154,7 +166,7 @@ class AudioStampReader:
         while self.phase is not None and len(self._buf) >= self.phase + _N:
             start = self.phase + _RAMP
             slot = read_audio_stamp(self._buf[start : start + _WINDOW], near)
-            out.append(slot)
+            out.append((slot, len(self._buf) - self.phase))
             self._buf = self._buf[_N:]
             self._misses = 0 if slot is not None else self._misses + 1
             if self._misses >= 5:

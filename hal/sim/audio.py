@@ -309,8 +309,10 @@ class SimSpeaker:
                 rep.frames_concealed += 1
             if self.echo is not None:
                 self.echo.speaker_out(frame.samples)
-            # The reader lags by the codec's delay: a slot read now started playing at most one frame ago.
-            for slot in self._reader.feed(frame.samples, now):
+            # The reader lags by the codec's delay: it says where each stamped frame began, counted
+            # back from the end of what was fed, and that end plays at start + 20 ms.
+            end_ns = start + FRAME_NS
+            for slot, back in self._reader.feed_with_offsets(frame.samples, now):
                 if slot is None:
                     rep.stamps_unreadable += 1
                     continue
@@ -321,11 +323,7 @@ class SimSpeaker:
                         continue
                     rep.slots_missing += slot - self._last_slot - 1
                 self._last_slot = slot
-                play_ns = start - (self._reader_lag_ns())
+                play_ns = end_ns - back * 1_000_000_000 // AUDIO_RATE
                 rep.latencies_ms.append((play_ns - capture_ns_of(slot)) / 1e6)
                 if self.on_played is not None:
                     self.on_played(capture_ns_of(slot), play_ns)
-
-    def _reader_lag_ns(self) -> int:
-        phase = self._reader.phase or 0
-        return phase * 1_000_000_000 // AUDIO_RATE
