@@ -5,7 +5,7 @@ with codec ``"opus"``, ``pts`` in 1/48000 s, and the frame's ``seq``/``capture_n
 With DTX a silent stretch produces (almost) no packets. FEC (``fec=1`` with an expected
 ``packet_loss``) makes libopus put a low-bitrate copy of each frame into the next packet; PyAV does
 not expose libopus's ``decode_fec`` flag, so the receiver here conceals a lost frame instead
-(:meth:`OpusDecoder.conceal`: the last frame, faded), and a future decoder with FEC access can use the
+(:meth:`OpusDecoder.conceal`: fading noise at the last frame's level), and a future decoder with FEC access can use the
 redundancy already in the stream.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = ["OpusDecoder", "OpusEncoder"]
 
+import collections
 from fractions import Fraction
 from typing import Any
 
@@ -27,7 +28,7 @@ from hal.types import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, EncodedPacket
 class OpusEncoder:
     """One libopus encoder. Not thread-safe: one caller."""
 
-    def __init__(self, *, bitrate_kbps: int = 48, expected_loss_pct: int = 5) -> None:
+    def __init__(self, *, bitrate_kbps: int = 64, expected_loss_pct: int = 5) -> None:
         try:
             ctx: Any = av.CodecContext.create("libopus", "w")
             ctx.sample_rate = AUDIO_RATE
@@ -46,7 +47,7 @@ class OpusEncoder:
         except (av.error.FFmpegError, ValueError) as exc:
             raise EncoderError(f"libopus: failed to open: {exc}") from exc
         self._ctx = ctx
-        self._pending: dict[int, tuple[int, int]] = {}
+        self._pending: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=64)
         self._pts = 0
 
     def encode(self, frame: AudioFrame) -> list[EncodedPacket]:
@@ -57,7 +58,7 @@ class OpusEncoder:
         av_frame.sample_rate = AUDIO_RATE
         av_frame.time_base = Fraction(1, AUDIO_RATE)
         av_frame.pts = self._pts
-        self._pending[self._pts] = (frame.seq, frame.capture_ns)
+        self._pending.append((self._pts, frame.seq, frame.capture_ns))
         self._pts += AUDIO_FRAME_SAMPLES
         try:
             packets = self._ctx.encode(av_frame)
@@ -66,16 +67,11 @@ class OpusEncoder:
         out = []
         for packet in packets:
             data = bytes(packet)
-            # libopus delays by its lookahead; map each packet back to the frame that filled it.
-            pts = int(packet.pts) if packet.pts is not None else self._pts - AUDIO_FRAME_SAMPLES
-            key = max((p for p in self._pending if p <= pts), default=None)
-            seq, capture_ns = (
-                self._pending.get(key, (frame.seq, frame.capture_ns))
-                if key is not None
-                else (frame.seq, frame.capture_ns)
+            # One packet per 20 ms input frame, in order (its pts is shifted back by libopus's
+            # lookahead, so it is matched by order, not by pts).
+            pts, seq, capture_ns = (
+                self._pending.popleft() if self._pending else (self._pts, frame.seq, frame.capture_ns)
             )
-            for p in [p for p in self._pending if p <= pts]:
-                del self._pending[p]
             if len(data) <= 2:
                 continue  # DTX: a comfort-noise-only packet carries nothing worth sending
             out.append(
@@ -104,6 +100,7 @@ class OpusDecoder:
         self._last = np.zeros(AUDIO_FRAME_SAMPLES, dtype=np.int16)
         self._concealed_run = 0
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        self._rng = np.random.default_rng(5)
 
     def decode(self, data: bytes) -> AudioFrame:
         try:
@@ -123,8 +120,12 @@ class OpusDecoder:
         return AudioFrame(device_id="opus", seq=0, capture_ns=0, samples=samples)
 
     def conceal(self) -> AudioFrame:
-        """A frame for a lost packet: the last one again, fading out over three frames."""
+        """A frame for a lost packet: noise at the level of the last frame, fading out over three
+        frames (a gap filled with sound of the same loudness is heard as less of a break than
+        silence; noise rather than a repeat, so nothing that was said is heard twice)."""
         self._concealed_run += 1
         gain = max(0.0, 1.0 - self._concealed_run / 3)
-        samples = (self._last.astype(np.float64) * gain).astype(np.int16)
+        level = float(np.sqrt(np.mean(self._last.astype(np.float64) ** 2))) * gain * 0.5
+        noise = self._rng.standard_normal(AUDIO_FRAME_SAMPLES) * level
+        samples = np.clip(noise, -32768, 32767).astype(np.int16)
         return AudioFrame(device_id="opus", seq=0, capture_ns=0, samples=samples, concealed=True)

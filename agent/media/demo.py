@@ -162,6 +162,9 @@ def _wire(opts: DemoOptions) -> tuple[list[_Room], list[ImpairingRelay]]:
     for room in rooms:
         room.receiver = MediaReceiver(
             ContextOpener(room.receive_ctx),
+            # A gap is declared lost after 80 ms: longer than the relay's reordering (jitter up to
+            # a few tens of ms), short enough that audio after a loss is not held for long.
+            timeout_s=0.08,
             on_picture=functools.partial(_show, room),
             on_audio=functools.partial(_play, room),
             on_need_keyframe=functools.partial(_pli, room, by_name),

@@ -43,6 +43,7 @@ log = structlog.get_logger()
 I16 = npt.NDArray[np.int16]
 F64 = npt.NDArray[np.float64]
 _N = AUDIO_FRAME_SAMPLES
+_PLAUSIBLE = 500  # slots (10 s): a stamp farther from the previous one is taken as garbled
 
 
 class SimAudioFaults:
@@ -261,12 +262,20 @@ class SimSpeaker:
     """A simulated speaker that verifies what it plays (implements ``hal.protocols.Speaker``).
 
     Playback runs on a virtual device clock: a frame starts playing when the previous one ends, or
-    now if the buffer ran dry; mouth-to-ear latency is the start of play minus the stamp's capture
+    now if the buffer ran dry; more than ``target_buffer_ms`` queued is played 10 % faster until it
+    drains back; mouth-to-ear latency is the start of play minus the stamp's capture
     time. ``echo`` (an :class:`EchoPath`) receives every frame played, for echo tests. ``on_played``
     (if set) is called with (capture_ns, play_ns) of every stamp read, for A/V skew.
     """
 
-    def __init__(self, spec: AudioSpec, *, echo: EchoPath | None = None, max_buffer_ms: int = 200) -> None:
+    def __init__(
+        self,
+        spec: AudioSpec,
+        *,
+        echo: EchoPath | None = None,
+        max_buffer_ms: int = 200,
+        target_buffer_ms: int = 30,
+    ) -> None:
         if spec.backend != "sim":
             raise UnsupportedError(f"not a sim speaker (backend {spec.backend!r})", device=spec.id)
         self.spec = spec
@@ -277,6 +286,7 @@ class SimSpeaker:
         self._reader = AudioStampReader()
         self._playout_end_ns = 0
         self._max_buffer_ns = max_buffer_ms * 1_000_000
+        self._target_ns = target_buffer_ms * 1_000_000
         self._last_slot: int | None = None
         self._lock = threading.Lock()
 
@@ -302,6 +312,11 @@ class SimSpeaker:
             start = max(now, self._playout_end_ns)
             if start - now > self._max_buffer_ns:
                 start = now  # buffer overflow: the device drops what was queued
+            elif start - now > self._target_ns:
+                # More queued than needed (a burst after a stall): play 10 % faster until back at the
+                # target, as a playout buffer's time compression does, so one delay spike does not
+                # add latency for the rest of the call.
+                start -= min(start - now - self._target_ns, FRAME_NS // 10)
             self._playout_end_ns = start + FRAME_NS
             rep = self.report
             rep.frames_played += 1
@@ -313,8 +328,8 @@ class SimSpeaker:
             # back from the end of what was fed, and that end plays at start + 20 ms.
             end_ns = start + FRAME_NS
             for slot, back in self._reader.feed_with_offsets(frame.samples, now):
-                if slot is None:
-                    rep.stamps_unreadable += 1
+                if slot is None or (self._last_slot is not None and abs(slot - self._last_slot) > _PLAUSIBLE):
+                    rep.stamps_unreadable += 1  # unreadable, or a garbled window that passed the CRC
                     continue
                 rep.stamps_read += 1
                 if self._last_slot is not None:
