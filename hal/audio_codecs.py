@@ -5,8 +5,8 @@ with codec ``"opus"``, ``pts`` in 1/48000 s, and the frame's ``seq``/``capture_n
 With DTX a silent stretch produces (almost) no packets. FEC (``fec=1`` with an expected
 ``packet_loss``) makes libopus put a low-bitrate copy of each frame into the next packet; PyAV does
 not expose libopus's ``decode_fec`` flag, so the receiver here conceals a lost frame instead
-(:meth:`OpusDecoder.conceal`: fading noise at the last frame's level), and a future decoder with FEC access can use the
-redundancy already in the stream.
+(:meth:`OpusDecoder.conceal`: fading noise at the last frame's level); a decoder with FEC access
+can use the redundancy already in the stream.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def test_audio_sealed_per_frame_decrypted_played_and_verified() -> None:
         "decode_errors": 0,
     }
     rep = speaker.report
-    assert rep.frames_played == 200 and rep.frames_concealed == 3
+    assert rep.frames_played == 200
+    assert rep.frames_concealed == 3
     assert rep.out_of_order == 0
     assert rep.stamps_read >= 150
     # the lost frames' slots are missing from what was heard (concealment carries no stamp)
@@ -123,7 +124,8 @@ def test_no_key_no_audio() -> None:
     sink = _RtpLoop(receiver, set())
     sender = AudioSender(SimMicrophone(AudioSpec(id="mic")), KeySource(), sink)
     sender.send(AudioFrame(device_id="m", seq=0, capture_ns=0, samples=np.zeros(960, np.int16) + 500))
-    assert sender.stats.sent == 0 and sink.stats.frames == 0
+    assert sender.stats.sent == 0
+    assert sink.stats.frames == 0
 
 
 def test_playout_drops_late_frames_and_bounds_concealment() -> None:
