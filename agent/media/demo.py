@@ -368,7 +368,7 @@ def _summary(
     return out
 
 
-def run_meeting(opts: DemoOptions) -> dict[str, Any]:
+def run_meeting(opts: DemoOptions, *, live: bool = False) -> dict[str, Any]:
     """Run the meeting for ``opts.seconds`` (None: until Ctrl-C) and return the per-direction figures."""
     if opts.rooms < 2:
         raise ValueError("a meeting needs at least two rooms")
@@ -388,7 +388,7 @@ def run_meeting(opts: DemoOptions) -> dict[str, Any]:
     t_start_ns = time.time_ns()
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_main(rooms, opts.seconds, opts.rotate_s, suite, live=False))
+            asyncio.run(_main(rooms, opts.seconds, opts.rotate_s, suite, live=live))
     finally:
         stop.set()
         for t in threads:
@@ -424,7 +424,9 @@ def run_demo(
         audio=audio,
         impairment=impairment,
     )
-    summary = run_meeting(opts)
+    summary = run_meeting(opts, live=not json_out)
+    if not json_out:
+        print(file=sys.stderr)
     if json_out:
         print(json.dumps(summary))
         return 0
