@@ -189,3 +189,38 @@ def test_alsa_missing_pcm_is_a_typed_error(tmp_path: Path) -> None:
     env = {**os.environ, "ALSA_CONFIG_PATH": str(conf), "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "gone m", proc.stderr[-2000:]
+
+
+def test_unplugged_speaker_is_a_typed_error_and_playout_goes_on() -> None:
+    from agent.media.audio import AudioPlayout
+    from hal.audio_codecs import OpusEncoder
+
+    spk = SimSpeaker(AudioSpec(id="spk"))
+    playout = AudioPlayout(spk, name="peer")
+    enc = OpusEncoder()
+    mic = SimMicrophone(AudioSpec(id="m"))
+    spk.faults.unplug()
+    with pytest.raises(DeviceGoneError):
+        spk.play(mic.render(1))
+    for slot in range(5):
+        playout.push(slot * 1800, enc.encode(mic.render(slot))[0].data)  # logged, not raised
+    assert playout.stats.decoded == 5
+    assert spk.report.frames_played == 0
+    spk.faults.replug()
+    playout.push(5 * 1800, enc.encode(mic.render(5))[0].data)
+    assert spk.report.frames_played == 1
+
+
+async def test_stalled_microphone_resumes_on_the_wall_clock_grid() -> None:
+    mic = SimMicrophone(AudioSpec(id="mic"))
+    async with mic:
+        slots = []
+        async for frame in mic.frames():
+            slots.append(frame.seq)
+            if len(slots) == 3:
+                mic.faults.stall(0.2)
+            if len(slots) == 6:
+                break
+    assert slots[3] - slots[2] >= 8  # ~10 slots of 20 ms were never captured
+    mic.faults.glitch(1)
+    assert np.abs(mic.render(slots[-1] + 1).samples.astype(int)).max() > 15000
