@@ -83,10 +83,14 @@ async def test_room_b_shows_and_plays_room_a_with_package_keys() -> None:
             n += 1
             if n == 45:
                 break
+    await asyncio.sleep(0.4)  # lip sync holds each picture until its sound would play
+    b.close()
     figures = b.describe()
     assert figures["decrypt_failures"] == 0
     peer = figures["peers"]["room-a"]  # named by the key package's sender, from the KID
     assert peer["video"]["shown"] >= 40
+    # held for the audio device's queue plus the audio-only delays: shown later than decoded
+    assert peer["video"]["latency_ms_p50"] >= 15
     assert peer["video"]["stamps_missing"] == 0
     assert peer["video"]["out_of_order"] == 0
     assert peer["audio"]["decoded"] == audio.stats.sent
@@ -119,5 +123,6 @@ async def test_a_room_without_the_peer_key_shows_nothing() -> None:
             if n == 10:
                 break
     await asyncio.sleep(0)
+    c.close()
     assert c.describe()["decrypt_failures"] >= 9
     assert display.last_screen is None

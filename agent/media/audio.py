@@ -173,6 +173,12 @@ class AudioPlayout:
         self.stats.decoded += 1
         self._play(frame)
 
+    def delay_ns(self) -> int:
+        """How long audio handed to the speaker now waits before it is heard (the device's queue;
+        0 when the device does not say)."""
+        queued = getattr(self._speaker, "queued_ns", None)
+        return int(queued()) if callable(queued) else 0
+
     def _play(self, frame: AudioFrame) -> None:
         try:
             self._speaker.play(frame)

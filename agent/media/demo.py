@@ -37,19 +37,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.e2ee.context import ReceiverContext, SenderContext
-from agent.media.audio import AudioPlayout, AudioSender
+from agent.media.audio import AudioSender
 from agent.media.keys import ContextOpener, KeySource
+from agent.media.meeting import MeetingReceive
 from agent.media.pipeline import MediaPipeline, StreamSettings
-from agent.media.receiver import MediaReceiver, bind_udp, percentile
+from agent.media.receiver import bind_udp, percentile
 from agent.media.relay import ImpairingRelay, Impairment
 from agent.media.sink import FanoutSink, RtpSink
 from agent.privacy.policy import DEFAULT_POLICY
 from hal.display import SimDisplay
 from hal.sim.audio import SimMicrophone, SimSpeaker
-from hal.types import AudioSpec, CameraSpec, DisplaySpec, Screen, Tile
+from hal.types import AudioSpec, CameraSpec, DisplaySpec
 
 _POLICY_VERSION = 0  # the first-boot default policy (no signed policy applied)
-_PLI_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +64,7 @@ class DemoOptions:
     audio: bool = True
     impairment: Impairment | None = None
     compose_every: int = 15  # compose the screen picture every n-th picture (stamps: every one)
+    lip_sync: bool = True  # hold pictures until the sound captured with them plays
     receive_sizes: tuple[tuple[int, int], ...] = ()  # per-room camera sizes override (width, height)
 
 
@@ -93,20 +94,15 @@ class _Room:
     receive_ctx: ReceiverContext
     sock: Any
     display: SimDisplay
-    receiver: MediaReceiver | None = None
+    receiver: MeetingReceive | None = None
     pipeline: MediaPipeline | None = None
     audio: AudioSender | None = None
     epoch: int = 0
     kid_base: int = field(default_factory=lambda: secrets.randbits(16) << 16)
-    # filled while wiring: SSRC -> (sending room, "video" | "audio")
-    ssrcs: dict[int, tuple[str, str]] = field(default_factory=dict)
     speakers: dict[str, SimSpeaker] = field(default_factory=dict)  # by sending room
-    playouts: dict[int, AudioPlayout] = field(default_factory=dict)  # by SSRC
-    tiles: dict[str, Any] = field(default_factory=dict)  # sending room -> newest picture
     video_sinks: dict[str, RtpSink] = field(default_factory=dict)  # by receiving room
     audio_sinks: dict[str, RtpSink] = field(default_factory=dict)
     audio_played: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # sender -> (capture, play)
-    last_pli: dict[int, float] = field(default_factory=dict)
 
 
 def _rotate(sender: _Room, peers: list[_Room], suite: int) -> None:
@@ -146,28 +142,23 @@ def _wire(opts: DemoOptions) -> tuple[list[_Room], list[ImpairingRelay]]:
                 ).start()
                 relays.append(relay)
                 host, port = relay.address
-            video = RtpSink(host, port)
-            room.video_sinks[peer.name] = video
-            peer.ssrcs[video.ssrc] = (room.name, "video")
+            room.video_sinks[peer.name] = RtpSink(host, port)
             if opts.audio:
-                audio = RtpSink(host, port)
-                room.audio_sinks[peer.name] = audio
-                peer.ssrcs[audio.ssrc] = (room.name, "audio")
+                room.audio_sinks[peer.name] = RtpSink(host, port)
                 speaker = SimSpeaker(AudioSpec(id=f"speaker-{peer.name}-from-{room.name}"))
                 played = peer.audio_played.setdefault(room.name, [])
                 speaker.on_played = lambda c, p, played=played: played.append((c, p))
                 peer.speakers[room.name] = speaker
-                peer.playouts[audio.ssrc] = AudioPlayout(speaker, name=room.name)
     suite = DEFAULT_POLICY.e2ee.suites[0]
+    bases = {room.kid_base: room.name for room in rooms}  # a room's KIDs are its base + epoch
     for room in rooms:
-        room.receiver = MediaReceiver(
+        room.receiver = MeetingReceive(
             ContextOpener(room.receive_ctx),
-            # A gap is declared lost after 80 ms: longer than the relay's reordering (jitter up to
-            # a few tens of ms), short enough that audio after a loss is not held for long.
-            timeout_s=0.08,
-            on_picture=functools.partial(_show, room),
-            on_audio=functools.partial(_play, room),
-            on_need_keyframe=functools.partial(_pli, room, by_name),
+            room.display,
+            room.speakers.__getitem__,
+            peer_of_kid=lambda kid: bases.get(kid & ~0xFFFF),
+            on_need_keyframe=functools.partial(_pli, by_name),
+            lip_sync=opts.lip_sync,
         )
         width, height = (
             opts.receive_sizes[rooms.index(room)] if opts.receive_sizes else (opts.width, opts.height)
@@ -209,25 +200,9 @@ def _imp_dict(imp: Impairment) -> dict[str, Any]:
     }
 
 
-def _show(room: _Room, ssrc: int, picture: Any) -> None:
-    sender = room.ssrcs.get(ssrc, (f"{ssrc:08x}", "video"))[0]
-    room.tiles[sender] = picture.image
-    remote = tuple(Tile(name, room.tiles.get(name)) for name in sorted(room.tiles))
-    room.display.show(Screen(remote=remote, encrypted=True))
-
-
-def _play(room: _Room, ssrc: int, timestamp: int, data: bytes) -> None:
-    playout = room.playouts.get(ssrc)
-    if playout is not None:
-        playout.push(timestamp, data)
-
-
-def _pli(room: _Room, rooms: dict[str, _Room], ssrc: int) -> None:
-    now = time.monotonic()
-    if now - room.last_pli.get(ssrc, 0.0) < _PLI_INTERVAL_S:
-        return
-    room.last_pli[ssrc] = now
-    sender = rooms.get(room.ssrcs.get(ssrc, ("", ""))[0])
+def _pli(rooms: dict[str, _Room], peer: str) -> None:
+    """A keyframe request from a receiver to the sending room (stands in for RTCP PLI)."""
+    sender = rooms.get(peer)
     if sender is not None and sender.pipeline is not None:
         sender.pipeline.request_keyframe()
 
@@ -309,7 +284,7 @@ def _summary(
                 "glass_to_glass_ms_p50": t.get("latency_ms_p50"),
                 "glass_to_glass_ms_p99": t.get("latency_ms_p99"),
                 "video_freeze_ms": t.get("freeze_ms", 0.0),
-                "decrypt_failures": peer.receiver.stats.decrypt_failures,
+                "decrypt_failures": peer.receiver.receiver.stats.decrypt_failures,
                 "epoch": sender.epoch,
             }
             if opts.impairment is not None and opts.impairment.blackout_ms and tile is not None:
@@ -322,7 +297,7 @@ def _summary(
             speaker = peer.speakers.get(sender.name)
             if asink is not None and speaker is not None:
                 rep = speaker.report.as_dict()
-                playout = next((p for p in peer.playouts.values() if p.name == sender.name), None)
+                playout = peer.receiver.playouts.get(sender.name)
                 a_sent = asink.stats.frames
                 played = rep["frames_played"] - rep["frames_concealed"]
                 d.update(
@@ -395,6 +370,9 @@ def run_meeting(opts: DemoOptions, *, live: bool = False) -> dict[str, Any]:
             t.join(2.0)
         for relay in relays:
             relay.stop()
+        for r in rooms:
+            if r.receiver is not None:
+                r.receiver.close()
         for r in rooms:
             r.sock.close()
             for sink in [*r.video_sinks.values(), *r.audio_sinks.values()]:

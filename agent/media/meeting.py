@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = ["MeetingReceive"]
 
+import heapq
 import socket
 import threading
 import time
@@ -32,6 +33,62 @@ from hal.protocols import Display, Speaker
 from hal.types import Screen, Tile
 
 _log = structlog.get_logger()
+_PLI_INTERVAL_S = 0.1  # at most one keyframe request per peer per 100 ms
+# What audio goes through that video does not: the sender's 20 ms of framing and Opus's 6.5 ms
+# lookahead, less what video goes through that audio does not (encoding and decoding a picture,
+# a few ms each).
+_AUDIO_FIXED_NS = 20_000_000
+_MAX_HOLD_NS = 200_000_000
+
+
+class _LipSync:
+    """Holds each picture until the sound captured with it plays (lip sync at the receiver).
+
+    Without RTCP sender reports the receiver cannot map the two streams' timestamps to one clock, so
+    it assumes both travel the network alike and aligns what it knows: a picture is shown when
+    ``arrival + audio pipeline delay`` is reached, where that delay is the audio device's queued time
+    plus the fixed audio-only delays (framing, codec lookahead). One thread shows the held pictures.
+    """
+
+    def __init__(self, present: Callable[[str, Any], None]) -> None:
+        self._present = present
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._last_due: dict[str, float] = {}
+        self._order = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lip-sync", daemon=True)
+        self._thread.start()
+
+    def push(self, peer: str, image: Any, audio_delay_ns: int | None) -> None:
+        if audio_delay_ns is None:
+            self._present(peer, image)  # no audio from this peer: nothing to wait for
+            return
+        hold = min(_MAX_HOLD_NS, audio_delay_ns + _AUDIO_FIXED_NS) / 1e9
+        with self._cond:
+            # Never before the peer's previous picture: a shrinking hold must not reorder pictures.
+            due = max(time.monotonic() + hold, self._last_due.get(peer, 0.0))
+            self._last_due[peer] = due
+            self._order += 1
+            heapq.heappush(self._heap, (due, self._order, peer, image))
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else 0.1
+                    self._cond.wait(max(0.0, timeout))
+                if self._stop:
+                    return
+                _, _, peer, image = heapq.heappop(self._heap)
+            self._present(peer, image)
 
 
 class _KidTap:
@@ -73,6 +130,8 @@ class MeetingReceive:
         *,
         peer_of_kid: Callable[[int], str | None],
         listen: tuple[str, int] | None = None,
+        on_need_keyframe: Callable[[str], None] | None = None,
+        lip_sync: bool = True,
     ) -> None:
         self._tap = _KidTap(opener)
         self._display = display
@@ -84,9 +143,19 @@ class MeetingReceive:
         self._locked = False
         self._encrypted = True
         self._listen = listen
+        self._on_need_keyframe = on_need_keyframe
+        self._present_lock = threading.Lock()
+        self._last_pli: dict[str, float] = {}
+        # A gap is declared lost after 80 ms: longer than the reordering of a jittery path (tens of
+        # ms), short enough that audio after a loss is not held for long.
         self.receiver = MediaReceiver(
-            self._tap, timeout_s=0.08, on_picture=self._picture, on_audio=self._audio
+            self._tap,
+            timeout_s=0.08,
+            on_picture=self._picture,
+            on_audio=self._audio,
+            on_need_keyframe=self._need_keyframe,
         )
+        self._sync = _LipSync(self._present) if lip_sync else None
 
     def set_notices(self, *, locked: bool, encrypted: bool = True) -> None:
         self._locked, self._encrypted = locked, encrypted
@@ -134,14 +203,39 @@ class MeetingReceive:
                 self._peer_of_ssrc[ssrc] = name
         return self._peer_of_ssrc.get(ssrc, f"ssrc-{ssrc:08x}")
 
+    def _need_keyframe(self, ssrc: int) -> None:
+        peer = self._peer(ssrc)
+        now = time.monotonic()
+        if self._on_need_keyframe is None or now - self._last_pli.get(peer, 0.0) < _PLI_INTERVAL_S:
+            return
+        self._last_pli[peer] = now
+        self._on_need_keyframe(peer)
+
+    @property
+    def playouts(self) -> dict[str, AudioPlayout]:
+        return dict(self._playouts)
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
     def _picture(self, ssrc: int, picture: Any) -> None:
         peer = self._peer(ssrc)
-        self._tiles[peer] = picture.image
-        remote = tuple(Tile(name, self._tiles[name], locked=False) for name in sorted(self._tiles))
-        try:
-            self._display.show(Screen(remote=remote, encrypted=self._encrypted, locked=self._locked))
-        except HalError as exc:
-            _log.warning("display_show_failed", error=str(exc))
+        if self._sync is None:
+            self._present(peer, picture.image)
+            return
+        playout = self._playouts.get(peer)
+        audio_delay = playout.delay_ns() if playout is not None else None
+        self._sync.push(peer, picture.image, audio_delay)
+
+    def _present(self, peer: str, image: Any) -> None:
+        with self._present_lock:  # the receiving thread and the lip-sync thread both present
+            self._tiles[peer] = image
+            remote = tuple(Tile(name, self._tiles[name]) for name in sorted(self._tiles))
+            try:
+                self._display.show(Screen(remote=remote, encrypted=self._encrypted, locked=self._locked))
+            except HalError as exc:
+                _log.warning("display_show_failed", error=str(exc))
 
     def _audio(self, ssrc: int, timestamp: int, opus: bytes) -> None:
         peer = self._peer(ssrc)

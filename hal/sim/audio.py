@@ -304,6 +304,11 @@ class SimSpeaker:
     ) -> None:
         return None
 
+    def queued_ns(self) -> int:
+        """Audio queued in the device buffer now (what a frame played now waits before it sounds)."""
+        with self._lock:
+            return max(0, self._playout_end_ns - time.time_ns())
+
     def play(self, frame: AudioFrame, now_ns: int | None = None) -> None:
         if not self.faults.plugged:
             raise DeviceGoneError("speaker unplugged", device=self.spec.id)
