@@ -302,6 +302,10 @@ class SdlDisplay:
             id=self.spec.id, kind="display", backend="sdl", name=f"SDL2 ({self.spec.driver or 'auto'})"
         )
 
+    @property
+    def tiles(self) -> dict[str, TileReport]:
+        return self.verifier.tiles
+
     async def __aenter__(self) -> Self:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"sdl[{self.spec.id}]", daemon=True)

@@ -349,3 +349,16 @@ async def test_a_config_document_body_changes_the_running_media_live_or_not_at_a
     records = list(read_records(recording))
     assert records
     assert records[0].keyframe  # the new destination starts with a picture
+
+
+@pytest.mark.slow
+def test_demo_shows_room_a_screen_through_sdl2(sim_hal: None, agent_env: dict[str, str]) -> None:
+    """Room A's screen through SDL2 (offscreen driver here; kmsdrm on a room, a window on a desktop)."""
+    done = _agent(
+        agent_env, "demo", "--seconds", "4", "--width", "320", "--height", "240", "--sdl", "offscreen",
+        "--no-lip-sync", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["B_to_A"]["video_shown"] >= 60  # what A's SDL display showed, stamps read
+    assert summary["B_to_A"]["video_out_of_order"] == 0

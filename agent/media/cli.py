@@ -166,6 +166,8 @@ def _demo(args: argparse.Namespace) -> int:
         rooms=args.rooms,
         audio=not args.no_audio,
         impairment=impairment,
+        lip_sync=not args.no_lip_sync,
+        sdl_driver=args.sdl,
     )
 
 
@@ -232,6 +234,14 @@ def register(sub: Any) -> None:
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--rotate-s", type=float, default=10.0, help="rotate each room's key every N seconds")
     p.add_argument("--no-audio", action="store_true", help="video only")
+    p.add_argument("--no-lip-sync", action="store_true", help="show pictures as soon as they are decoded")
+    p.add_argument(
+        "--sdl",
+        nargs="?",
+        const="",
+        metavar="DRIVER",
+        help="show room A's screen through SDL2 (kmsdrm, x11, wayland, offscreen; default: SDL's choice)",
+    )
     _impairment_args(p)
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
     p.set_defaults(func=_demo)

@@ -45,7 +45,7 @@ from agent.media.receiver import bind_udp, percentile
 from agent.media.relay import ImpairingRelay, Impairment
 from agent.media.sink import FanoutSink, RtpSink
 from agent.privacy.policy import DEFAULT_POLICY
-from hal.display import SimDisplay
+from hal.display import SdlDisplay, SimDisplay
 from hal.sim.audio import SimMicrophone, SimSpeaker
 from hal.types import AudioSpec, CameraSpec, DisplaySpec
 
@@ -65,6 +65,7 @@ class DemoOptions:
     impairment: Impairment | None = None
     compose_every: int = 15  # compose the screen picture every n-th picture (stamps: every one)
     lip_sync: bool = True  # hold pictures until the sound captured with them plays
+    sdl_driver: str | None = None  # show room A's screen through SDL2 ("" = SDL's choice)
     receive_sizes: tuple[tuple[int, int], ...] = ()  # per-room camera sizes override (width, height)
 
 
@@ -93,7 +94,7 @@ class _Room:
     keys: KeySource
     receive_ctx: ReceiverContext
     sock: Any
-    display: SimDisplay
+    display: SimDisplay | SdlDisplay
     receiver: MeetingReceive | None = None
     pipeline: MediaPipeline | None = None
     audio: AudioSender | None = None
@@ -126,7 +127,13 @@ def _wire(opts: DemoOptions) -> tuple[list[_Room], list[ImpairingRelay]]:
     rooms: list[_Room] = []
     for name in _names(opts.rooms):
         ctx = ReceiverContext(max_epochs=8)
-        display = SimDisplay(DisplaySpec(id=f"display-{name}"), compose_every=opts.compose_every)
+        display: SimDisplay | SdlDisplay
+        if opts.sdl_driver is not None and not rooms:
+            # The first room's screen on a real SDL2 display (a window, or KMS/DRM full screen).
+            spec = DisplaySpec(id=f"display-{name}", backend="sdl", driver=opts.sdl_driver or None)
+            display = SdlDisplay(spec)
+        else:
+            display = SimDisplay(DisplaySpec(id=f"display-{name}"), compose_every=opts.compose_every)
         rooms.append(_Room(name, KeySource(), ctx, bind_udp("127.0.0.1", 0), display))
     by_name = {r.name: r for r in rooms}
     relays: list[ImpairingRelay] = []
@@ -209,6 +216,14 @@ def _pli(rooms: dict[str, _Room], peer: str) -> None:
 
 async def _main(rooms: list[_Room], seconds: float | None, rotate_s: float, suite: int, live: bool) -> None:
     deadline = None if seconds is None else time.monotonic() + seconds
+    async with contextlib.AsyncExitStack() as stack:
+        for room in rooms:
+            if isinstance(room.display, SdlDisplay):
+                await stack.enter_async_context(room.display)
+        await _meet(rooms, deadline, rotate_s, suite, live)
+
+
+async def _meet(rooms: list[_Room], deadline: float | None, rotate_s: float, suite: int, live: bool) -> None:
     async with asyncio.TaskGroup() as tg:
         tasks = []
         for room in rooms:
@@ -391,8 +406,12 @@ def run_demo(
     rooms: int = 2,
     audio: bool = True,
     impairment: Impairment | None = None,
+    lip_sync: bool = True,
+    sdl_driver: str | None = None,
 ) -> int:
     opts = DemoOptions(
+        lip_sync=lip_sync,
+        sdl_driver=sdl_driver,
         rooms=rooms,
         seconds=seconds,
         width=width,
