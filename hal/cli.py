@@ -87,7 +87,6 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[Any], Path]:
     """(agent config, hal CameraSpecs, presets dir) from ``--config``."""
     from agent.config import load_config
     from agent.errors import ConfigError
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
