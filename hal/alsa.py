@@ -183,6 +183,10 @@ class AlsaSpeaker:
                 log.warning("alsa_close_failed", device=self.spec.id, error=str(exc))
             self._container = None
 
+    def queued_ns(self) -> int:
+        """Audio waiting in this object's queue (ALSA's own buffer is not reported through PyAV)."""
+        return len(self._queue) * 20_000_000
+
     def play(self, frame: AudioFrame) -> None:
         if self._error is not None or self._thread is None:
             raise DeviceGoneError(f"ALSA playback failed: {self._error or 'not open'}", device=self.spec.id)
