@@ -126,3 +126,23 @@ async def test_a_room_without_the_peer_key_shows_nothing() -> None:
     c.close()
     assert c.describe()["decrypt_failures"] >= 9
     assert display.last_screen is None
+
+
+def test_hostile_datagrams_never_raise() -> None:
+    import random
+
+    display = SimDisplay(DisplaySpec(id="x", width=320, height=180))
+    target = SFrameKeyTarget(KeySource())
+    m = MeetingReceive(
+        target.opener, display, lambda p: SimSpeaker(AudioSpec(id="s")), peer_of_kid=lambda k: "x"
+    )
+    rng = random.Random(5)
+    for i in range(3000):
+        size = rng.choice([0, 1, 12, 13, 20, 200, 1500])
+        data = bytes(rng.getrandbits(8) for _ in range(size))
+        if size >= 13 and i % 2:
+            data = bytes([0x80, 96]) + data[2:12] + bytes([0xC0]) + data[13:]  # valid RTP + descriptor
+        m.handle_datagram(data, now=i * 0.001)
+    m.receiver.poll(now=100.0)
+    m.close()
+    assert display.last_screen is None

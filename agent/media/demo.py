@@ -162,7 +162,7 @@ def _wire(opts: DemoOptions) -> tuple[list[_Room], list[ImpairingRelay]]:
         room.receiver = MeetingReceive(
             ContextOpener(room.receive_ctx),
             room.display,
-            room.speakers.__getitem__,
+            functools.partial(_speaker_for, room),
             peer_of_kid=lambda kid: bases.get(kid & ~0xFFFF),
             on_need_keyframe=functools.partial(_pli, by_name),
             lip_sync=opts.lip_sync,
@@ -205,6 +205,11 @@ def _imp_dict(imp: Impairment) -> dict[str, Any]:
         "seed": imp.seed,
         "max_queued": imp.max_queued,
     }
+
+
+def _speaker_for(room: _Room, peer: str) -> SimSpeaker:
+    """The sim speaker for a peer's audio (a new one for a stream of no known room)."""
+    return room.speakers.setdefault(peer, SimSpeaker(AudioSpec(id=f"speaker-{room.name}-from-{peer}")))
 
 
 def _pli(rooms: dict[str, _Room], peer: str) -> None:
