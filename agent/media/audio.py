@@ -40,6 +40,7 @@ class _Progress:
 @dataclass(slots=True)
 class AudioSenderStats:
     captured: int = 0
+    capture_gaps: int = 0  # frames the microphone never delivered (its buffer overran under load)
     sent: int = 0  # Opus frames sealed and handed to the sink
     no_key: int = 0  # frames not sent because there was no sender key (media stops without keys)
     seal_errors: int = 0
@@ -76,6 +77,7 @@ class AudioSender:
         self._aec = echo_canceller
         self._reference = reference
         self.stats = AudioSenderStats()
+        self._last_seq: int | None = None
 
     async def run(self, progress: Any = None) -> None:
         beat = progress or _Progress()
@@ -88,6 +90,9 @@ class AudioSender:
                 self.send(frame)
 
     def send(self, frame: AudioFrame) -> None:
+        if self._last_seq is not None and frame.seq > self._last_seq + 1:
+            self.stats.capture_gaps += frame.seq - self._last_seq - 1
+        self._last_seq = frame.seq
         if self._aec is not None and self._reference is not None:
             frame = AudioFrame(
                 device_id=frame.device_id,

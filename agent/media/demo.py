@@ -319,16 +319,21 @@ def _summary(
                 rep = speaker.report.as_dict()
                 playout = peer.receiver.playouts.get(sender.name)
                 a_sent = asink.stats.frames
+                gaps = sender.audio.stats.capture_gaps if sender.audio is not None else 0
+                expected = a_sent + gaps
                 played = rep["frames_played"] - rep["frames_concealed"]
                 d.update(
                     {
                         "audio_sent": a_sent,
                         "audio_played": played,
                         "audio_concealed": rep["frames_concealed"],
-                        "audio_played_or_concealed_pct": round(100 * rep["frames_played"] / a_sent, 2)
-                        if a_sent
+                        # over the frames sent plus those the sender's microphone never delivered
+                        # (a receiver conceals those gaps too: it cannot tell them from losses)
+                        "audio_played_or_concealed_pct": round(100 * rep["frames_played"] / expected, 2)
+                        if expected
                         else None,
                         "audio_late_dropped": playout.stats.late_dropped if playout else 0,
+                        "audio_capture_gaps": gaps,
                         "audio_stamps_read": rep["stamps_read"],
                         "audio_stamps_unreadable": rep["stamps_unreadable"],
                         "mouth_to_ear_ms_p50": rep["latency_ms_p50"],
