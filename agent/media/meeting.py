@@ -33,11 +33,12 @@ from hal.protocols import Display, Speaker
 from hal.types import Screen, Tile
 
 _log = structlog.get_logger()
+_MAX_DATAGRAM = 65_535
 _PLI_INTERVAL_S = 0.1  # at most one keyframe request per peer per 100 ms
 # What audio goes through that video does not: the sender's 20 ms of framing and Opus's 6.5 ms
-# lookahead, less what video goes through that audio does not (encoding and decoding a picture,
-# a few ms each).
-_AUDIO_FIXED_NS = 20_000_000
+# lookahead. What video goes through that audio does not (encoding and decoding the picture) is
+# subtracted per picture: the decode is timed here, the encode taken as long as the decode.
+_AUDIO_FIXED_NS = 26_500_000
 _MAX_HOLD_NS = 200_000_000
 
 
@@ -60,11 +61,11 @@ class _LipSync:
         self._thread = threading.Thread(target=self._run, name="lip-sync", daemon=True)
         self._thread.start()
 
-    def push(self, peer: str, image: Any, audio_delay_ns: int | None) -> None:
+    def push(self, peer: str, image: Any, audio_delay_ns: int | None, video_work_ns: int = 0) -> None:
         if audio_delay_ns is None:
             self._present(peer, image)  # no audio from this peer: nothing to wait for
             return
-        hold = min(_MAX_HOLD_NS, audio_delay_ns + _AUDIO_FIXED_NS) / 1e9
+        hold = min(_MAX_HOLD_NS, max(0, audio_delay_ns + _AUDIO_FIXED_NS - video_work_ns)) / 1e9
         with self._cond:
             # Never before the peer's previous picture: a shrinking hold must not reorder pictures.
             due = max(time.monotonic() + hold, self._last_due.get(peer, 0.0))
@@ -145,6 +146,7 @@ class MeetingReceive:
         self._listen = listen
         self._on_need_keyframe = on_need_keyframe
         self._present_lock = threading.Lock()
+        self._frame_start_ns = time.monotonic_ns()
         self._last_pli: dict[str, float] = {}
         # A gap is declared lost after 80 ms: longer than the reordering of a jittery path (tens of
         # ms), short enough that audio after a loss is not held for long.
@@ -163,13 +165,27 @@ class MeetingReceive:
     # --- transport seam ----------------------------------------------------------------------------
 
     def handle_frame(self, frame: AssembledFrame) -> None:
+        self._frame_start_ns = time.monotonic_ns()
         self.receiver.handle_frame(frame)
 
     def handle_datagram(self, datagram: bytes, now: float | None = None) -> None:
+        self._frame_start_ns = time.monotonic_ns()
         self.receiver.handle_datagram(datagram, now)
 
     def serve(self, sock: socket.socket, stop: threading.Event) -> None:
-        self.receiver.serve(sock, stop)
+        """Receive on ``sock`` until ``stop`` is set (blocking: run it in a thread)."""
+        sock.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                datagram = sock.recv(_MAX_DATAGRAM)
+            except TimeoutError:
+                self._frame_start_ns = time.monotonic_ns()
+                self.receiver.poll()
+                continue
+            except OSError as exc:
+                _log.warning("media_receive_failed", error=str(exc))
+                continue
+            self.handle_datagram(datagram)
 
     async def run(self, progress: Any = None) -> None:
         """Serve the lab RTP/UDP transport on ``listen`` until cancelled."""
@@ -226,7 +242,8 @@ class MeetingReceive:
             return
         playout = self._playouts.get(peer)
         audio_delay = playout.delay_ns() if playout is not None else None
-        self._sync.push(peer, picture.image, audio_delay)
+        decode_ns = time.monotonic_ns() - self._frame_start_ns
+        self._sync.push(peer, picture.image, audio_delay, video_work_ns=2 * decode_ns)
 
     def _present(self, peer: str, image: Any) -> None:
         with self._present_lock:  # the receiving thread and the lip-sync thread both present
