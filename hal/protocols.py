@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["Camera", "Encoder", "EncoderFactory", "Inventory"]
+__all__ = ["Camera", "Display", "Encoder", "EncoderFactory", "Inventory", "Microphone", "Speaker"]
 
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from hal.types import (
+    AudioFrame,
     CameraCapabilities,
     DeviceInfo,
     EncodedPacket,
@@ -18,6 +19,7 @@ from hal.types import (
     HotplugEvent,
     IndicatorState,
     PtzPosition,
+    Screen,
 )
 
 
@@ -99,3 +101,56 @@ class Inventory(Protocol):
     def list_devices(self) -> list[DeviceInfo]: ...
     def events(self) -> AsyncIterator[HotplugEvent]: ...
     def open_camera(self, device_id: str) -> Camera: ...
+
+
+@runtime_checkable
+class Microphone(Protocol):
+    """A microphone, opened with ``async with``: mono 48 kHz in 20 ms frames (``AudioFrame``)."""
+
+    @property
+    def info(self) -> DeviceInfo: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def frames(self) -> AsyncIterator[AudioFrame]:
+        """Captured frames, paced by the device. Raises DeviceGoneError when unplugged."""
+        ...
+
+
+@runtime_checkable
+class Speaker(Protocol):
+    """A speaker, opened with ``async with``. ``play`` queues 20 ms frames and never blocks for long:
+    the device's own buffer paces them (a full buffer drops the oldest audio, as a late frame is
+    worth less than a fresh one)."""
+
+    @property
+    def info(self) -> DeviceInfo: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def play(self, frame: AudioFrame) -> None: ...
+
+
+@runtime_checkable
+class Display(Protocol):
+    """A screen, opened with ``async with``; ``show`` draws a whole :class:`hal.types.Screen`
+    (blocking: call it off the event loop)."""
+
+    @property
+    def info(self) -> DeviceInfo: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def show(self, screen: Screen) -> None: ...

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
+    "AUDIO_FRAME_SAMPLES",
+    "AUDIO_RATE",
+    "AudioFrame",
+    "AudioSpec",
     "CameraCapabilities",
     "CameraSpec",
     "ControlInfo",
     "DeviceInfo",
+    "DisplaySpec",
     "EncodedPacket",
     "EncoderCapabilities",
     "EncoderConfig",
@@ -15,6 +20,8 @@ __all__ = [
     "HotplugEvent",
     "IndicatorState",
     "PtzPosition",
+    "Screen",
+    "Tile",
 ]
 
 import enum
@@ -78,7 +85,7 @@ class CameraCapabilities:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceInfo:
     id: str
-    kind: Literal["camera", "encoder"]
+    kind: Literal["camera", "encoder", "microphone", "speaker", "display"]
     backend: str  # "sim", "v4l2", "pyav"
     name: str
     path: str | None = None  # /dev/videoN for v4l2
@@ -153,3 +160,91 @@ class EncodedPacket:
     frame_seq: int  # Frame.seq this packet came from
     capture_ns: int  # Frame.capture_ns, carried through for latency figures
     codec: str  # "h264", ...
+
+
+# --- audio and display ---------------------------------------------------------------------------
+
+AUDIO_RATE = 48_000  # Hz: Opus's native rate, and what every audio device here is opened at
+AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz: one Opus frame
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioSpec:
+    """One configured microphone or speaker (mono, 48 kHz, 20 ms frames).
+
+    A ``sim`` device is fully described here; an ``alsa`` device names its ALSA PCM (``default``,
+    ``hw:1,0``, ``plughw:CARD=Loopback,DEV=0``, or a PCM defined in an asoundrc).
+    """
+
+    id: str
+    backend: Literal["sim", "alsa"] = "sim"
+    device: str | None = None  # ALSA PCM name
+    sample_rate: int = AUDIO_RATE
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sample_rate != AUDIO_RATE:
+            raise ValueError(f"audio device {self.id!r}: only {AUDIO_RATE} Hz is supported")
+        if self.channels != 1:
+            raise ValueError(f"audio device {self.id!r}: only mono is supported")
+        if self.backend == "alsa" and not self.device:
+            raise ValueError(f"audio device {self.id!r}: an alsa device needs device (e.g. default)")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AudioFrame:
+    """20 ms of mono 48 kHz audio, signed 16-bit samples (``samples``: int16 ndarray of 960).
+
+    ``seq`` counts frames of the capturing device; ``capture_ns`` is the wall-clock time of the first
+    sample. ``concealed`` marks audio a decoder made up for a lost packet (packet loss concealment).
+    """
+
+    device_id: str
+    seq: int
+    capture_ns: int
+    samples: Any = field(repr=False)
+    concealed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisplaySpec:
+    """One configured display. ``sdl`` opens SDL2 with ``driver`` (``kmsdrm`` on room hardware with no
+    window system, ``x11``/``wayland`` on a desktop, ``offscreen``/``dummy`` in tests; None: SDL's
+    choice); ``sim`` composes in memory only."""
+
+    id: str
+    backend: Literal["sim", "sdl"] = "sim"
+    width: int = 1280
+    height: int = 720
+    fullscreen: bool = False
+    driver: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
+            raise ValueError(f"display {self.id!r}: width and height must be even and at least 64")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Tile:
+    """One picture on the screen: a remote room (or the self-view) with its name.
+
+    ``image`` is an ``av.VideoFrame`` (None: nothing received yet, a placeholder is drawn).
+    """
+
+    name: str
+    image: Any = field(repr=False, default=None)
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Screen:
+    """What a display shows: remote rooms in a grid, the self-view small in a corner, and notices.
+
+    ``encrypted`` False draws a red "NOT END-TO-END ENCRYPTED" banner (it should never be seen);
+    ``locked`` draws a "ROOM LOCKED" banner.
+    """
+
+    remote: tuple[Tile, ...] = ()
+    self_view: Tile | None = None
+    encrypted: bool = True
+    locked: bool = False

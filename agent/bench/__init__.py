@@ -42,5 +42,6 @@ BENCHMARKS: dict[str, str] = {
     "hal": "hal.bench:run",
     "control": "agent.control.bench:run",
     "pipeline": "agent.media.bench:run",
+    "meeting": "agent.media.meeting_bench:run",
     "soak": "agent.bench.soak:run",
 }

@@ -1,4 +1,4 @@
-"""Sub-commands ``receive``, ``demo`` and ``lab-key`` (registered in ``agent.cli``).
+"""Sub-commands ``receive``, ``demo``, ``relay`` and ``lab-key`` (registered in ``agent.cli``).
 
 Top-level imports stay light: PyAV and the HAL load only when a command runs.
 """
@@ -169,11 +169,32 @@ def _lab_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _impairment(args: argparse.Namespace) -> Any:
+    from agent.media.relay import Impairment
+
+    return Impairment(
+        loss_pct=args.loss,
+        jitter_ms=args.jitter_ms,
+        blackout_ms=args.blackout_ms,
+        blackout_at_s=args.blackout_at_s,
+        seed=args.seed,
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.media.demo import run_demo
 
     configure_logging(level="warning", stream=sys.stderr)
+    impaired = args.loss or args.jitter_ms or args.blackout_ms
+    try:
+        impairment = _impairment(args) if impaired else None
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    if args.rooms < 2:
+        print("demo: --rooms must be at least 2", file=sys.stderr)
+        return 2
     return run_demo(
         seconds=args.seconds,
         width=args.width,
@@ -181,7 +202,46 @@ def _demo(args: argparse.Namespace) -> int:
         fps=args.fps,
         rotate_s=args.rotate_s,
         json_out=args.json,
+        rooms=args.rooms,
+        audio=not args.no_audio,
+        impairment=impairment,
+        lip_sync=not args.no_lip_sync,
+        sdl_driver=args.sdl,
     )
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from agent.logs import configure_logging
+    from agent.media.relay import ImpairingRelay
+
+    configure_logging(level="warning", stream=sys.stderr)
+    try:
+        relay = ImpairingRelay(args.to, _impairment(args), listen=args.listen).start()
+    except (ValueError, OSError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    host, port = relay.address
+    print(f"relay listening on {host}:{port} -> {args.to[0]}:{args.to[1]}", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait(args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        relay.stop()
+    if args.json:
+        print(json.dumps({"listen": [host, port], **relay.stats.as_dict()}))
+    return 0
+
+
+def _impairment_args(p: Any) -> None:
+    p.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="drop this % of datagrams")
+    p.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS", help="extra delay 0..MS each")
+    p.add_argument("--blackout-ms", type=float, default=0.0, metavar="MS", help="drop everything for MS")
+    p.add_argument("--blackout-at-s", type=float, default=5.0, metavar="S", help="blackout starts at S")
+    p.add_argument("--seed", type=int, default=1, help="seed of the impairment (same seed, same drops)")
 
 
 def register(sub: Any) -> None:
@@ -203,11 +263,34 @@ def register(sub: Any) -> None:
     p.add_argument("--suite", type=int, default=4, choices=[1, 2, 3, 4, 5], help="RFC 9605 cipher suite")
     p.set_defaults(func=_lab_key)
 
-    p = sub.add_parser("demo", help="two simulated rooms exchanging E2EE video over loopback")
+    p = sub.add_parser(
+        "demo", help="simulated rooms meeting each other: E2EE video and audio both ways, measured"
+    )
     p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
-    p.add_argument("--width", type=int, default=640, help="picture width of both rooms (default 640)")
-    p.add_argument("--height", type=int, default=360, help="picture height of both rooms (default 360)")
+    p.add_argument("--rooms", type=int, default=2, help="number of rooms (each meets every other)")
+    p.add_argument("--width", type=int, default=640, help="picture width of every room (default 640)")
+    p.add_argument("--height", type=int, default=360, help="picture height of every room (default 360)")
     p.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
     p.add_argument("--rotate-s", type=float, default=10.0, help="rotate each room's key every N seconds")
+    p.add_argument("--no-audio", action="store_true", help="video only")
+    p.add_argument("--no-lip-sync", action="store_true", help="show pictures as soon as they are decoded")
+    p.add_argument(
+        "--sdl",
+        nargs="?",
+        const="",
+        metavar="DRIVER",
+        help="show room A's screen through SDL2 (kmsdrm, x11, wayland, offscreen; default: SDL's choice)",
+    )
+    _impairment_args(p)
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "relay", help="an impairing UDP relay (loss, jitter, blackout) between two UDP endpoints"
+    )
+    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT")
+    p.add_argument("--to", type=_host_port, required=True, metavar="HOST:PORT", help="forward to here")
+    p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
+    _impairment_args(p)
+    p.add_argument("--json", action="store_true", help="print the relay's counters as JSON at the end")
+    p.set_defaults(func=_relay)

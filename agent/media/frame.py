@@ -29,7 +29,7 @@ FRAME_HEADER_LEN = 4
 FLAG_KEYFRAME = 0x01
 FLAG_UNPROTECTED = 0x02
 _KNOWN_FLAGS = FLAG_KEYFRAME | FLAG_UNPROTECTED
-CODEC_IDS: dict[str, int] = {"h264": 1, "h265": 2, "vp8": 3, "vp9": 4, "av1": 5}
+CODEC_IDS: dict[str, int] = {"h264": 1, "h265": 2, "vp8": 3, "vp9": 4, "av1": 5, "opus": 6}
 _CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 
 

@@ -69,8 +69,9 @@ class StreamSettings:
             )
         if not 1 <= self.fps <= 120:
             raise ValueError(f"fps {self.fps}: must be 1..120")
-        if self.codec not in CODEC_IDS:
-            raise ValueError(f"codec {self.codec!r}: must be one of {', '.join(CODEC_IDS)}")
+        video = [c for c in CODEC_IDS if c != "opus"]
+        if self.codec not in video:
+            raise ValueError(f"codec {self.codec!r}: must be one of {', '.join(video)}")
         if not 50 <= self.bitrate_kbps <= 200_000:
             raise ValueError(f"bitrate_kbps {self.bitrate_kbps}: must be 50..200000")
         if not 1 <= self.keyframe_interval <= 3000:

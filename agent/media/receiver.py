@@ -17,6 +17,7 @@ __all__ = ["MediaReceiver", "ReceiverStats", "bind_udp", "percentile"]
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class ReceiverStats:
     malformed_frames: int = 0
     unprotected_refused: int = 0
     decode_errors: int = 0
+    audio_frames: int = 0  # decrypted Opus frames handed to the audio playout
     skipped_until_keyframe: int = 0
     stamps_read: int = 0
     stamps_missing: int = 0
@@ -87,6 +89,12 @@ class MediaReceiver:
         snapshot_dir: if set, save a PNG of the newest picture of each stream at most every
             ``snapshot_interval_s``.
         allow_unprotected: accept benchmark plain copies (never from the CLI).
+        on_picture: called with (SSRC, ``hal.codecs.DecodedFrame``) for every decoded picture (e.g.
+            to show it on a display), in the receiving thread.
+        on_audio: called with (SSRC, RTP timestamp, Opus packet) for every decrypted audio frame
+            (``agent.media.audio.AudioPlayout.push``); without it audio frames are only counted.
+        on_need_keyframe: called with the SSRC whenever a frame is skipped while waiting for a
+            keyframe (a transport turns it into a keyframe request: RTCP PLI, RFC 4585 §6.3.1).
     """
 
     def __init__(
@@ -97,8 +105,14 @@ class MediaReceiver:
         snapshot_interval_s: float = 1.0,
         allow_unprotected: bool = False,
         timeout_s: float = 0.2,
+        on_picture: Callable[[int, Any], None] | None = None,
+        on_audio: Callable[[int, int, bytes], None] | None = None,
+        on_need_keyframe: Callable[[int], None] | None = None,
     ) -> None:
         self._opener = opener
+        self._on_picture = on_picture
+        self._on_audio = on_audio
+        self._on_need_keyframe = on_need_keyframe
         self.depacketizer = Depacketizer(timeout_s=timeout_s)
         self.stats = ReceiverStats()
         self._streams: dict[int, _Stream] = {}
@@ -164,8 +178,16 @@ class MediaReceiver:
         if header.keyframe != frame.keyframe:
             self.stats.malformed_frames += 1  # the clear RTP bit lies about the authenticated one
             return
+        if header.codec == "opus":
+            # Audio frames stand alone (no reference to earlier frames): no keyframe wait.
+            self.stats.audio_frames += 1
+            if self._on_audio is not None:
+                self._on_audio(frame.ssrc, frame.timestamp, plaintext)
+            return
         if stream.need_keyframe and not header.keyframe:
             self.stats.skipped_until_keyframe += 1
+            if self._on_need_keyframe is not None:
+                self._on_need_keyframe(frame.ssrc)
             return
         self._decode(frame.ssrc, stream, header.codec, plaintext)
 
@@ -218,6 +240,8 @@ class MediaReceiver:
                 stream.last_seq, stream.last_ns = stamp.seq, stamp.capture_ns
             if len(stats.latencies_ms) < _MAX_LATENCIES:
                 stats.latencies_ms.append((now_ns - stamp.capture_ns) / 1e6)
+        if self._on_picture is not None:
+            self._on_picture(ssrc, picture)
         if self._snapshot_dir is not None:
             last = self._last_snapshot.get(ssrc)
             if last is None or mono - last >= self._snapshot_interval_s:
@@ -268,6 +292,7 @@ class MediaReceiver:
             "malformed_frames": s.malformed_frames,
             "unprotected_refused": s.unprotected_refused,
             "decode_errors": s.decode_errors,
+            "audio_frames": s.audio_frames,
             "snapshots": s.snapshots,
             "picture_size": None if s.picture_size is None else list(s.picture_size),
             "last_stamp_seq": max(

@@ -18,6 +18,7 @@ raises :class:`RecordFileError` after the complete records.
 from __future__ import annotations
 
 __all__ = [
+    "FanoutSink",
     "FileRecord",
     "FileSink",
     "RtpSink",
@@ -37,10 +38,13 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
+import structlog
+
 from agent.media.errors import PlaintextRefusedError, RecordFileError, SinkError
 from agent.media.protect import ProtectedFrame
 from agent.media.rtp import Packetizer
 
+_log = structlog.get_logger()
 _FILE_MAGIC = b"RAMF\x01\x00\x00\x00"
 _RECORD = struct.Struct("!IIIB")
 _MAX_RECORD = 64 << 20
@@ -223,3 +227,29 @@ def open_sink(url: str, *, mtu: int = 1200, e2ee_required: bool = True) -> RtpSi
     if parts.scheme == "file" and parts.path:
         return FileSink(Path(parts.path), e2ee_required=e2ee_required)
     raise SinkError(url, "sink must be rtp://HOST:PORT or file:///PATH")
+
+
+class FanoutSink:
+    """One frame to several sinks (one per remote room on a mesh transport). A failing sink is
+    counted and logged, and does not stop the others (one room's network should not mute the rest).
+    """
+
+    def __init__(self, sinks: list[Sink], *, e2ee_required: bool = True) -> None:
+        self.sinks = list(sinks)
+        self.url = "fanout:" + ",".join(s.url for s in self.sinks)
+        self.e2ee_required = e2ee_required
+        self.stats = SinkStats()
+
+    def send(self, frame: ProtectedFrame) -> None:
+        frame = _admit(self, frame)
+        for sink in self.sinks:
+            try:
+                sink.send(frame)
+            except SinkError as exc:
+                self.stats.send_errors += 1
+                _log.warning("media_fanout_send_failed", sink=sink.url, reason=exc.reason)
+        self.stats.frames += 1
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
