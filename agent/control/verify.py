@@ -247,7 +247,9 @@ def verify_initial_root(raw: bytes, *, max_bytes: int = 64 * 1024) -> TrustedRoo
     body = _root_body(payload)
     root = trusted_root_from_body(body, payload["version"], _timestamp(payload["expires"], "expires"))
     root_keys = _role_keys(root, frozenset({"root"}))
-    _cap_signatures(env, len(root_keys))
+    # No signature-count cap here: this is a local file (the image's root, or a rotation persisted
+    # after it passed verify_document), and a rotation legitimately carries the previous root's
+    # signatures too. Only this root's own root keys are tried, each at most once.
     if "root" not in _met(root.roles, _valid_keyids(env, root_keys)):
         raise Rejected("bad_signature", "initial root is not signed by a threshold of its own root keys")
     return root
