@@ -48,6 +48,9 @@ from agent.control.verify import VerifiedDocument, VerifyContext, verify_documen
 from agent.logs import configure_logging
 
 _DEVICE = "room-bench"
+# Mosquitto's default per-client queue bound (the dev broker raises it for the fleet simulation): it
+# bounds what a flood can queue in front of a device's valid document at the broker.
+_BROKER_CONF = "max_queued_messages 1000\n"
 
 
 def _ts(when: dt.datetime) -> str:
@@ -216,7 +219,7 @@ async def _latency(
 ) -> _Figures:
     root = workdir / "root.json"
     root.write_bytes(keys.root_envelope())
-    with Mosquitto(workdir / "broker") as broker:
+    with Mosquitto(workdir / "broker", extra_conf=_BROKER_CONF) as broker:
         config = parse_config(
             {
                 "device": {"id": _DEVICE},
