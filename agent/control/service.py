@@ -464,19 +464,40 @@ class ControlService:
                     Outcome("superseded", "superseded", f"superseded by v{doc.version}"),
                     audit_event="superseded",
                 )
-            self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}")
+            self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}", doc)
             return
         try:
             self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
         except StateError as exc:
             self._refuse_unrecorded(doc, "the command version", exc)
             return
-        self._spawn(self._command(doc), f"control.{kind}.v{doc.version}")
+        self._spawn(self._command(doc), f"control.{kind}.v{doc.version}", doc)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, doc: VerifiedDocument) -> None:
         if self._tg is None:
+            coro.close()
             raise RuntimeError("ControlService.handle needs run() to be active")
-        self._tg.create_task(coro, name=name)
+        self._tg.create_task(self._guarded(coro, doc), name=name)
+
+    async def _guarded(self, coro: Any, doc: VerifiedDocument) -> None:
+        """An apply task never takes the control service (and its link) down with it: whatever it
+        raises is acked ``rolled_back``/``apply_failed`` (CancelledError passes)."""
+        try:
+            await coro
+        except Exception as exc:
+            self.unexpected_errors += 1
+            log.error("control_apply_crashed", kind=doc.kind, version=doc.version, error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._ack(
+                    Ack(
+                        doc.kind,
+                        doc.version,
+                        doc.payload_sha256,
+                        "rolled_back",
+                        "apply_failed",
+                        type(exc).__name__,
+                    )
+                )
 
     def _finish(self, doc: VerifiedDocument, outcome: Outcome, audit_event: str | None = None) -> None:
         if doc.kind not in TRANSACTIONAL:  # transactions record their outcome in the same atomic write
