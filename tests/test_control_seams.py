@@ -336,6 +336,8 @@ async def test_a_damaged_audit_log_is_kept_recorded_and_reported_never_rewritten
     kept = next(audit_log.parent.glob("audit-damaged-*.jsonl"))
     assert kept.read_bytes() == damaged
     assert after["audit_corrupt"]["damaged_sha256"] == hashlib.sha256(damaged).hexdigest()
+    local = json.loads((state_dir / "state.json").read_text())  # the local state says so too
+    assert local["audit_corrupt"]["damaged_sha256"] == after["audit_corrupt"]["damaged_sha256"]
     assert after["audit_head"]["seq"] > head_before
     kept_entries = [json.loads(line) for line in kept.read_bytes().splitlines() if line.startswith(b"{")]
     # The customer's lock and unlock records are still there, in the file kept as it was.

@@ -230,6 +230,7 @@ class ControlService:
                 applied=applied,
                 identity=self.state_document(True)["identity"],
                 audit_head=self.audit.head_summary(),
+                audit_corrupt=self.audit.corruption_summary(),
             )
         if self.link is not None:
             self.link.publish_nowait(self.topics.state, self._state_bytes(True), retain=True)
