@@ -417,7 +417,10 @@ class ControlService:
         try:
             doc = self._verify(kind, raw)
         except Rejected as rej:
-            version, sha = _peek(raw, self.config.control.max_document_bytes)
+            # (Garbage that is not even an envelope is not parsed a second time.)
+            version, sha = (
+                (None, None) if rej.unreadable else _peek(raw, self.config.control.max_document_bytes)
+            )
             running = self.transactions.running(kind)
             if rej.reason == "rollback" and sha is not None:
                 earlier = self.state.outcome(kind, sha)

@@ -140,12 +140,12 @@ def _parse(
 ) -> tuple[Envelope, dict[str, Any]]:
     # Rule 1: size cap before any parsing (TUF "endless data").
     if len(raw) > max_bytes:
-        raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}")
+        raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}", unreadable=True)
     # Rule 2: strict envelope (DSSE envelope.md), its signature count capped before decoding ...
     try:
         env = Envelope.parse(raw, max_signatures=max_signatures)
     except ValueError as exc:
-        raise Rejected("malformed", f"not a DSSE envelope: {exc}") from exc
+        raise Rejected("malformed", f"not a DSSE envelope: {exc}", unreadable=True) from exc
     # Rule 3a: payloadType agrees with the topic, before we even read the payload.
     if env.payload_type != payload_type(topic_kind):
         raise Rejected("wrong_type", f"payloadType {env.payload_type[:80]!r} on a {topic_kind} topic")
