@@ -38,6 +38,6 @@ def test_bench_control_reports_latency_and_verify_cost() -> None:
     # The flood phase reports each figure beside the same run without a flood.
     for metric in ("control.flood_ack_p50", "control.flood_ack_p99", "control.flood_audit_growth"):
         assert results[metric]["baseline"] is not None, metric
-    assert results["control.flood_ack_p99"]["n"] > 0
+    assert results["control.flood_ack_p99"]["n"] > 0  # lost commands count as 10 s, so n > 0 always
     assert results["control.flood_messages_seen"]["baseline"] > 0
     assert results["control.verify_350_signatures"]["baseline"] == verify["value"]

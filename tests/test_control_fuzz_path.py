@@ -119,3 +119,45 @@ async def test_after_the_garbage_a_valid_document_is_applied(device: tuple[Contr
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_crash_inside_an_apply_task_is_acked_and_the_service_keeps_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = Plane()
+    root = tmp_path / "root.json"
+    root.write_bytes(plane.root())
+    service = ControlService(device_config(tmp_path / "state", root, None), FileApplyTarget(tmp_path / "run"))
+
+    async def keyframe(name: str, args: Any, doc: Any) -> str:
+        return "ok"
+
+    service.commands.register("keyframe", keyframe)
+
+    class _Beat:
+        def beat(self) -> None:
+            pass
+
+    task = asyncio.create_task(service.run(_Beat()))
+    try:
+        while service._tg is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        # Fault injected into a real object: recording the outcome blows up with a foreign error.
+        monkeypatch.setattr(service.state, "record", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        await service.handle("command", plane.sign("command", {"name": "keyframe", "args": {}}, version=1))
+        async with asyncio.timeout(10):
+            while not service.acks:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        ack = service.acks[-1][0]
+        assert (ack.status, ack.reason, ack.message) == ("rolled_back", "apply_failed", "RuntimeError")
+        assert not task.done(), "the control service died with its apply task"
+        monkeypatch.undo()
+        await service.handle("command", plane.sign("command", {"name": "keyframe", "args": {}}, version=2))
+        async with asyncio.timeout(10):
+            while service.acks[-1][0].doc_version != 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert service.acks[-1][0].status == "applied"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -284,3 +284,24 @@ def test_nesting_beyond_32_is_malformed_without_recursion(root: TrustedRoot) -> 
     from agent.control.dsse import strict_json
 
     assert strict_json(b'{"a":' + at_limit + b"}") == {"a": json.loads(at_limit)}
+
+
+def test_a_rotation_to_new_root_keys_signed_by_old_and_new_keys_loads_after_a_restart(
+    plane: Plane, root: TrustedRoot, tmp_path: object
+) -> None:
+    """The signature cap must not refuse a legitimate rotation (old + new root keys) when the
+    persisted root is read back at the next start."""
+    from pathlib import Path
+
+    from agent.control.trust import TrustStore
+
+    old_keys = list(plane.root_keys)
+    plane.root_keys = [ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()]
+    raw = plane.root(signers=[*old_keys, *plane.root_keys])
+    assert len(Envelope.parse(raw).signatures) == 4
+    doc = verify_document(raw, "root", root, ctx())
+    state = Path(str(tmp_path))
+    store = TrustStore(state, None)
+    store.rotate(doc, raw)
+    again = TrustStore(state, None)
+    assert again.version == 2

@@ -49,6 +49,9 @@ from agent.logs import configure_logging
 from agent.service import Progress
 
 _DEVICE = "room-bench"
+# Mosquitto's default per-client queue bound (the dev broker raises it for the fleet simulation): it
+# bounds what a flood can queue in front of a device's valid document at the broker.
+_BROKER_CONF = "max_queued_messages 1000\n"
 
 
 def _ts(when: dt.datetime) -> str:
@@ -217,7 +220,7 @@ async def _latency(
 ) -> _Figures:
     root = workdir / "root.json"
     root.write_bytes(keys.root_envelope())
-    with Mosquitto(workdir / "broker") as broker:
+    with Mosquitto(workdir / "broker", extra_conf=_BROKER_CONF) as broker:
         config = parse_config(
             {
                 "device": {"id": _DEVICE},
@@ -319,7 +322,9 @@ async def _flood_phase(
                     )
                 )
             except TimeoutError:
+                # No ack within 10 s: counted as lost, and as 10 s in the percentiles.
                 figures.flood_lost += 1
+                out.append(10_000.0)
             version += 1
             await asyncio.sleep(0.1)
 
@@ -401,7 +406,7 @@ def run(argv: list[str]) -> list[Result]:
         flood = [
             result(
                 "control.flood_ack_p50",
-                statistics.median(fig.flood_ms) if fig.flood_ms else float("inf"),
+                statistics.median(fig.flood_ms) if fig.flood_ms else 10_000.0,
                 "ms",
                 baseline=statistics.median(fig.quiet_ms),
                 baseline_metric="same commands, no flood",
@@ -409,7 +414,7 @@ def run(argv: list[str]) -> list[Result]:
             ),
             result(
                 "control.flood_ack_p99",
-                _percentile(fig.flood_ms, 0.99) if fig.flood_ms else float("inf"),
+                _percentile(fig.flood_ms, 0.99) if fig.flood_ms else 10_000.0,
                 "ms",
                 baseline=_percentile(fig.quiet_ms, 0.99),
                 baseline_metric="same commands, no flood",

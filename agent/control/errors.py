@@ -60,12 +60,16 @@ class Rejected(ControlError):
     only counted (docs/control-plane.md "Coalesced rejections").
     """
 
-    def __init__(self, reason: Reason, message: str, *, authenticated: bool = False) -> None:
+    def __init__(
+        self, reason: Reason, message: str, *, authenticated: bool = False, unreadable: bool = False
+    ) -> None:
         if reason not in REASONS:  # pragma: no cover - programming error
             raise ValueError(f"unknown reason code {reason!r}")
         self.reason: Reason = reason
         self.message = message
         self.authenticated = authenticated
+        # Not even a DSSE envelope (or over the size cap): no version or digest can be read from it.
+        self.unreadable = unreadable
         super().__init__(f"{reason}: {message}")
 
 

@@ -271,6 +271,7 @@ class ControlService:
                 applied=applied,
                 identity=self.state_document(True)["identity"],
                 audit_head=self.audit.head_summary(),
+                audit_corrupt=self.audit.corruption_summary(),
             )
         if self.link is not None:
             payload = self._state_bytes(True)
@@ -481,7 +482,10 @@ class ControlService:
         try:
             doc = self._verify(kind, raw)
         except Rejected as rej:
-            version, sha = _peek(raw, self.config.control.max_document_bytes)
+            # (Garbage that is not even an envelope is not parsed a second time.)
+            version, sha = (
+                (None, None) if rej.unreadable else _peek(raw, self.config.control.max_document_bytes)
+            )
             running = self.transactions.running(kind)
             if rej.reason == "rollback" and sha is not None:
                 earlier = self.state.outcome(kind, sha)
@@ -529,19 +533,40 @@ class ControlService:
                     Outcome("superseded", "superseded", f"superseded by v{doc.version}"),
                     audit_event="superseded",
                 )
-            self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}")
+            self._spawn(self._transaction(doc), f"control.apply.{kind}.v{doc.version}", doc)
             return
         try:
             self.state.accept(doc)  # commands and keys: the version is spent before acting (no replay)
         except StateError as exc:
             self._refuse_unrecorded(doc, "the command version", exc)
             return
-        self._spawn(self._command(doc), f"control.{kind}.v{doc.version}")
+        self._spawn(self._command(doc), f"control.{kind}.v{doc.version}", doc)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, doc: VerifiedDocument) -> None:
         if self._tg is None:
+            coro.close()
             raise RuntimeError("ControlService.handle needs run() to be active")
-        self._tg.create_task(coro, name=name)
+        self._tg.create_task(self._guarded(coro, doc), name=name)
+
+    async def _guarded(self, coro: Any, doc: VerifiedDocument) -> None:
+        """An apply task never takes the control service (and its link) down with it: whatever it
+        raises is acked ``rolled_back``/``apply_failed`` (CancelledError passes)."""
+        try:
+            await coro
+        except Exception as exc:
+            self.unexpected_errors += 1
+            log.error("control_apply_crashed", kind=doc.kind, version=doc.version, error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._ack(
+                    Ack(
+                        doc.kind,
+                        doc.version,
+                        doc.payload_sha256,
+                        "rolled_back",
+                        "apply_failed",
+                        type(exc).__name__,
+                    )
+                )
 
     def _finish(self, doc: VerifiedDocument, outcome: Outcome, audit_event: str | None = None) -> None:
         if doc.kind not in TRANSACTIONAL:  # transactions record their outcome in the same atomic write

@@ -141,12 +141,12 @@ def _parse(
 ) -> tuple[Envelope, dict[str, Any]]:
     # Rule 1: size cap before any parsing (TUF "endless data").
     if len(raw) > max_bytes:
-        raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}")
+        raise Rejected("too_large", f"document is {len(raw)} bytes; the cap is {max_bytes}", unreadable=True)
     # Rule 2: strict envelope (DSSE envelope.md), its signature count capped before decoding ...
     try:
         env = Envelope.parse(raw, max_signatures=max_signatures)
     except ValueError as exc:
-        raise Rejected("malformed", f"not a DSSE envelope: {exc}") from exc
+        raise Rejected("malformed", f"not a DSSE envelope: {exc}", unreadable=True) from exc
     # Rule 3a: payloadType agrees with the topic, before we even read the payload.
     if env.payload_type != payload_type(topic_kind):
         raise Rejected("wrong_type", f"payloadType {env.payload_type[:80]!r} on a {topic_kind} topic")
@@ -248,7 +248,9 @@ def verify_initial_root(raw: bytes, *, max_bytes: int = 64 * 1024) -> TrustedRoo
     body = _root_body(payload)
     root = trusted_root_from_body(body, payload["version"], _timestamp(payload["expires"], "expires"))
     root_keys = _role_keys(root, frozenset({"root"}))
-    _cap_signatures(env, len(root_keys))
+    # No signature-count cap here: this is a local file (the image's root, or a rotation persisted
+    # after it passed verify_document), and a rotation legitimately carries the previous root's
+    # signatures too. Only this root's own root keys are tried, each at most once.
     if "root" not in _met(root.roles, _valid_keyids(env, root_keys)):
         raise Rejected("bad_signature", "initial root is not signed by a threshold of its own root keys")
     return root
