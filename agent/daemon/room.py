@@ -47,7 +47,7 @@ from agent.privacy.snapshot import InventoryFrameSource
 from agent.privacy.telemetry import install_log_filter
 from agent.privacy.wiring import wire_control
 from agent.schema.policy import DEFAULT_POLICY, PolicyBody
-from agent.service import Service
+from agent.service import Progress, Service
 from hal.errors import HalError
 from hal.protocols import Inventory
 
@@ -163,7 +163,7 @@ class _GuardService:
     def __init__(self, guard: PrivacyGuard) -> None:
         self._guard = guard
 
-    async def run(self, progress: Any) -> None:
+    async def run(self, progress: Progress) -> None:
         await self._guard.run(progress)
 
 

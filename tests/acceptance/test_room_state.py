@@ -56,7 +56,9 @@ def test_pushed_config_survives_sigkill_restart_and_sigterm_with_truthful_state(
     ack = fleet.push(envelope, "room-s")
     assert _ack(ack, "applied").startswith("config v")
     version = ack["doc_version"]
-    state = asyncio.run(wait_retained(fleet.broker, "room-s", lambda s: s["applied"].get("config") == version))
+    state = asyncio.run(
+        wait_retained(fleet.broker, "room-s", lambda s: s["applied"].get("config") == version)
+    )
     assert state["online"] is True
     assert _settings(room)["bitrate_kbps"] == 450
 
