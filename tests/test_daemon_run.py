@@ -231,3 +231,16 @@ def test_sim_faults_refused_before_start(tmp_path: Path, agent_env: dict[str, st
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "melt" in err
+
+
+def test_sim_faults_without_a_media_pipeline_are_refused_at_start(
+    tmp_path: Path, agent_env: dict[str, str], spawn
+) -> None:
+    # A valid script, but no [media] sink: nothing for it to act on. Exit 2 at once, not a restart loop.
+    config = write_config(tmp_path, f'[device]\nid = "room-1"\n[state]\ndir = "{tmp_path / "state"}"\n')
+    script = tmp_path / "faults.toml"
+    script.write_text('[[step]]\nat_s = 1.0\nfault = "stall"\ncamera = "cam0"\nms = 500\n')
+    proc = spawn("--config", str(config), "--sim-faults", str(script))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--sim-faults needs a running media pipeline" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = ["ControlLink", "Topics", "kind_of_topic"]
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -32,6 +33,7 @@ from agent.control.errors import LinkError
 log = structlog.get_logger()
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+_REFRESH_DRAIN_S = 2.0
 _OUTBOX = 1000
 
 
@@ -208,6 +210,10 @@ class ControlLink:
     async def _await_refresh(self) -> None:
         await self._refresh.wait()
         self._refresh.clear()
+        # Let what is queued (the ack of the apply that asked for this) go out on this connection.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REFRESH_DRAIN_S):
+                await self._outbox.join()
         raise _WillRefresh
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -220,8 +226,9 @@ class ControlLink:
             topic, payload, retain = await self._outbox.get()
             try:
                 await client.publish(topic, payload, qos=1, retain=retain)
-            except aiomqtt.MqttError:
+            except (aiomqtt.MqttError, asyncio.CancelledError):
                 # Keep it for the next connection (front of the line is lost; order is best effort).
+                # QoS 1 allows the duplicate if it did reach the broker.
                 self.publish_nowait(topic, payload, retain=retain)
                 raise
             finally:

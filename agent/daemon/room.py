@@ -261,6 +261,9 @@ def build_room(
     reporter = StateReporter(runtime, document=control.current_state)
 
     services: list[Service] = [reporter, control, *media.pipelines, _GuardService(guard), power]
+    if fault_steps and not media.pipelines:
+        # A fault script acts on running pipelines: refuse now rather than fail in a restart loop.
+        raise RoomIncomplete("--sim-faults needs a running media pipeline ([media] sink on the sim HAL)")
     if fault_steps:
         services.append(SimFaultScript(runtime, media, fault_steps))
     runtime.update_state(media=media.describe(), identity=control.state_document(False)["identity"])
