@@ -17,6 +17,7 @@ __all__ = ["ControlLink", "Topics", "kind_of_topic"]
 
 import asyncio
 import collections
+import contextlib
 import json
 import random
 import socket
@@ -35,6 +36,7 @@ from agent.control.errors import LinkError
 log = structlog.get_logger()
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+_REFRESH_DRAIN_S = 2.0
 _OUTBOX = 1000
 
 
@@ -238,6 +240,10 @@ class ControlLink:
     async def _await_refresh(self) -> None:
         await self._refresh.wait()
         self._refresh.clear()
+        # Let what is queued (the ack of the apply that asked for this) go out on this connection.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REFRESH_DRAIN_S):
+                await self._outbox.join()
         raise _WillRefresh
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -256,8 +262,9 @@ class ControlLink:
             self._in_flight = True
             try:
                 await client.publish(topic, payload, qos=1, retain=retain)
-            except aiomqtt.MqttError:
-                # Keep it, at the front of its queue, for the next connection.
+            except (aiomqtt.MqttError, asyncio.CancelledError):
+                # Keep it, at the front of its queue, for the next connection (QoS 1 allows the
+                # duplicate if it did reach the broker).
                 (self._urgent if urgent else self._outbox).appendleft((topic, payload, retain))
                 raise
             finally:

@@ -47,7 +47,7 @@ from agent.privacy.snapshot import InventoryFrameSource
 from agent.privacy.telemetry import install_log_filter
 from agent.privacy.wiring import wire_control
 from agent.schema.policy import DEFAULT_POLICY, PolicyBody
-from agent.service import Service
+from agent.service import Progress, Service
 from hal.errors import HalError
 from hal.protocols import Inventory
 
@@ -163,7 +163,7 @@ class _GuardService:
     def __init__(self, guard: PrivacyGuard) -> None:
         self._guard = guard
 
-    async def run(self, progress: Any) -> None:
+    async def run(self, progress: Progress) -> None:
         await self._guard.run(progress)
 
 
@@ -261,6 +261,9 @@ def build_room(
     reporter = StateReporter(runtime, document=control.current_state)
 
     services: list[Service] = [reporter, control, *media.pipelines, _GuardService(guard), power]
+    if fault_steps and not media.pipelines:
+        # A fault script acts on running pipelines: refuse now rather than fail in a restart loop.
+        raise RoomIncomplete("--sim-faults needs a running media pipeline ([media] sink on the sim HAL)")
     if fault_steps:
         services.append(SimFaultScript(runtime, media, fault_steps))
     runtime.update_state(media=media.describe(), identity=control.state_document(False)["identity"])

@@ -54,13 +54,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.daemon.runtime import Runtime
+    from agent.service import Service
 
 _PAYLOAD_TYPE = "application/vnd.roomagent.{kind}+json"
 # Rooms whose supervisor did not return within the stop budget (the CLI then exits without waiting).
@@ -553,7 +557,7 @@ async def run_fleet_sim(
     )
 
 
-def agent_services(runtime: Any) -> list[Any]:
+def agent_services(runtime: Runtime) -> list[Service]:
     """The services ``roomagent run`` starts for ``runtime``: the room built by the composition root."""
     from agent.daemon.room import build_room
 

@@ -20,10 +20,15 @@ from agent.media.errors import CommandError
 from agent.media.service import Media
 from hal.errors import HalError
 from hal.protocols import Inventory
+from hal.types import PtzPosition
 
 _log = structlog.get_logger()
 
 RESTART_TIMEOUT_S = 10.0
+
+
+def _position(pos: PtzPosition) -> str:
+    return f"pan {pos.pan / 3600:g} deg, tilt {pos.tilt / 3600:g} deg, zoom {pos.zoom / 100:g}x"
 
 
 class MediaCommands:
@@ -72,9 +77,10 @@ class MediaCommands:
     async def ptz(self, name: str, args: Mapping[str, Any], doc: object) -> str:
         camera_id = self._camera_id(args)
         assert self._inventory is not None
-        move = {
-            axis: round(float(args[axis])) for axis in ("pan", "tilt", "zoom") if args.get(axis) is not None
-        }
+        # The command speaks degrees and a zoom factor; the HAL speaks V4L2 units (arc-seconds, and
+        # zoom units where 100 is no zoom).
+        scale = {"pan": 3600, "tilt": 3600, "zoom": 100}
+        move = {a: round(float(args[a]) * k) for a, k in scale.items() if args.get(a) is not None}
         if not move:
             raise CommandError("ptz needs at least one of pan, tilt, zoom")
         try:
@@ -84,7 +90,7 @@ class MediaCommands:
         except HalError as exc:
             raise CommandError(f"camera {camera_id}: {exc}") from exc
         _log.info("ptz_moved", camera=camera_id, pan=pos.pan, tilt=pos.tilt, zoom=pos.zoom)
-        return f"{camera_id} at pan {pos.pan} tilt {pos.tilt} zoom {pos.zoom}"
+        return f"{camera_id} at {_position(pos)}"
 
     async def ptz_preset(self, name: str, args: Mapping[str, Any], doc: object) -> str:
         camera_id = self._camera_id(args)
@@ -97,4 +103,4 @@ class MediaCommands:
         except HalError as exc:
             raise CommandError(f"camera {camera_id}, preset {preset}: {exc}") from exc
         _log.info("ptz_preset_recalled", camera=camera_id, preset=preset)
-        return f"{camera_id} at preset {preset} (pan {pos.pan} tilt {pos.tilt} zoom {pos.zoom})"
+        return f"{camera_id} at preset {preset} ({_position(pos)})"

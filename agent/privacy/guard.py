@@ -45,6 +45,7 @@ from agent.privacy.snapshot import FrameSource
 from agent.privacy.telemetry import TelemetryFilter
 from agent.schema.key_package import KeysBody
 from agent.schema.policy import DEFAULT_POLICY, PolicyBody
+from agent.service import Progress
 
 # An idle wait beats this often, so the supervisor's stall detection (as low as ~0.5 s in tests) never
 # mistakes a quiet room for a hung service.
@@ -89,10 +90,6 @@ def audit_to(log: AuditAppender) -> AuditFn:
         )
 
     return append
-
-
-class _Progress(Protocol):
-    def beat(self) -> None: ...
 
 
 class PrivacyGuard:
@@ -295,7 +292,7 @@ class PrivacyGuard:
             self.shutter_closed = closed
             self._publish_state()
 
-    async def run(self, progress: _Progress) -> None:
+    async def run(self, progress: Progress) -> None:
         """Supervised service: key expiry timer and camera shutter enforcement, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.keys.run(), name="privacy.key_expiry")
