@@ -17,7 +17,6 @@ __all__ = ["ControlLink", "Topics", "kind_of_topic"]
 
 import asyncio
 import collections
-import contextlib
 import json
 import random
 import socket
@@ -241,9 +240,7 @@ class ControlLink:
         await self._refresh.wait()
         self._refresh.clear()
         # Let what is queued (the ack of the apply that asked for this) go out on this connection.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_REFRESH_DRAIN_S):
-                await self._outbox.join()
+        await self.flush(_REFRESH_DRAIN_S)
         raise _WillRefresh
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
