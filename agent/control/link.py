@@ -83,10 +83,6 @@ def kind_of_topic(topics: Topics, topic: str) -> str | None:
 OnMessage = Callable[[str, str, bytes], Awaitable[None]]
 
 
-class _WillRefresh(Exception):
-    """Ends the current connection so that the next one registers a fresh will."""
-
-
 class ControlLink:
     """Connects, subscribes, delivers documents to ``on_message(topic, kind, payload)``, publishes."""
 
@@ -216,12 +212,19 @@ class ControlLink:
                     self.connected.set()
                     try:
                         async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self._send_loop(client), name="control.link.send")
-                            tg.create_task(self._receive_loop(client, beat), name="control.link.receive")
-                            tg.create_task(self._await_refresh(), name="control.link.refresh")
-                    except* _WillRefresh:
-                        log.info("control_link_will_refreshed")
-                        refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
+                            send = tg.create_task(self._send_loop(client), name="control.link.send")
+                            receive = tg.create_task(
+                                self._receive_loop(client, beat), name="control.link.receive"
+                            )
+                            # The body waits for a will refresh; a lost connection fails a child and
+                            # cancels this wait. Ending the connection by cancelling our own children
+                            # (not by raising from one) keeps a stop that races with a refresh a stop:
+                            # Python 3.11's TaskGroup would swallow that cancellation.
+                            await self._await_refresh()
+                            log.info("control_link_will_refreshed")
+                            refreshed = True  # reconnect at once (clean disconnect: old will discarded)
+                            send.cancel()
+                            receive.cancel()
                     finally:
                         self.connected.clear()
             except* aiomqtt.MqttError as group:
@@ -241,7 +244,6 @@ class ControlLink:
         self._refresh.clear()
         # Let what is queued (the ack of the apply that asked for this) go out on this connection.
         await self.flush(_REFRESH_DRAIN_S)
-        raise _WillRefresh
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
