@@ -36,6 +36,10 @@ log = structlog.get_logger()
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 _REFRESH_DRAIN_S = 2.0
+# A will refresh reconnects only after this long without an incoming message: paho acknowledges a
+# QoS 1 message it reads while the connection is closing without handing it on, so a document that
+# arrives in that instant would be lost; waiting for a quiet link makes the window a few milliseconds.
+_REFRESH_QUIET_S = 0.5
 _OUTBOX = 1000
 
 
@@ -119,6 +123,7 @@ class ControlLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._refresh = asyncio.Event()
+        self._last_rx = 0.0  # loop time of the last incoming message (a will refresh waits for quiet)
 
     def refresh_will(self) -> None:
         """Reconnect soon with a will computed now (after an apply changed the versions it reports).
@@ -225,8 +230,11 @@ class ControlLink:
                             refreshed = True  # reconnect at once (clean disconnect: old will discarded)
                             send.cancel()
                             receive.cancel()
+                        await self._drain(client)
                     finally:
                         self.connected.clear()
+                if refreshed:
+                    await self._drain(client)  # anything that arrived while disconnecting
             except* aiomqtt.MqttError as group:
                 # (No task.cancelling() check here: on 3.11 the inner TaskGroup leaves a cancel
                 # request on this task when a child fails, so it would read as a shutdown.)
@@ -242,8 +250,14 @@ class ControlLink:
     async def _await_refresh(self) -> None:
         await self._refresh.wait()
         self._refresh.clear()
-        # Let what is queued (the ack of the apply that asked for this) go out on this connection.
-        await self.flush(_REFRESH_DRAIN_S)
+        loop = asyncio.get_running_loop()
+        while True:
+            # Let what is queued (the ack of the apply that asked for this) go out on this connection.
+            await self.flush(_REFRESH_DRAIN_S)
+            quiet_for = loop.time() - self._last_rx
+            if quiet_for >= _REFRESH_QUIET_S:
+                return
+            await asyncio.sleep(_REFRESH_QUIET_S - quiet_for)
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
@@ -273,21 +287,33 @@ class ControlLink:
     async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
         async for message in client.messages:
             beat()
-            topic = str(message.topic)
-            kind = kind_of_topic(self.topics, topic)
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            if kind is None:
-                # Anyone may publish on desired/<anything>: log the first and then every 1000th.
-                self.unknown_topic_messages += 1
-                if self.unknown_topic_messages % 1000 == 1:
-                    log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
-                continue
-            if not payload and message.retain:
-                continue  # a cleared retained topic
-            try:
-                await self._on_message(topic, kind, payload)
-            except Exception as exc:  # CancelledError passes; nothing a message does ends the link
-                log.error("control_message_failed", topic=topic[:200], error=type(exc).__name__)
+            await self._dispatch(message)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Hand on what the client already received but nobody read yet (a will refresh ended the
+        receive loop). The broker counts these QoS 1 messages as delivered: dropping them here would
+        lose them for good. aiomqtt 2.x keeps them in the queue its ``messages`` iterator reads."""
+        queue = client._queue
+        while not queue.empty():
+            await self._dispatch(queue.get_nowait())
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        self._last_rx = asyncio.get_running_loop().time()
+        topic = str(message.topic)
+        kind = kind_of_topic(self.topics, topic)
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        if kind is None:
+            # Anyone may publish on desired/<anything>: log the first and then every 1000th.
+            self.unknown_topic_messages += 1
+            if self.unknown_topic_messages % 1000 == 1:
+                log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
+            return
+        if not payload and message.retain:
+            return  # a cleared retained topic
+        try:
+            await self._on_message(topic, kind, payload)
+        except Exception as exc:  # CancelledError passes; nothing a message does ends the link
+            log.error("control_message_failed", topic=topic[:200], error=type(exc).__name__)
 
 
 def state_json(state: dict[str, object]) -> bytes:
