@@ -81,10 +81,6 @@ def kind_of_topic(topics: Topics, topic: str) -> str | None:
 OnMessage = Callable[[str, str, bytes], Awaitable[None]]
 
 
-class _WillRefresh(Exception):
-    """Ends the current connection so that the next one registers a fresh will."""
-
-
 class ControlLink:
     """Connects, subscribes, delivers documents to ``on_message(topic, kind, payload)``, publishes."""
 
@@ -115,6 +111,9 @@ class ControlLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._refresh = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no received document is being handled
+        self._idle.set()
+        self._leftover: list[aiomqtt.Message] = []
 
     def refresh_will(self) -> None:
         """Reconnect soon with a will computed now (after an apply changed the versions it reports).
@@ -174,10 +173,14 @@ class ControlLink:
     async def run(self, beat: Callable[[], None] = lambda: None) -> None:
         """Connect forever (until cancelled), reconnecting with jittered exponential backoff."""
         delay = self._backoff[0]
+        # One client for the link's lifetime (aiomqtt clients are reusable): messages received and
+        # PUBACKed but not yet handled stay in its queue across a reconnect instead of being lost.
+        client = self._client()
         while True:
             refreshed = False
+            self._set_will(client)
             try:
-                async with self._client() as client:
+                async with client:
                     self.connections += 1
                     delay = self._backoff[0]
                     log.info("control_link_connected", broker=self._host, port=self._port)
@@ -187,10 +190,13 @@ class ControlLink:
                     self.connected.set()
                     try:
                         async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self._send_loop(client), name="control.link.send")
-                            tg.create_task(self._receive_loop(client, beat), name="control.link.receive")
-                            tg.create_task(self._await_refresh(), name="control.link.refresh")
-                    except* _WillRefresh:
+                            loops = (
+                                tg.create_task(self._send_loop(client), name="control.link.send"),
+                                tg.create_task(self._receive_loop(client, beat), name="control.link.receive"),
+                            )
+                            tg.create_task(self._await_refresh(loops), name="control.link.refresh")
+                        # The loops only end by error or cancellation: a normal exit is a will refresh
+                        # (it cancels them; no child fails, so no cancel request is left on this task).
                         log.info("control_link_will_refreshed")
                         refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
                     finally:
@@ -207,14 +213,22 @@ class ControlLink:
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, self._backoff[1])
 
-    async def _await_refresh(self) -> None:
+    def _set_will(self, client: aiomqtt.Client) -> None:
+        """The will of the next connection: the state document of now, ``online: false``."""
+        # aiomqtt takes the will only in its constructor; its paho client re-reads it at each connect.
+        client._client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
+
+    async def _await_refresh(self, loops: tuple[asyncio.Task[None], ...]) -> None:
         await self._refresh.wait()
         self._refresh.clear()
-        # Let what is queued (the ack of the apply that asked for this) go out on this connection.
+        # Let what is queued (the ack of the apply that asked for this) go out on this connection, and
+        # never cut a document in the middle of its handling (its PUBACK has already been sent).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_REFRESH_DRAIN_S):
                 await self._outbox.join()
-        raise _WillRefresh
+                await self._idle.wait()
+        for task in loops:
+            task.cancel()
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
@@ -234,8 +248,24 @@ class ControlLink:
             finally:
                 self._outbox.task_done()
 
+    async def _next_message(self, client: aiomqtt.Client) -> aiomqtt.Message:
+        """The next received message; one taken from the queue just as the loop is cancelled (a will
+        refresh) is kept for the next connection rather than lost (its PUBACK has been sent)."""
+        if self._leftover:
+            return self._leftover.pop(0)
+        get = asyncio.ensure_future(anext(client.messages))
+        try:
+            return await asyncio.shield(get)
+        except asyncio.CancelledError:
+            if get.done() and not get.cancelled() and get.exception() is None:
+                self._leftover.append(get.result())
+            else:
+                get.cancel()
+            raise
+
     async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
-        async for message in client.messages:
+        while True:
+            message = await self._next_message(client)
             beat()
             topic = str(message.topic)
             kind = kind_of_topic(self.topics, topic)
@@ -245,7 +275,11 @@ class ControlLink:
                 continue
             if not payload and message.retain:
                 continue  # a cleared retained topic
-            await self._on_message(topic, kind, payload)
+            self._idle.clear()
+            try:
+                await self._on_message(topic, kind, payload)
+            finally:
+                self._idle.set()
 
 
 def state_json(state: dict[str, object]) -> bytes:
