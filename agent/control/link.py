@@ -26,6 +26,7 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttSection
 from agent.control.errors import LinkError
@@ -176,7 +177,16 @@ class ControlLink:
         # One client for the link's lifetime (aiomqtt clients are reusable): messages received and
         # PUBACKed but not yet handled stay in its queue across a reconnect instead of being lost.
         client = self._client()
+        refreshed = False
         while True:
+            # After a will refresh the session (and its subscriptions) is still there: subscribing
+            # again must not make the broker resend every retained document (MQTT 5 retain handling
+            # 1: retained messages only for a new subscription, e.g. when the broker lost the session).
+            resubscribe = (
+                SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                if refreshed
+                else None
+            )
             refreshed = False
             self._set_will(client)
             try:
@@ -185,7 +195,10 @@ class ControlLink:
                     delay = self._backoff[0]
                     log.info("control_link_connected", broker=self._host, port=self._port)
                     for topic in self.topics.subscriptions():
-                        await client.subscribe(topic, qos=1)
+                        if resubscribe is None:
+                            await client.subscribe(topic, qos=1)
+                        else:  # (paho takes the QoS from the options then: qos must stay 0)
+                            await client.subscribe(topic, options=resubscribe)
                     await client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
                     self.connected.set()
                     try:
