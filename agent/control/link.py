@@ -112,9 +112,20 @@ class ControlLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._refresh = asyncio.Event()
+        self._closing = False
         self._idle = asyncio.Event()  # set while no received document is being handled
         self._idle.set()
         self._leftover: list[aiomqtt.Message] = []
+
+    def close(self) -> None:
+        """The owner is stopping: connect no more. A cancellation that Python 3.11's
+        ``asyncio.wait_for`` (inside paho/aiomqtt) swallowed while connecting is raised again at the
+        next step, so a stop that meets a reconnect (a will refresh) cannot leave the link running."""
+        self._closing = True
+
+    def _check_closing(self) -> None:
+        if self._closing:
+            raise asyncio.CancelledError
 
     def refresh_will(self) -> None:
         """Reconnect soon with a will computed now (after an apply changed the versions it reports).
@@ -123,7 +134,8 @@ class ControlLink:
         one without publishing it, and the persistent session keeps subscriptions and queued QoS 1
         messages across the reconnect.
         """
-        self._refresh.set()
+        if not self._closing:
+            self._refresh.set()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message has been published (PUBACK received); False when offline
@@ -188,9 +200,11 @@ class ControlLink:
                 else None
             )
             refreshed = False
+            self._check_closing()
             self._set_will(client)
             try:
                 async with client:
+                    self._check_closing()
                     self.connections += 1
                     delay = self._backoff[0]
                     log.info("control_link_connected", broker=self._host, port=self._port)
@@ -200,6 +214,7 @@ class ControlLink:
                         else:  # (paho takes the QoS from the options then: qos must stay 0)
                             await client.subscribe(topic, options=resubscribe)
                     await client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
+                    self._check_closing()
                     self.connected.set()
                     try:
                         async with asyncio.TaskGroup() as tg:
