@@ -185,8 +185,8 @@ def _open_inventory(config: AgentConfig, media: Media) -> Inventory | None:
     """The HAL inventory: the media path's when it runs, else one for commands (PTZ, snapshots)."""
     if media.inventory is not None:
         return media.inventory
-    if not config.hal.cameras:
-        return None
+    if not config.hal.cameras or not config.media.enabled:
+        return None  # media switched off: the cameras are not this agent's to drive
     import hal
 
     try:
