@@ -17,6 +17,7 @@ __all__ = ["ControlLink", "Topics", "kind_of_topic"]
 
 import asyncio
 import collections
+import contextlib
 import json
 import random
 import socket
@@ -28,6 +29,7 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttSection
 from agent.control.errors import LinkError
@@ -36,10 +38,6 @@ log = structlog.get_logger()
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 _REFRESH_DRAIN_S = 2.0
-# A will refresh reconnects only after this long without an incoming message: paho acknowledges a
-# QoS 1 message it reads while the connection is closing without handing it on, so a document that
-# arrives in that instant would be lost; waiting for a quiet link makes the window a few milliseconds.
-_REFRESH_QUIET_S = 0.5
 _OUTBOX = 1000
 
 
@@ -123,7 +121,20 @@ class ControlLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._refresh = asyncio.Event()
-        self._last_rx = 0.0  # loop time of the last incoming message (a will refresh waits for quiet)
+        self._closing = False
+        self._idle = asyncio.Event()  # set while no received document is being handled
+        self._idle.set()
+        self._leftover: list[aiomqtt.Message] = []
+
+    def close(self) -> None:
+        """The owner is stopping: connect no more. A cancellation that Python 3.11's
+        ``asyncio.wait_for`` (inside paho/aiomqtt) swallowed while connecting is raised again at the
+        next step, so a stop that meets a reconnect (a will refresh) cannot leave the link running."""
+        self._closing = True
+
+    def _check_closing(self) -> None:
+        if self._closing:
+            raise asyncio.CancelledError
 
     def refresh_will(self) -> None:
         """Reconnect soon with a will computed now (after an apply changed the versions it reports).
@@ -132,7 +143,8 @@ class ControlLink:
         one without publishing it, and the persistent session keeps subscriptions and queued QoS 1
         messages across the reconnect.
         """
-        self._refresh.set()
+        if not self._closing:
+            self._refresh.set()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message has been published (PUBACK received); False when offline
@@ -141,12 +153,15 @@ class ControlLink:
             return False
         try:
             async with asyncio.timeout(timeout_s):
-                while self._urgent or self._outbox or self._in_flight:
-                    self._drained.clear()
-                    await self._drained.wait()
+                await self._outbox_empty()
         except TimeoutError:
             return False
         return True
+
+    async def _outbox_empty(self) -> None:
+        while self._urgent or self._outbox or self._in_flight:
+            self._drained.clear()
+            await self._drained.wait()
 
     def publish_nowait(
         self, topic: str, payload: bytes, *, retain: bool = False, priority: bool = False
@@ -204,37 +219,49 @@ class ControlLink:
     async def run(self, beat: Callable[[], None] = lambda: None) -> None:
         """Connect forever (until cancelled), reconnecting with jittered exponential backoff."""
         delay = self._backoff[0]
+        # One client for the link's lifetime (aiomqtt clients are reusable): messages received and
+        # PUBACKed but not yet handled stay in its queue across a reconnect instead of being lost.
+        client = self._client()
+        refreshed = False
         while True:
+            # After a will refresh the session (and its subscriptions) is still there: subscribing
+            # again must not make the broker resend every retained document (MQTT 5 retain handling
+            # 1: retained messages only for a new subscription, e.g. when the broker lost the session).
+            resubscribe = (
+                SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                if refreshed
+                else None
+            )
             refreshed = False
+            self._check_closing()
+            self._set_will(client)
             try:
-                async with self._client() as client:
+                async with client:
+                    self._check_closing()
                     self.connections += 1
                     delay = self._backoff[0]
                     log.info("control_link_connected", broker=self._host, port=self._port)
                     for topic in self.topics.subscriptions():
-                        await client.subscribe(topic, qos=1)
+                        if resubscribe is None:
+                            await client.subscribe(topic, qos=1)
+                        else:  # (paho takes the QoS from the options then: qos must stay 0)
+                            await client.subscribe(topic, options=resubscribe)
                     await client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
+                    self._check_closing()
                     self.connected.set()
                     try:
                         async with asyncio.TaskGroup() as tg:
-                            send = tg.create_task(self._send_loop(client), name="control.link.send")
-                            receive = tg.create_task(
-                                self._receive_loop(client, beat), name="control.link.receive"
+                            loops = (
+                                tg.create_task(self._send_loop(client), name="control.link.send"),
+                                tg.create_task(self._receive_loop(client, beat), name="control.link.receive"),
                             )
-                            # The body waits for a will refresh; a lost connection fails a child and
-                            # cancels this wait. Ending the connection by cancelling our own children
-                            # (not by raising from one) keeps a stop that races with a refresh a stop:
-                            # Python 3.11's TaskGroup would swallow that cancellation.
-                            await self._await_refresh()
-                            log.info("control_link_will_refreshed")
-                            refreshed = True  # reconnect at once (clean disconnect: old will discarded)
-                            send.cancel()
-                            receive.cancel()
-                        await self._drain(client)
+                            tg.create_task(self._await_refresh(loops), name="control.link.refresh")
+                        # The loops only end by error or cancellation: a normal exit is a will refresh
+                        # (it cancels them; no child fails, so no cancel request is left on this task).
+                        log.info("control_link_will_refreshed")
+                        refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
                     finally:
                         self.connected.clear()
-                if refreshed:
-                    await self._drain(client)  # anything that arrived while disconnecting
             except* aiomqtt.MqttError as group:
                 # (No task.cancelling() check here: on 3.11 the inner TaskGroup leaves a cancel
                 # request on this task when a child fails, so it would read as a shutdown.)
@@ -247,17 +274,22 @@ class ControlLink:
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, self._backoff[1])
 
-    async def _await_refresh(self) -> None:
+    def _set_will(self, client: aiomqtt.Client) -> None:
+        """The will of the next connection: the state document of now, ``online: false``."""
+        # aiomqtt takes the will only in its constructor; its paho client re-reads it at each connect.
+        client._client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
+
+    async def _await_refresh(self, loops: tuple[asyncio.Task[None], ...]) -> None:
         await self._refresh.wait()
         self._refresh.clear()
-        loop = asyncio.get_running_loop()
-        while True:
-            # Let what is queued (the ack of the apply that asked for this) go out on this connection.
-            await self.flush(_REFRESH_DRAIN_S)
-            quiet_for = loop.time() - self._last_rx
-            if quiet_for >= _REFRESH_QUIET_S:
-                return
-            await asyncio.sleep(_REFRESH_QUIET_S - quiet_for)
+        # Let what is queued (the ack of the apply that asked for this) go out on this connection, and
+        # never cut a document in the middle of its handling (its PUBACK has already been sent).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REFRESH_DRAIN_S):
+                await self._outbox_empty()
+                await self._idle.wait()
+        for task in loops:
+            task.cancel()
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
@@ -284,36 +316,43 @@ class ControlLink:
                 self._in_flight = False
                 self._drained.set()
 
-    async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
-        async for message in client.messages:
-            beat()
-            await self._dispatch(message)
-
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        """Hand on what the client already received but nobody read yet (a will refresh ended the
-        receive loop). The broker counts these QoS 1 messages as delivered: dropping them here would
-        lose them for good. aiomqtt 2.x keeps them in the queue its ``messages`` iterator reads."""
-        queue = client._queue
-        while not queue.empty():
-            await self._dispatch(queue.get_nowait())
-
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
-        self._last_rx = asyncio.get_running_loop().time()
-        topic = str(message.topic)
-        kind = kind_of_topic(self.topics, topic)
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        if kind is None:
-            # Anyone may publish on desired/<anything>: log the first and then every 1000th.
-            self.unknown_topic_messages += 1
-            if self.unknown_topic_messages % 1000 == 1:
-                log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
-            return
-        if not payload and message.retain:
-            return  # a cleared retained topic
+    async def _next_message(self, client: aiomqtt.Client) -> aiomqtt.Message:
+        """The next received message; one taken from the queue just as the loop is cancelled (a will
+        refresh) is kept for the next connection rather than lost (its PUBACK has been sent)."""
+        if self._leftover:
+            return self._leftover.pop(0)
+        get = asyncio.ensure_future(anext(client.messages))
         try:
-            await self._on_message(topic, kind, payload)
-        except Exception as exc:  # CancelledError passes; nothing a message does ends the link
-            log.error("control_message_failed", topic=topic[:200], error=type(exc).__name__)
+            return await asyncio.shield(get)
+        except asyncio.CancelledError:
+            if get.done() and not get.cancelled() and get.exception() is None:
+                self._leftover.append(get.result())
+            else:
+                get.cancel()
+            raise
+
+    async def _receive_loop(self, client: aiomqtt.Client, beat: Callable[[], None]) -> None:
+        while True:
+            message = await self._next_message(client)
+            beat()
+            topic = str(message.topic)
+            kind = kind_of_topic(self.topics, topic)
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if kind is None:
+                # Anyone may publish on desired/<anything>: log the first and then every 1000th.
+                self.unknown_topic_messages += 1
+                if self.unknown_topic_messages % 1000 == 1:
+                    log.warning("control_unknown_topic", topic=topic[:200], seen=self.unknown_topic_messages)
+                continue
+            if not payload and message.retain:
+                continue  # a cleared retained topic
+            self._idle.clear()
+            try:
+                await self._on_message(topic, kind, payload)
+            except Exception as exc:  # CancelledError passes; nothing a message does ends the link
+                log.error("control_message_failed", topic=topic[:200], error=type(exc).__name__)
+            finally:
+                self._idle.set()
 
 
 def state_json(state: dict[str, object]) -> bytes:

@@ -294,7 +294,10 @@ class ControlService:
     async def _say_offline(self) -> None:
         """Before a clean disconnect (SIGTERM): the retained state says ``online: false`` with the
         versions applied now; a clean DISCONNECT suppresses the will, so nobody else would."""
-        if self.link is None or not self.link.connected.is_set():
+        if self.link is None:
+            return
+        self.link.close()  # no will refresh or reconnect from now on
+        if not self.link.connected.is_set():
             return
         self.link.publish_nowait(self.topics.state, self._state_bytes(False), retain=True)
         delivered = await self.link.flush(_OFFLINE_FLUSH_S)

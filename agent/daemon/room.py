@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = ["Room", "RoomApplyTarget", "RoomIncomplete", "build_room", "effective_config"]
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,12 @@ import structlog
 from pydantic import BaseModel
 
 from agent.config import AgentConfig
-from agent.control.apply import ControlState
+from agent.control.apply import CommandHandler, ControlState
 from agent.control.audit_export import AuditExport
 from agent.control.documents import COMMANDS, ConfigBody
+from agent.control.errors import Refused
 from agent.control.service import ControlService
+from agent.control.verify import VerifiedDocument
 from agent.daemon.faults import SimFaultScript
 from agent.daemon.power import Power
 from agent.daemon.runtime import Runtime
@@ -142,6 +145,17 @@ class _CameraAnnouncer:
         await self._inventory.open_camera(self.camera_id).announce(message)
 
 
+def _if_remote_ptz_allowed(handler: CommandHandler, guard: PrivacyGuard) -> CommandHandler:
+    """Policy ``camera.remote_ptz`` false (the customer's choice): nobody moves the camera remotely."""
+
+    async def checked(name: str, args: Mapping[str, Any], doc: VerifiedDocument) -> str:
+        if not guard.policy.camera.remote_ptz:
+            raise Refused("forbidden_by_policy", "policy camera.remote_ptz is false: no remote camera moves")
+        return await handler(name, args, doc)
+
+    return checked
+
+
 @dataclass(slots=True)
 class Room:
     """One assembled room: its parts and its services in start order (stopped in reverse)."""
@@ -171,8 +185,8 @@ def _open_inventory(config: AgentConfig, media: Media) -> Inventory | None:
     """The HAL inventory: the media path's when it runs, else one for commands (PTZ, snapshots)."""
     if media.inventory is not None:
         return media.inventory
-    if not config.hal.cameras:
-        return None
+    if not config.hal.cameras or not config.media.enabled:
+        return None  # media switched off: the cameras are not this agent's to drive
     import hal
 
     try:
@@ -245,6 +259,8 @@ def build_room(
     try:
         default_camera = config.hal.cameras[0].id if config.hal.cameras else None
         for name, handler in MediaCommands(media, inventory, default_camera).handlers().items():
+            if name in ("ptz", "ptz_preset"):
+                handler = _if_remote_ptz_allowed(handler, guard)
             control.commands.register(name, handler)
         control.commands.register("audit_fetch", AuditExport(control).handle)
         power = Power(runtime, control)

@@ -121,11 +121,13 @@ def test_only_the_customer_can_lock_stop_a_meeting_or_take_a_snapshot(
     policy = {
         "e2ee": {"required": True, "suites": [4, 5], "kem": "x25519"},
         # (an idle room's shutter is closed by the first-boot policy: no picture to take)
-        "camera": {"shutter_when_idle": False, "remote_snapshot": True, "remote_ptz": True},
+        "camera": {"shutter_when_idle": False, "remote_snapshot": True, "remote_ptz": False},
         "telemetry": {"level": "minimal", "fields": []},
         "jurisdiction": "DE",
     }
     _applied(fleet.push(fleet.sign("policy", policy, "room-a", ("fleet", "customer")), "room-a"))
+    # The customer also switched remote PTZ off: the vendor can no longer move the camera.
+    _refused(fleet.command("room-a", "ptz", {"pan": 1}), "rejected", "forbidden_by_policy")
     ack, sealed = asyncio.run(snapshot())
     assert _applied(ack).startswith("snapshot of cam0 sealed (x25519")
     assert len(sealed) == 1

@@ -31,6 +31,14 @@ def _settings(room: Room) -> dict[str, Any]:
     return settings
 
 
+def _bitrate_becomes(room: Room, kbps: int, within_s: float = 5.0) -> None:
+    """state.json follows within a report interval (1 s here; generous for a loaded machine)."""
+    deadline = time.monotonic() + within_s
+    while _settings(room)["bitrate_kbps"] != kbps:
+        assert time.monotonic() < deadline, _settings(room)
+        time.sleep(0.2)
+
+
 async def _counters_move(room: Room) -> None:
     """state.json's media counters move within a report interval (1 s here)."""
     first = room.state_json()["media"]["pipelines"][0]["stats"]["captured"]
@@ -60,7 +68,7 @@ def test_pushed_config_survives_sigkill_restart_and_sigterm_with_truthful_state(
         wait_retained(fleet.broker, "room-s", lambda s: s["applied"].get("config") == version)
     )
     assert state["online"] is True
-    assert _settings(room)["bitrate_kbps"] == 450
+    _bitrate_becomes(room, 450)
 
     # A crash right after the apply: the will names the version applied last, not the one at connect.
     room.stop(signal.SIGKILL)
@@ -72,7 +80,7 @@ def test_pushed_config_survives_sigkill_restart_and_sigterm_with_truthful_state(
     room.start()
     state = asyncio.run(room.wait_online())
     assert state["applied"]["config"] == version
-    assert _settings(room)["bitrate_kbps"] == 450
+    _bitrate_becomes(room, 450)
     assert any(e.get("event") == "pushed_config_restored" for e in room.events())
     asyncio.run(_counters_move(room))
 
