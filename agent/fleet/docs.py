@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.control.documents import DOCUMENT_KINDS, ROLES, RootBody, body_model, payload_type
+from agent.control.documents import DOCUMENT_KINDS, OPTIONAL_ROLES, ROLES, RootBody, body_model, payload_type
 from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import ControlError, Rejected
 from agent.control.keys import keyid_of
@@ -142,10 +142,12 @@ def _role_keys(args: argparse.Namespace, role: str) -> list[dict[str, Any]] | No
 def _root_payload(args: argparse.Namespace, version: int, base: RootBody | None) -> dict[str, Any]:
     keys: dict[str, dict[str, Any]] = {}
     roles: dict[str, dict[str, Any]] = {}
-    for role in ROLES:
+    for role in ROLES + OPTIONAL_ROLES:
         given = _role_keys(args, role)
         threshold = getattr(args, f"{role}_threshold")
         if given is None:
+            if role in OPTIONAL_ROLES and (base is None or role not in base.roles):
+                continue  # an optional role stays absent until someone names its keys
             if base is None:
                 raise CliError(f"--{role}-key is required")
             spec = base.roles[role]  # type: ignore[index]
@@ -204,7 +206,7 @@ def _guard(func: Any) -> Any:
 
 
 def _role_args(p: argparse.ArgumentParser) -> None:
-    for role in ROLES:
+    for role in ROLES + OPTIONAL_ROLES:
         p.add_argument(
             f"--{role}-key",
             action="append",
