@@ -21,6 +21,7 @@ __all__ = [
     "StateSection",
     "SupervisorSection",
     "TrustSection",
+    "UpdateSection",
     "default_state_dir",
     "load_config",
     "parse_config",
@@ -208,6 +209,19 @@ class ControlSection(_Strict):
     health_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
+class UpdateSection(_Strict):
+    """Firmware updates (``update`` documents, RAUC A/B slots); off unless the image has RAUC."""
+
+    enabled: bool = False
+    # The running slot's firmware version: an integer written into each image at build time.
+    firmware_version_file: Path = Path("/usr/lib/roomagent/firmware-version")
+    # D-Bus address of RAUC and logind (``unix:path=...``); unset: the system bus.
+    dbus: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    ca: FilePath | None = None  # CA bundle for HTTPS mirrors (default: the system's)
+    health_timeout_s: Annotated[float, Field(gt=0, le=900)] = 120.0
+    poll_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
 class SupervisorSection(_Strict):
     max_restarts: Annotated[int, Field(ge=1, le=1000)] = 5
     restart_window_s: Annotated[float, Field(gt=0)] = 60.0
@@ -227,6 +241,7 @@ class AgentConfig(_Strict):
     e2ee: E2eeSection = Field(default_factory=E2eeSection)
     control: ControlSection = Field(default_factory=ControlSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    update: UpdateSection = Field(default_factory=UpdateSection)
 
     def state_dir(self) -> Path:
         """Where persisted state lives: ``[state] dir``, else systemd's, else the user's."""

@@ -20,7 +20,12 @@ Hooks for other subsystems:
   ``identity_providers["hpke"] = lambda: {...public keys...}``, ``state_providers["health"]``).
 - ``publish_device(name, payload)``: other device topics (privacy's sealed ``snapshot``).
 - ``state_filter``: applied to the state document before it is published (privacy's telemetry
-  allow-list, issue 6); :meth:`ControlService.publish_state` republishes it after a change.
+  allow-list); :meth:`ControlService.publish_state` republishes it after a change.
+- Deferred outcomes (firmware updates): a handler that raises
+  :class:`~agent.control.errors.Deferred` is acked later through :meth:`ControlService.report`;
+  ``deferred_owner(kind, sha)`` says whether such an outcome is still to come, so a redelivery of
+  the retained document is neither re-run nor acked as a rollback. ``firmware_version`` gives the
+  running firmware's version to the verifier (rule 11).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from agent.control.apply import (
 from agent.control.audit import AuditLog
 from agent.control.documents import CommandBody
 from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
+from agent.control.errors import REASONS, Deferred, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.trust import TrustStore
@@ -129,6 +134,8 @@ class ControlService:
         self.identity_providers: dict[str, Callable[[], Any]] = {}
         self.state_providers: dict[str, Callable[[], Any]] = {}
         self.state_filter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.deferred_owner: Callable[[str, str], bool] = lambda kind, sha: False
+        self.firmware_version: Callable[[], int] = lambda: 0
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
         self._runtime = runtime  # agent.daemon.runtime.Runtime when run by the daemon
@@ -220,6 +227,7 @@ class ControlService:
             policy,
             self.config.control.max_document_bytes,
             self.config.control.clock_skew_s,
+            self.firmware_version(),
         )
 
     def _ack(self, ack: Ack) -> None:
@@ -296,6 +304,8 @@ class ControlService:
                     return
             if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
+            if rej.reason == "rollback" and sha is not None and self.deferred_owner(kind, sha):
+                return  # redelivery of a document whose outcome is still to come (update)
             self._audit(
                 "rejected",
                 kind=kind,
@@ -394,6 +404,9 @@ class ControlService:
             return
         try:
             message = await handler(name, args, doc)
+        except Deferred:  # the owner acks it later through report()
+            log.info("control_deferred", kind=doc.kind, version=doc.version)
+            return
         except Refused as exc:  # declined in the device's current state: a rejection, nothing changed
             reason: Reason = exc.reason if exc.reason in REASONS else "invalid_body"  # type: ignore[assignment]
             self._finish(doc, Outcome("rejected", reason, exc.message[:300]))
@@ -403,6 +416,28 @@ class ControlService:
             self._finish(doc, Outcome("rolled_back", "apply_failed", f"{type(exc).__name__}: {exc}"[:300]))
             return
         self._finish(doc, Outcome("applied", None, message[:300]))
+        self._publish_state()
+
+    def report(
+        self, kind: str, version: int, sha: str, signers: tuple[str, ...], outcome: Outcome
+    ) -> None:
+        """Record, audit and ack the outcome of a document whose handler raised ``Deferred`` (it may
+        come after a reboot: everything needed is passed in, nothing is taken from memory)."""
+        try:
+            self.state.record_outcome(kind, sha, outcome)
+        except StateError as exc:
+            log.error("control_state_write_failed", kind=kind, version=version, reason=exc.reason)
+        self._audit(
+            outcome.status,
+            kind=kind,
+            version=version,
+            digest=sha,
+            signers=signers,
+            outcome=outcome.status,
+            reason=outcome.reason,
+            message=outcome.message,
+        )
+        self._ack(Ack(kind, version, sha, outcome.status, outcome.reason, outcome.message))
         self._publish_state()
 
     # -- service ---------------------------------------------------------------------------------
