@@ -35,3 +35,130 @@ class FirmwareLog:
             "transparency": proof,
             **extra,
         }
+
+
+# -- a private D-Bus with the RAUC/logind test service, and an HTTP mirror ---------------------------
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+class PrivateBus:
+    """A real ``dbus-daemon`` on a socket in ``directory``, and the RAUC/logind service on it."""
+
+    def __init__(self, directory: Path) -> None:
+        import json
+        import subprocess
+        import sys
+
+        from tests.rauc_service import new_system
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        socket = directory / "bus.sock"
+        (directory / "bus.conf").write_text(_BUS_CONFIG.format(socket=socket))
+        self.address = f"unix:path={socket}"
+        self.daemon = subprocess.Popen(
+            ["dbus-daemon", "--nofork", f"--config-file={directory / 'bus.conf'}", "--print-address=1"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.daemon.stdout is not None
+        self.daemon.stdout.readline()  # printed once the socket listens
+        self.state_path = directory / "system.json"
+        self.state_path.write_text(json.dumps(new_system(directory)))
+        argv = [sys.executable, "-m", "tests.rauc_service", "--bus", self.address]
+        self.service = subprocess.Popen(
+            [*argv, "--state", str(self.state_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self.service.stdout is not None
+        assert self.service.stdout.readline().strip() == "ready"
+
+    def system(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.state_path.read_text())
+
+    def set(self, **fields: Any) -> None:
+        import json
+
+        self.state_path.write_text(json.dumps({**self.system(), **fields}))
+
+    def close(self) -> None:
+        for proc in (self.service, self.daemon):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+class Mirror:
+    """An HTTP server (a thread) serving files with Range support, and fault switches:
+    ``drop_after`` (close the connection once after N bytes), ``corrupt`` (serve other bytes),
+    ``extra`` (append bytes beyond the file), ``ignore_range`` (answer 200 to a Range request)."""
+
+    def __init__(self, directory: Path) -> None:
+        import http.server
+        import threading
+
+        self.dir = directory
+        self.ranges: list[str | None] = []
+        self.drop_after: int | None = None
+        self.corrupt = False
+        self.extra = b""
+        self.ignore_range = False
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = mirror.dir / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                if mirror.corrupt:
+                    data = bytes([data[0] ^ 1]) + data[1:]
+                data += mirror.extra
+                rng = self.headers.get("Range")
+                mirror.ranges.append(rng)
+                start = 0
+                if rng and not mirror.ignore_range:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mirror.drop_after is not None:
+                    cut, mirror.drop_after = mirror.drop_after, None
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
