@@ -1,0 +1,276 @@
+"""``roomctl update push BUNDLE``: roll a firmware bundle out to rooms and follow it to the end.
+
+The bundle must already be in the transparency log (``roomctl log append``): its inclusion proof and
+the log's checkpoint go into the ``update`` document, which ``push`` signs with ``--key`` (fleet;
+add the customer's key, or pass an envelope the customer countersigned with ``--envelope``, for
+rooms under ``updates.mode = customer_approval``). The document is published retained on the
+group's (or each device's) ``desired/update`` topic; progress comes from each room's retained state
+(``update.phase``/``percent``), the result from its signed ack: ``applied`` only once the new slot
+booted and passed its health check, ``rolled_back`` with the reason when it fell back.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "update_payload"]
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from rich.console import Console
+from rich.table import Table
+
+from agent.control.documents import UpdateBody, payload_type
+from agent.control.dsse import Envelope
+from agent.control.errors import ControlError
+from agent.fleet.common import CliError, add_broker_args, load_signing_keys, mqtt_client
+from agent.fleet.push import _ack_verified, _collect_states
+from agent.fleet.tlog import bundle_digest
+from agent.tlog.errors import TlogError
+from agent.tlog.store import LogStore
+
+_FINAL = ("applied", "rejected", "rolled_back", "superseded")
+
+
+def _ts(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def update_payload(
+    bundle: Path,
+    log_dir: Path,
+    urls: list[str],
+    *,
+    devices: list[str],
+    groups: list[str],
+    window: str | None = None,
+    expires_days: float = 7.0,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The signed payload of an ``update`` document for ``bundle`` (which must be in the log)."""
+    length, sha = bundle_digest(bundle)
+    store = LogStore(log_dir)
+    index = store.find(sha)
+    entry = store.entries()[index]
+    body: dict[str, Any] = {
+        "firmware_version": entry.version,
+        "length": length,
+        "sha256": sha,
+        "urls": urls,
+        "transparency": store.prove(index).to_json(),
+    }
+    if window is not None:
+        m = re.fullmatch(r"(\d\d:\d\d)-(\d\d:\d\d)", window)
+        if m is None:
+            raise CliError("--window is HH:MM-HH:MM (UTC)")
+        body["install_window"] = {"start": m.group(1), "end": m.group(2)}
+    UpdateBody.model_validate(body)
+    t = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return {
+        "kind": "update",
+        # Retained per group and device: a time-based version keeps it increasing across admins.
+        "version": int(t.timestamp()),
+        "issued_at": _ts(t),
+        "expires": _ts(t + dt.timedelta(days=expires_days)),
+        "targets": {"devices": devices, "groups": groups},
+        "body": body,
+    }
+
+
+def _envelope(args: argparse.Namespace) -> Envelope:
+    if args.envelope:
+        env = Envelope.parse(Path(args.envelope).read_bytes())
+        if env.payload_type != payload_type("update"):
+            raise CliError(f"{args.envelope} is not an update envelope")
+        _, sha = bundle_digest(Path(args.bundle))
+        if json.loads(env.payload)["body"]["sha256"] != sha:
+            raise CliError(f"{args.envelope} is for another bundle than {args.bundle}")
+        return env
+    if not args.url or not args.key:
+        raise CliError("give --url and --key (or a signed --envelope)")
+    payload = update_payload(
+        Path(args.bundle),
+        Path(args.log),
+        args.url,
+        devices=args.device,
+        groups=args.group,
+        window=args.window,
+        expires_days=args.expires_days,
+    )
+    env = Envelope(payload_type("update"), json.dumps(payload, separators=(",", ":")).encode(), ())
+    for key in load_signing_keys([Path(k) for k in args.key], args.passphrase_env):
+        env = env.signed_by(key)
+    return env
+
+
+def _progress_line(device: str, state: dict[str, Any] | None, ack: dict[str, Any] | None) -> str:
+    if ack is not None:
+        return f"{device}: {ack['status']} {ack.get('reason') or ''} {ack.get('message', '')[:80]}".rstrip()
+    up = (state or {}).get("update") or {}
+    pct = up.get("percent")
+    return f"{device}: {up.get('phase', 'waiting')}{f' {pct}%' if pct is not None else ''}"
+
+
+async def _push(args: argparse.Namespace, console: Console) -> int:
+    env = await asyncio.to_thread(_envelope, args)
+    raw = env.to_json()
+    sha = hashlib.sha256(env.payload).hexdigest()
+    payload = json.loads(env.payload)
+    target = payload["body"]["firmware_version"]
+    prefix = args.prefix
+    results: dict[str, dict[str, Any]] = {}
+    async with mqtt_client(args) as client:
+        states = await _collect_states(client, prefix, args.settle)
+        devices = list(args.device)
+        for group in args.group:
+            devices += [d for d, s in states.items() if group in s.get("groups", []) and d not in devices]
+        if not devices:
+            raise CliError("no devices: give --device, or --group with devices whose state names that group")
+        await client.subscribe(f"{prefix}/devices/+/ack", qos=1)
+        topics = (
+            [f"{prefix}/groups/{g}/desired/update" for g in args.group]
+            if args.group and not args.device
+            else [f"{prefix}/devices/{d}/desired/update" for d in devices]
+        )
+        for topic in topics:
+            await client.publish(topic, raw, qos=1, retain=True)
+        console.print(f"update to firmware v{target} ({sha[:12]}) -> {len(devices)} room(s)")
+        last_line: dict[str, str] = {}
+        deadline = time.monotonic() + args.wait
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async for m in client.messages:
+                    parts = str(m.topic).split("/")
+                    if not isinstance(m.payload, bytes) or len(parts) < 2:
+                        continue
+                    device = parts[-2]
+                    if device not in devices:
+                        continue
+                    if parts[-1] == "state" and m.payload:
+                        try:
+                            states[device] = json.loads(m.payload)
+                        except ValueError:
+                            continue
+                    elif parts[-1] == "ack" and device not in results:
+                        try:
+                            ack_env = Envelope.parse(m.payload)
+                            ack = json.loads(ack_env.payload)
+                        except ValueError:
+                            continue
+                        if ack.get("payload_sha256") != sha or ack.get("status") not in _FINAL:
+                            continue
+                        ack["signature_ok"] = _ack_verified(ack_env, states.get(device))
+                        results[device] = ack
+                    line = _progress_line(device, states.get(device), results.get(device))
+                    if last_line.get(device) != line:
+                        last_line[device] = line
+                        console.print(line)
+                    if len(results) == len(devices):
+                        break
+        except TimeoutError:
+            pass
+    table = Table(title=f"firmware v{target} ({sha[:12]})")
+    for col in ("device", "status", "reason", "message", "firmware", "ack signature"):
+        table.add_column(col)
+    failed = 0
+    out: dict[str, Any] = {}
+    for device in devices:
+        ack = results.get(device)
+        fw = ((states.get(device) or {}).get("update") or {}).get("firmware_version", "")
+        if ack is None:
+            failed += 1
+            table.add_row(
+                device, "[red]timeout[/red]", "", f"no final ack within {args.wait:.0f} s", str(fw), ""
+            )
+            out[device] = {"status": "timeout", "firmware_version": fw}
+            continue
+        ok = ack["status"] == "applied" and ack["signature_ok"] is not False
+        failed += 0 if ok else 1
+        colour = "green" if ok else "red"
+        sig = {True: "ok", False: "BAD", None: "unknown device key"}[ack["signature_ok"]]
+        table.add_row(
+            device,
+            f"[{colour}]{ack['status']}[/{colour}]",
+            ack.get("reason") or "",
+            (ack.get("message") or "")[:60],
+            str(fw),
+            sig,
+        )
+        out[device] = {**ack, "firmware_version": fw}
+    console.print(table)
+    if args.json:
+        print(json.dumps({"firmware_version": target, "payload_sha256": sha, "rooms": out}))
+    return 1 if failed else 0
+
+
+def _runner(args: argparse.Namespace) -> int:
+    console = Console(stderr=True) if args.json else Console()
+    try:
+        return int(asyncio.run(_push(args, console)))
+    except (ControlError, TlogError, OSError, ValueError, aiomqtt.MqttError) as exc:
+        print(f"roomctl update: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("update", help="roll firmware out to rooms (signed update documents)")
+    usub = up.add_subparsers(dest="update_command", required=True)
+    p = usub.add_parser("push", help="sign (or take) an update for BUNDLE, publish it, follow every room")
+    p.add_argument("bundle", help="the firmware bundle (must be in the transparency log)")
+    p.add_argument("--log", required=True, metavar="DIR", help="the transparency log directory")
+    p.add_argument("--url", action="append", default=[], help="where rooms download it; repeat for mirrors")
+    p.add_argument("--key", action="append", default=[], help="signing key (fleet; plus customer's)")
+    p.add_argument(
+        "--envelope", help="an update envelope already signed (e.g. countersigned by the customer)"
+    )
+    p.add_argument("--window", metavar="HH:MM-HH:MM", help="daily UTC install window (default: any time)")
+    p.add_argument("--expires-days", type=float, default=7.0)
+    p.add_argument("--passphrase-env", metavar="VAR")
+    add_broker_args(p)
+    p.add_argument("--device", action="append", default=[], metavar="ID")
+    p.add_argument("--group", action="append", default=[], metavar="G")
+    p.add_argument("--wait", type=float, default=1800.0, metavar="SECONDS", help="how long to follow")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds to collect retained device states")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
+    p.set_defaults(func=_runner)
+
+    p = usub.add_parser("make", help="write the update payload for BUNDLE (sign it with roomctl sign update)")
+    p.add_argument("bundle")
+    p.add_argument("--log", required=True, metavar="DIR")
+    p.add_argument("--url", action="append", required=True)
+    p.add_argument("--device", action="append", default=[], metavar="ID")
+    p.add_argument("--group", action="append", default=[], metavar="G")
+    p.add_argument("--window", metavar="HH:MM-HH:MM")
+    p.add_argument("--expires-days", type=float, default=7.0)
+    p.add_argument("--out", help="output file (default: stdout)")
+    p.set_defaults(func=_make)
+
+
+def _make(args: argparse.Namespace) -> int:
+    try:
+        payload = update_payload(
+            Path(args.bundle),
+            Path(args.log),
+            args.url,
+            devices=args.device,
+            groups=args.group,
+            window=args.window,
+            expires_days=args.expires_days,
+        )
+    except (ControlError, TlogError, OSError, ValueError) as exc:
+        print(f"roomctl update: {exc}", file=sys.stderr)
+        return 2
+    data = json.dumps(payload, indent=2)
+    if args.out:
+        Path(args.out).write_text(data + "\n")
+    else:
+        print(data)
+    return 0
