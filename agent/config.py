@@ -214,7 +214,7 @@ class UpdateSection(_Strict):
 
     enabled: bool = False
     # The running slot's firmware version: an integer written into each image at build time.
-    firmware_version_file: Path = Path("/usr/lib/roomagent/firmware-version")
+    firmware_version_file: FilePath = Path("/usr/lib/roomagent/firmware-version")
     # D-Bus address of RAUC and logind (``unix:path=...``); unset: the system bus.
     dbus: Annotated[str, Field(min_length=1, max_length=500)] | None = None
     ca: FilePath | None = None  # CA bundle for HTTPS mirrors (default: the system's)

@@ -93,6 +93,11 @@ class PrivateBus:
 
         return json.loads(self.state_path.read_text())
 
+    def slot(self, name: str) -> bytes:
+        """What slot ``name`` holds now (empty before anything was installed there)."""
+        image = Path(self.system()["slots"][name]["file"])
+        return image.read_bytes() if image.exists() else b""
+
     def set(self, **fields: Any) -> None:
         import json
 

@@ -64,7 +64,8 @@ def _append(args: argparse.Namespace) -> int:
     if not isinstance(keys[0], ed25519.Ed25519PrivateKey):
         raise CliError("the transparency key must be Ed25519")
     store = LogStore(Path(args.log))
-    store.init(args.origin)
+    if args.origin is not None or not (Path(args.log) / "origin").exists():
+        store.init(args.origin or DEFAULT_ORIGIN)
     length, sha = bundle_digest(Path(args.bundle))
     index, note = store.append(Entry(args.version, length, sha, Path(args.bundle).name), keys[0])
     out = {"index": index, "tree_size": index + 1, "version": args.version, "length": length, "sha256": sha}
@@ -144,7 +145,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log", required=True, metavar="DIR")
     p.add_argument("--key", required=True, help="the transparency private key (Ed25519 PEM)")
     p.add_argument("--version", required=True, type=int, help="firmware version (integer, increasing)")
-    p.add_argument("--origin", default=DEFAULT_ORIGIN, help="the log's name (first append only)")
+    p.add_argument("--origin", help=f"the log's name, on the first append (default {DEFAULT_ORIGIN})")
     p.add_argument("--passphrase-env", metavar="VAR")
     p.set_defaults(func=_guard(_append))
     p = lsub.add_parser("prove", help="print the inclusion proof of a bundle (for its update document)")

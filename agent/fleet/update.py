@@ -94,8 +94,8 @@ def _envelope(args: argparse.Namespace) -> Envelope:
         if json.loads(env.payload)["body"]["sha256"] != sha:
             raise CliError(f"{args.envelope} is for another bundle than {args.bundle}")
         return env
-    if not args.url or not args.key:
-        raise CliError("give --url and --key (or a signed --envelope)")
+    if not args.url or not args.sign:
+        raise CliError("give --url and --sign KEY (or a signed --envelope)")
     payload = update_payload(
         Path(args.bundle),
         Path(args.log),
@@ -106,7 +106,7 @@ def _envelope(args: argparse.Namespace) -> Envelope:
         expires_days=args.expires_days,
     )
     env = Envelope(payload_type("update"), json.dumps(payload, separators=(",", ":")).encode(), ())
-    for key in load_signing_keys([Path(k) for k in args.key], args.passphrase_env):
+    for key in load_signing_keys([Path(k) for k in args.sign], args.passphrase_env):
         env = env.signed_by(key)
     return env
 
@@ -227,7 +227,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("bundle", help="the firmware bundle (must be in the transparency log)")
     p.add_argument("--log", required=True, metavar="DIR", help="the transparency log directory")
     p.add_argument("--url", action="append", default=[], help="where rooms download it; repeat for mirrors")
-    p.add_argument("--key", action="append", default=[], help="signing key (fleet; plus customer's)")
+    p.add_argument(
+        "--sign", action="append", default=[], metavar="KEY", help="signing key (fleet; plus customer's)"
+    )
     p.add_argument(
         "--envelope", help="an update envelope already signed (e.g. countersigned by the customer)"
     )

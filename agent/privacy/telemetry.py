@@ -99,6 +99,8 @@ LOG_FIELDS: dict[str, frozenset[str]] = {
             "role",
             "attempt",
             "delay_s",
+            "phase",
+            "target_version",
         }
     ),
     "standard": frozenset(
@@ -116,6 +118,8 @@ LOG_FIELDS: dict[str, frozenset[str]] = {
             "role",
             "attempt",
             "delay_s",
+            "phase",
+            "target_version",
             "exception",
             "meeting",
             "epoch",
@@ -155,6 +159,8 @@ PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
         "locked",
         "privacy.locked",
         "privacy.state",
+        # Firmware: running version and update phase/progress (the fleet must see what runs where).
+        "update",
     }
 )
 # minimal: whether the room works (per-service health), and its privacy posture; no media figures.

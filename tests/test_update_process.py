@@ -1,0 +1,228 @@
+"""Firmware update end to end: real ``roomagent run`` (updater wired in), real Mosquitto, real
+``dbus-daemon`` with the RAUC/logind test service (tests/rauc_service.py), a real HTTP mirror, and
+``roomctl log append|prove|verify`` / ``roomctl update push`` as real processes.
+
+The "reboot" is the test's: when logind's ``Reboot`` was called, the agent process is stopped, the
+firmware version file is switched to what the booted slot holds, and the agent starts again on the
+same data directory (the data partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agent.control.keys import private_key_pem
+from tests.broker import Broker
+from tests.firmware import Mirror, PrivateBus
+from tests.plane import Plane
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+V2 = b"roomagent firmware v2 " * 30_000
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[PrivateBus]:
+    b = PrivateBus(tmp_path / "dbus")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    (tmp_path / "www").mkdir()
+    m = Mirror(tmp_path / "www")
+    yield m
+    m.close()
+
+
+@contextlib.asynccontextmanager
+async def agent_process(config: Path, env: dict[str, str]) -> AsyncIterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, waited for in a thread below
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def roomctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.fleet", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def wait_until(predicate: Any, timeout: float = 60) -> None:  # noqa: ASYNC109
+    for _ in range(int(timeout * 10)):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"not within {timeout} s")
+
+
+async def test_roomctl_update_push_installs_reboots_and_acks_applied(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str], bus: PrivateBus, mirror: Mirror
+) -> None:
+    plane = Plane(transparency=ed25519.Ed25519PrivateKey.generate())
+    root = tmp_path / "root.json"
+    root.write_bytes(plane.root())
+    keys = {}
+    for name in ("fleet", "customer", "transparency"):
+        keys[name] = tmp_path / f"{name}.pem"
+        keys[name].write_bytes(private_key_pem(getattr(plane, name), None))
+    bundle = tmp_path / "www" / "room-v2.raucb"
+    bundle.write_bytes(V2)
+    log = tmp_path / "log"
+    appended = roomctl(
+        agent_env,
+        "log",
+        "append",
+        str(bundle),
+        "--log",
+        str(log),
+        "--key",
+        str(keys["transparency"]),
+        "--version",
+        "2",
+        "--origin",
+        "roomagent.test/fw",
+    )
+    assert appended.returncode == 0, appended.stderr
+    first_checkpoint = tmp_path / "checkpoint-1"
+    first_checkpoint.write_text(json.loads(appended.stdout)["checkpoint"])
+    state_dir = tmp_path / "state"
+    version_file = tmp_path / "firmware-version"
+    version_file.write_text("1\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "room-101"\ngroups = ["hq"]\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'[trust]\nroot = "{root}"\n[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
+        f'[update]\nenabled = true\ndbus = "{bus.address}"\nfirmware_version_file = "{version_file}"\n'
+        "poll_s = 0.2\nhealth_timeout_s = 30\n"
+    )
+    broker = ["--broker", mosquitto.url]
+    push = [
+        "update",
+        "push",
+        str(bundle),
+        "--log",
+        str(log),
+        "--url",
+        f"{mirror.url}/room-v2.raucb",
+        "--group",
+        "hq",
+        *broker,
+        "--settle",
+        "1",
+        "--json",
+    ]
+    async with agent_process(config, agent_env):
+        await wait_until(lambda: (state_dir / "audit" / "audit.head").exists(), 30)
+        await asyncio.sleep(2)  # retained state with the groups reaches the broker
+        # Fleet alone under the default policy (customer_approval): refused, nothing installed.
+        refused = await asyncio.to_thread(
+            roomctl, agent_env, *push, "--sign", str(keys["fleet"]), "--wait", "30"
+        )
+        assert refused.returncode == 1, refused.stderr
+        room = json.loads(refused.stdout)["rooms"]["room-101"]
+        assert (room["status"], room["reason"]) == ("rejected", "needs_customer")
+        assert bus.system()["installs"] == 0
+        identity = (state_dir / "identity" / "ed25519.pem").read_bytes()
+        # Fleet + customer: installs, then asks logind to reboot.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            *push,
+            "--sign",
+            str(keys["fleet"]),
+            "--sign",
+            str(keys["customer"]),
+            "--wait",
+            "120",
+            env=agent_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await wait_until(lambda: bus.system()["reboots"] == 1, 90)
+    # The reboot: slot B holds v2 and boots; the data partition (state_dir) stays.
+    assert bus.system()["booted"] == "B"
+    assert bus.slot("B") == V2
+    version_file.write_text("2\n")
+    async with agent_process(config, agent_env):
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    room = json.loads(out)["rooms"]["room-101"]
+    assert room["status"] == "applied", room
+    assert room["signature_ok"] is True
+    assert room["firmware_version"] == 2
+    assert ["good", "B"] in bus.system()["marks"]
+    # State kept across the update: identity, audit chain (verified by roomctl), applied documents.
+    assert (state_dir / "identity" / "ed25519.pem").read_bytes() == identity
+    entries = [json.loads(x) for x in (state_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert [e["outcome"] for e in entries if e.get("kind") == "update"][-2:] == ["accepted", "applied"]
+    device_state = tmp_path / "device-state.json"
+    device_state.write_text(json.dumps({"identity": {"ed25519": _device_key(state_dir)}}))
+    audit = roomctl(
+        agent_env,
+        "audit",
+        "verify",
+        str(state_dir / "audit" / "audit.jsonl"),
+        "--device-key",
+        str(device_state),
+    )
+    assert audit.returncode == 0, audit.stderr
+    # Anyone holding the first checkpoint can check the log only grew and lists every firmware.
+    again = roomctl(
+        agent_env,
+        "log",
+        "append",
+        str(tmp_path / "root.json"),
+        "--log",
+        str(log),
+        "--key",
+        str(keys["transparency"]),
+        "--version",
+        "3",
+    )
+    assert again.returncode == 0, again.stderr
+    verified = roomctl(
+        agent_env,
+        "log",
+        "verify",
+        "--log",
+        str(log),
+        "--root",
+        str(root),
+        "--checkpoint",
+        str(first_checkpoint),
+    )
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert (report["size"], report["consistent_from"]) == (2, 1)
+    assert [e["version"] for e in report["entries"]] == [2, 3]
+
+
+def _device_key(state_dir: Path) -> dict[str, Any]:
+    from agent.control.keys import key_dict, load_private_key
+
+    return key_dict(load_private_key(state_dir / "identity" / "ed25519.pem", None).public_key())
