@@ -57,7 +57,7 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 class PrivateBus:
     """A real ``dbus-daemon`` on a socket in ``directory``, and the RAUC/logind service on it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, logind_only: bool = False) -> None:
         import json
         import subprocess
         import sys
@@ -79,6 +79,8 @@ class PrivateBus:
         self.state_path = directory / "system.json"
         self.state_path.write_text(json.dumps(new_system(directory)))
         argv = [sys.executable, "-m", "tests.rauc_service", "--bus", self.address]
+        if logind_only:
+            argv.append("--logind-only")
         self.service = subprocess.Popen(
             [*argv, "--state", str(self.state_path)],
             stdout=subprocess.PIPE,
@@ -167,3 +169,116 @@ class Mirror:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RealRauc:
+    """Debian's ``rauc service`` (1.8) on a :class:`PrivateBus`: two raw slots on files, the noop boot
+    loader, a keyring with a test CA; the booted slot is given with ``--override-boot-slot`` (what
+    the kernel command line says on a real room). Installing mounts the bundle (squashfs on a loop
+    device), so this needs root and ``/dev/loop-control``."""
+
+    def __init__(self, directory: Path, bus: PrivateBus) -> None:
+        import subprocess
+
+        self.dir = directory
+        self.bus = bus
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "mnt").mkdir(exist_ok=True)
+        for name in ("ca", "rogue"):
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    str(directory / f"{name}.key"),
+                    "-out",
+                    str(directory / f"{name}.pem"),
+                    "-subj",
+                    f"/O=roomagent test/CN={name}",
+                    "-days",
+                    "30",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        for slot in ("A", "B"):
+            with (directory / f"slot{slot}.img").open("wb") as f:
+                f.truncate(4 * 1024 * 1024)
+        (directory / "system.conf").write_text(
+            "[system]\ncompatible=roomagent-test\nbootloader=noop\n"
+            f"mountprefix={directory / 'mnt'}\nstatusfile={directory / 'status.raucs'}\n"
+            f"[keyring]\npath={directory / 'ca.pem'}\n"
+            f"[slot.rootfs.0]\ndevice={directory / 'slotA.img'}\ntype=raw\nbootname=A\n"
+            f"[slot.rootfs.1]\ndevice={directory / 'slotB.img'}\ntype=raw\nbootname=B\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def bundle(self, out: Path, rootfs: bytes, version: int, *, signer: str = "ca") -> bytes:
+        """A RAUC bundle (plain format: no device-mapper needed) whose image is ``rootfs``."""
+        import shutil
+        import subprocess
+
+        content = self.dir / f"content-{version}-{signer}"
+        shutil.rmtree(content, ignore_errors=True)
+        content.mkdir()
+        (content / "rootfs.img").write_bytes(rootfs)
+        (content / "manifest.raucm").write_text(
+            f"[update]\ncompatible=roomagent-test\nversion={version}\n[bundle]\nformat=plain\n"
+            "[image.rootfs]\nfilename=rootfs.img\n"
+        )
+        out.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "rauc",
+                "bundle",
+                f"--cert={self.dir / f'{signer}.pem'}",
+                f"--key={self.dir / f'{signer}.key'}",
+                str(content),
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return out.read_bytes()
+
+    def start(self, boot_slot: str) -> None:
+        import os
+        import subprocess
+        import time
+
+        self.stop()
+        env = {**os.environ, "DBUS_STARTER_BUS_TYPE": "session", "DBUS_SESSION_BUS_ADDRESS": self.bus.address}
+        self.log = (self.dir / "rauc.log").open("ab")
+        self.proc = subprocess.Popen(
+            # -d: the debug line "name ... acquired" says when it serves the bus
+            [
+                "rauc",
+                "service",
+                "-d",
+                f"--conf={self.dir / 'system.conf'}",
+                f"--override-boot-slot={boot_slot}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        start = (self.dir / "rauc.log").stat().st_size
+        for _ in range(200):  # until it owns its bus name
+            if b"acquired" in (self.dir / "rauc.log").read_bytes()[start:] or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+
+    def slot(self, name: str, length: int) -> bytes:
+        with (self.dir / f"slot{name}.img").open("rb") as f:
+            return f.read(length)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+            self.log.close()

@@ -43,8 +43,10 @@ class System:
 
 def new_system(directory: Path) -> dict:
     return {
-        "slots": {"A": {"file": str(directory / "slotA.img"), "state": "good"},
-                  "B": {"file": str(directory / "slotB.img"), "state": "good"}},
+        "slots": {
+            "A": {"file": str(directory / "slotA.img"), "state": "good"},
+            "B": {"file": str(directory / "slotB.img"), "state": "good"},
+        },
         "booted": "A",
         "primary": "A",
         "installs": 0,
@@ -105,8 +107,10 @@ class Installer(ServiceInterface):
     @method()
     def Mark(self, state: "s", slot_identifier: "s") -> "ss":  # noqa: F821
         data = self.system.load()
-        slot = data["booted"] if slot_identifier == "booted" else (
-            ("B" if data["booted"] == "A" else "A") if slot_identifier == "other" else slot_identifier
+        slot = (
+            data["booted"]
+            if slot_identifier == "booted"
+            else (("B" if data["booted"] == "A" else "A") if slot_identifier == "other" else slot_identifier)
         )
         if slot not in data["slots"] or state not in ("good", "bad", "active"):
             raise DBusError(_GIO_ERROR + "Code1", "Invalid slot or state")
@@ -169,16 +173,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bus", required=True)
     parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--logind-only", action="store_true", help="next to a real RAUC")
     args = parser.parse_args()
     system = System(args.state)
-    rauc = await MessageBus(bus_address=args.bus).connect()
-    rauc.export("/", Installer(system))
-    await rauc.request_name("de.pengutronix.rauc")
     logind = await MessageBus(bus_address=args.bus).connect()
     logind.export("/org/freedesktop/login1", Manager(system))
     await logind.request_name("org.freedesktop.login1")
+    if not args.logind_only:
+        rauc = await MessageBus(bus_address=args.bus).connect()
+        rauc.export("/", Installer(system))
+        await rauc.request_name("de.pengutronix.rauc")
     print("ready", flush=True)
-    await rauc.wait_for_disconnect()
+    await logind.wait_for_disconnect()
 
 
 if __name__ == "__main__":
