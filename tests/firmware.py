@@ -78,17 +78,27 @@ class PrivateBus:
         self.daemon.stdout.readline()  # printed once the socket listens
         self.state_path = directory / "system.json"
         self.state_path.write_text(json.dumps(new_system(directory)))
-        argv = [sys.executable, "-m", "tests.rauc_service", "--bus", self.address]
+        self._argv = [sys.executable, "-m", "tests.rauc_service", "--bus", self.address]
         if logind_only:
-            argv.append("--logind-only")
+            self._argv.append("--logind-only")
+        self.start_service()
+
+    def start_service(self) -> None:
+        """Start the RAUC/logind service process (again, after :meth:`stop_service`)."""
+        import subprocess
+
         self.service = subprocess.Popen(
-            [*argv, "--state", str(self.state_path)],
+            [*self._argv, "--state", str(self.state_path)],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
         assert self.service.stdout is not None
         assert self.service.stdout.readline().strip() == "ready"
+
+    def stop_service(self) -> None:
+        self.service.terminate()
+        self.service.wait(timeout=10)
 
     def system(self) -> dict[str, Any]:
         import json

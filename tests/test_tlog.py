@@ -4,10 +4,13 @@ an independent recomputation, C2SP signed notes against Go's sumdb/note vector, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.tlog import merkle
 from agent.tlog.errors import LogStoreError, NoteError, ProofError
@@ -290,3 +293,52 @@ def test_log_store_appends_proves_and_stays_consistent(tmp_path) -> None:
     old = open_checkpoint(notes[1], [nkey])
     merkle.verify_consistency(old.size, cp.size, old.root, cp.root, store.consistency(old.size))
     assert firmware_leaf(1, 2, "a" * 64).startswith(b"roomagent-firmware v1\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_bytes_as_a_note_give_a_note_error_or_a_note(data: bytes) -> None:
+    key = NoteKey.of("PeterNeumann", _go_private().public_key())
+    with contextlib.suppress(NoteError):
+        open_checkpoint(data, [key])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=50),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+        max_leaves=20,
+    )
+)
+def test_any_json_as_a_proof_gives_a_proof_error_or_a_proof(obj: object) -> None:
+    candidates = [obj]
+    if isinstance(obj, dict):
+        candidates.append({"index": 0, "tree_size": 1, "proof": [], "checkpoint": "x", **obj})
+    for c in candidates:
+        if not isinstance(c, dict):
+            continue
+        try:
+            proof = InclusionProof.from_json(c)
+        except ProofError:
+            continue
+        with pytest.raises((ProofError, NoteError)):
+            verify_firmware_included(1, 1, "0" * 64, proof, [NoteKey.of("x", _go_private().public_key())])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 255))
+def test_a_flipped_byte_in_a_signed_checkpoint_never_verifies(position: int, value: int) -> None:
+    private = _go_private()
+    cp = Checkpoint("example.com/log", 8, ROOTS[7])
+    note = bytearray(sign_note(format_checkpoint(cp), "example.com/log", private).encode())
+    position %= len(note)
+    if note[position] == value:
+        return
+    note[position] = value
+    try:
+        got = open_checkpoint(bytes(note), [NoteKey.of("example.com/log", private.public_key())])
+    except NoteError:
+        return
+    # Only changes the signature does not cover may pass: the base64 padding of the signature line.
+    assert got == cp

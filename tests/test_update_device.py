@@ -247,8 +247,7 @@ async def test_rauc_refusing_the_call_is_an_install_failure(room: Room) -> None:
 
 
 async def test_rauc_missing_from_the_bus_is_an_install_failure(room: Room, tmp_path: Path) -> None:
-    room.bus.service.terminate()
-    room.bus.service.wait(timeout=10)
+    room.bus.stop_service()
     up = room.updater()
     up.submit(room.doc(2, V2, "v2.raucb"))
     await room.run_until(up, lambda: room.reports)
@@ -286,3 +285,69 @@ async def test_one_update_at_a_time(room: Room) -> None:
     up.submit(room.doc(2, V2, "v2.raucb"))
     with pytest.raises(Refused):
         up.submit(room.doc(3, V3, "v3.raucb"))
+
+
+async def test_rauc_not_yet_on_the_bus_after_boot_is_retried_not_given_up(room: Room) -> None:
+    doc = room.doc(2, V2, "v2.raucb")
+    up = room.updater()
+    up.submit(doc)
+    await room.run_until(up, lambda: room.bus.system()["reboots"] == 1)
+    room.boot()
+    room.bus.stop_service()  # rauc.service starts after roomagent on this boot
+    up = room.updater()
+    task = asyncio.create_task(up.run(Beat()))
+    await asyncio.sleep(1.0)
+    assert room.reports == []
+    assert up.pending is not None
+    room.bus.start_service()
+    try:
+        await reports_of(room)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert room.reports[0][3].status == "applied"
+
+
+async def reports_of(room: Room) -> None:
+    for _ in range(600):
+        if room.reports:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("no report within 30 s")
+
+
+class CountingBeat:
+    def __init__(self) -> None:
+        self.beats = 0
+
+    def beat(self) -> None:
+        self.beats += 1
+
+
+async def test_a_long_health_check_does_not_look_like_a_stall(room: Room) -> None:
+    up = room.updater()
+    up.submit(room.doc(2, V2, "v2.raucb"))
+    await room.run_until(up, lambda: room.bus.system()["reboots"] == 1)
+    room.boot()
+    release = asyncio.Event()
+
+    async def slow_health() -> str | None:
+        await release.wait()  # e.g. waiting for the daemon's READY, which waits for every service
+        return None
+
+    up = room.updater()
+    up._health = slow_health
+    beat = CountingBeat()
+    task = asyncio.create_task(up.run(beat))
+    await asyncio.sleep(2.5)
+    assert beat.beats >= 2  # the supervisor sees progress (and READY is not held back)
+    assert up.state()["phase"] == "verifying"
+    release.set()
+    try:
+        await reports_of(room)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert room.reports[0][3].status == "applied"

@@ -27,7 +27,7 @@ from agent.control.errors import ControlError
 from agent.control.keys import parse_public_key
 from agent.fleet.common import CliError, add_broker_args, mqtt_client
 
-_RETAINED_KINDS = ("root", "policy", "config")
+_RETAINED_KINDS = ("root", "policy", "config", "update")
 
 
 async def _collect_states(client: aiomqtt.Client, prefix: str, settle_s: float) -> dict[str, dict[str, Any]]:

@@ -49,9 +49,15 @@ async def _connect(address: str | None) -> MessageBus:
         raise BusError(f"cannot connect to D-Bus {address or 'system bus'}: {exc}"[:300]) from exc
 
 
+CALL_TIMEOUT_S = 30.0  # every call here returns at once when the service works (installs signal later)
+
+
 async def _call(bus: MessageBus, msg: Message, what: str) -> list[Any]:
     try:
-        reply = await bus.call(msg)
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            reply = await bus.call(msg)
+    except TimeoutError as exc:
+        raise BusError(f"{what}: no answer within {CALL_TIMEOUT_S:.0f} s") from exc
     except (OSError, EOFError) as exc:
         raise BusError(f"{what}: D-Bus connection lost: {exc}"[:300]) from exc
     assert reply is not None

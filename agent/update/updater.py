@@ -34,7 +34,7 @@ from agent.control.errors import Refused
 from agent.control.verify import VerifiedDocument
 from agent.persist import atomic_write_json, read_json
 from agent.update.download import DownloadLimits, fetch
-from agent.update.errors import UpdateError
+from agent.update.errors import BusError, UpdateError
 
 log = structlog.get_logger()
 
@@ -56,6 +56,8 @@ class Reporter(Protocol):
         self, kind: str, version: int, sha: str, signers: tuple[str, ...], outcome: Outcome
     ) -> None: ...
 
+
+_RETRY_ON_BUS_ERROR = frozenset({"installed", "rebooting", "verifying", "failed_health"})
 
 HealthCheck = Callable[[], Awaitable[str | None]]
 """Returns ``None`` when the new firmware is healthy, else what is wrong (for the ack)."""
@@ -208,15 +210,27 @@ class Updater:
 
     # -- the service -----------------------------------------------------------------------------
     async def run(self, progress: Any) -> None:
-        """Resume whatever phase the last boot left, then serve submitted updates until cancelled."""
-        await self._step()
+        """Resume whatever phase the last boot left, then serve submitted updates until cancelled.
+
+        The phases wait for long, legitimate stretches (a download, RAUC's install, the install
+        window, the health check after boot, which itself waits for the daemon's READY): a heartbeat
+        keeps the supervisor from taking that for a stall (and READY from waiting for this
+        service). Every step that could hang has its own bound instead (download read timeout, D-Bus
+        call timeout, RAUC completion timeout, health timeout).
+        """
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._heartbeat(progress), name="update.heartbeat")
+            while True:
+                await self._step()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_s):
+                        await self._wake.wait()
+                self._wake.clear()
+
+    async def _heartbeat(self, progress: Any) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_s):
-                    await self._wake.wait()
-            self._wake.clear()
             progress.beat()
-            await self._step()
+            await asyncio.sleep(min(self._poll_s, 1.0))
 
     async def _step(self) -> None:
         p = self.pending
@@ -230,8 +244,15 @@ class Updater:
                 await self._install()
             if self.pending and self.pending["phase"] == "installed":
                 await self._reboot_when_allowed(body)
-            if self.pending and self.pending["phase"] in ("rebooting", "failed_health"):
+            if self.pending and self.pending["phase"] in ("rebooting", "verifying", "failed_health"):
                 await self._after_boot()
+        except BusError as exc:
+            if self.pending and self.pending["phase"] in _RETRY_ON_BUS_ERROR:
+                # The new slot is (or will be) primary: giving up now would leave an unverified
+                # firmware to boot later. logind/RAUC may simply not be up yet after a boot: retry.
+                log.warning("update_bus_retry", phase=self.pending["phase"], error=exc.message)
+                return
+            self._finish("rolled_back", exc.reason, exc.message)
         except UpdateError as exc:
             status: Literal["rejected", "rolled_back"] = (
                 "rejected" if exc.reason in ("hash_mismatch", "too_large") else "rolled_back"
