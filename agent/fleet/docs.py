@@ -56,6 +56,20 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
         "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.keys.KeysBody"},
         "root": {"keys": {}, "roles": {r: {"keyids": [], "threshold": 1} for r in ROLES}},
+        # Made for real by `roomctl update make` / `update push` from the log (docs/firmware.md).
+        "update": {
+            "firmware_version": 2,
+            "length": 1048576,
+            "sha256": "0" * 64,
+            "urls": ["https://updates.example/room-v2.raucb"],
+            "transparency": {
+                "index": 0,
+                "tree_size": 1,
+                "proof": [],
+                "checkpoint": "the signed checkpoint note from roomctl log prove",
+            },
+            "install_window": {"start": "02:00", "end": "04:00"},
+        },
     }
     version = int(t.timestamp()) if kind == "command" else 1
     payload: dict[str, Any] = {

@@ -24,7 +24,7 @@ from agent.control.keys import parse_public_key
 from agent.control.verify import transparency_note_keys, verify_initial_root
 from agent.fleet.common import CliError, load_public_key_file, load_signing_keys
 from agent.persist import atomic_write_bytes
-from agent.tlog.errors import TlogError
+from agent.tlog.errors import ProofError, TlogError
 from agent.tlog.merkle import root_from_leaf_hashes, verify_consistency
 from agent.tlog.note import NoteKey, open_checkpoint
 
@@ -102,16 +102,16 @@ def _verify(args: argparse.Namespace) -> int:
     entries = store.entries()
     latest = open_checkpoint(store.checkpoint_note(), keys, threshold)
     if latest.origin != origin or latest.size > len(entries):
-        raise CliError(f"checkpoint of size {latest.size} for {latest.origin!r}; the log has {len(entries)}")
+        raise ProofError(f"checkpoint of size {latest.size} for {latest.origin!r}; log has {len(entries)}")
     hashes = [e.leaf_hash() for e in entries]
     # Recompute the root from the entries themselves: the checkpoint must vouch for exactly them.
     if root_from_leaf_hashes(hashes[: latest.size]) != latest.root:
-        raise CliError(f"entries do not hash to the checkpoint's root at size {latest.size}")
+        raise ProofError(f"entries do not hash to the checkpoint's root at size {latest.size}")
     result: dict[str, Any] = {"origin": origin, "size": latest.size, "root": latest.root.hex(), "ok": True}
     if args.checkpoint is not None:
         old = open_checkpoint(Path(args.checkpoint).read_bytes(), keys, threshold)
         if old.origin != origin:
-            raise CliError(f"--checkpoint is of log {old.origin!r}, not {origin!r}")
+            raise ProofError(f"--checkpoint is of log {old.origin!r}, not {origin!r}")
         from agent.tlog.merkle import consistency_proof
 
         proof = consistency_proof(old.size, hashes[: latest.size]) if old.size else []
@@ -153,7 +153,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log", required=True, metavar="DIR")
     p.add_argument("--out", help="output file (default: stdout)")
     p.set_defaults(func=_guard(_prove))
-    p = lsub.add_parser("verify", help="check the log's checkpoint, and that it only grew since --checkpoint")
+    p = lsub.add_parser(
+        "verify", help="check the log's checkpoint, and that it only grew since --checkpoint (exit 1 if not)"
+    )
     p.add_argument("--log", required=True, metavar="DIR")
     p.add_argument("--checkpoint", help="an older checkpoint note you kept")
     p.add_argument("--root", help="trust root envelope: check signatures with its transparency role")

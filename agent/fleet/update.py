@@ -94,8 +94,8 @@ def _envelope(args: argparse.Namespace) -> Envelope:
         if json.loads(env.payload)["body"]["sha256"] != sha:
             raise CliError(f"{args.envelope} is for another bundle than {args.bundle}")
         return env
-    if not args.url or not args.sign:
-        raise CliError("give --url and --sign KEY (or a signed --envelope)")
+    if not args.url or not args.sign or not args.log:
+        raise CliError("give --log, --url and --sign KEY (or a signed --envelope)")
     payload = update_payload(
         Path(args.bundle),
         Path(args.log),
@@ -225,7 +225,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     usub = up.add_subparsers(dest="update_command", required=True)
     p = usub.add_parser("push", help="sign (or take) an update for BUNDLE, publish it, follow every room")
     p.add_argument("bundle", help="the firmware bundle (must be in the transparency log)")
-    p.add_argument("--log", required=True, metavar="DIR", help="the transparency log directory")
+    p.add_argument("--log", metavar="DIR", help="the transparency log directory (not with --envelope)")
     p.add_argument("--url", action="append", default=[], help="where rooms download it; repeat for mirrors")
     p.add_argument(
         "--sign", action="append", default=[], metavar="KEY", help="signing key (fleet; plus customer's)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__ = ["room_probes", "services", "wire_update"]
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def services(runtime: Any) -> list[Updater]:
     return [updater]
 
 
-def _meeting_probe(runtime: Any) -> Any:
+def _meeting_probe(runtime: Any) -> Callable[[], bool]:
     try:
         from agent.privacy.service import guard_of
     except ImportError:  # pragma: no cover - privacy is part of every build
