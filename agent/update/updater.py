@@ -164,19 +164,21 @@ class Updater:
     ) -> None:
         p = self.pending
         assert p is not None
-        self._data["pending"] = None
-        self._save()
-        for leftover in (self.dir / "bundle.raucb", self.dir / "bundle.raucb.part"):
-            leftover.unlink(missing_ok=True)
-        self._progress = {}
         log.info("update_finished", status=status, reason=reason, target_version=p["target"])
+        # Report (which records the outcome in the control state) before forgetting the update: a
+        # crash in between re-reports it on the next start rather than never acking it.
         self._report(
             "update",
             p["doc_version"],
             p["sha"],
             tuple(p["signers"]),
-            Outcome(status, reason, msg[:300]),  # type: ignore[arg-type]
+            Outcome(status, reason, msg[:300]),  # type: ignore[arg-type]  # reason is an ack code
         )
+        self._data["pending"] = None
+        self._save()
+        for leftover in (self.dir / "bundle.raucb", self.dir / "bundle.raucb.part"):
+            leftover.unlink(missing_ok=True)
+        self._progress = {}
         self._changed()
 
     # -- the handler -----------------------------------------------------------------------------
