@@ -29,6 +29,7 @@ from tests.plane import Plane
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 V2 = b"roomagent firmware v2 " * 30_000
+V3 = b"roomagent firmware v3 " * 30_000
 
 
 @pytest.fixture
@@ -168,9 +169,90 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
     assert bus.system()["booted"] == "B"
     assert bus.slot("B") == V2
     version_file.write_text("2\n")
+    v3 = tmp_path / "www" / "room-v3.raucb"
+    v3.write_bytes(V3)
+    logged = roomctl(
+        agent_env,
+        "log",
+        "append",
+        str(v3),
+        "--log",
+        str(log),
+        "--key",
+        str(keys["transparency"]),
+        "--version",
+        "3",
+    )
+    assert logged.returncode == 0, logged.stderr
     async with agent_process(config, agent_env):
         out, err = await asyncio.wait_for(proc.communicate(), 120)
+        # Refused without a reboot (fleet + customer signed each): the same version again, bytes
+        # the mirror corrupted, and a bundle that is not in the log.
+        both = ["--sign", str(keys["fleet"]), "--sign", str(keys["customer"]), *broker, "--settle", "1"]
+        same = await asyncio.to_thread(
+            roomctl,
+            agent_env,
+            "update",
+            "push",
+            str(bundle),
+            "--log",
+            str(log),
+            "--url",
+            f"{mirror.url}/room-v2.raucb",
+            "--device",
+            "room-101",
+            *both,
+            "--wait",
+            "60",
+            "--json",
+        )
+        mirror.corrupt = True
+        corrupt = await asyncio.to_thread(
+            roomctl,
+            agent_env,
+            "update",
+            "push",
+            str(v3),
+            "--log",
+            str(log),
+            "--url",
+            f"{mirror.url}/room-v3.raucb",
+            "--device",
+            "room-101",
+            *both,
+            "--wait",
+            "60",
+            "--json",
+        )
+        mirror.corrupt = False
+        evil = tmp_path / "www" / "evil.raucb"
+        evil.write_bytes(b"not the firmware anyone logged")
+        evil_env = _unlogged_envelope(plane, evil, log, f"{mirror.url}/evil.raucb")
+        unlogged = await asyncio.to_thread(
+            roomctl,
+            agent_env,
+            "update",
+            "push",
+            str(evil),
+            "--envelope",
+            str(evil_env),
+            "--url",
+            f"{mirror.url}/evil.raucb",
+            "--device",
+            "room-101",
+            *broker,
+            "--settle",
+            "1",
+            "--wait",
+            "60",
+            "--json",
+        )
     assert proc.returncode == 0, err.decode()[-2000:]
+    for result, reason in ((same, "rollback"), (corrupt, "hash_mismatch"), (unlogged, "not_in_log")):
+        assert result.returncode == 1, result.stderr[-2000:]
+        got = json.loads(result.stdout)["rooms"]["room-101"]
+        assert (got["status"], got["reason"]) == ("rejected", reason), got
+    assert (bus.system()["installs"], bus.system()["reboots"]) == (1, 1)
     room = json.loads(out)["rooms"]["room-101"]
     assert room["status"] == "applied", room
     assert room["signature_ok"] is True
@@ -179,7 +261,15 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
     # State kept across the update: identity, audit chain (verified by roomctl), applied documents.
     assert (state_dir / "identity" / "ed25519.pem").read_bytes() == identity
     entries = [json.loads(x) for x in (state_dir / "audit" / "audit.jsonl").read_text().splitlines()]
-    assert [e["outcome"] for e in entries if e.get("kind") == "update"][-2:] == ["accepted", "applied"]
+    assert [(e["outcome"], e.get("reason")) for e in entries if e.get("kind") == "update"] == [
+        ("rejected", "needs_customer"),
+        ("accepted", None),
+        ("applied", None),
+        ("rejected", "rollback"),
+        ("accepted", None),
+        ("rejected", "hash_mismatch"),
+        ("rejected", "not_in_log"),
+    ]
     device_state = tmp_path / "device-state.json"
     device_state.write_text(json.dumps({"identity": {"ed25519": _device_key(state_dir)}}))
     audit = roomctl(
@@ -202,7 +292,7 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
         "--key",
         str(keys["transparency"]),
         "--version",
-        "3",
+        "4",
     )
     assert again.returncode == 0, again.stderr
     verified = roomctl(
@@ -218,11 +308,32 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
     )
     assert verified.returncode == 0, verified.stderr
     report = json.loads(verified.stdout)
-    assert (report["size"], report["consistent_from"]) == (2, 1)
-    assert [e["version"] for e in report["entries"]] == [2, 3]
+    assert (report["size"], report["consistent_from"]) == (3, 1)
+    assert [e["version"] for e in report["entries"]] == [2, 3, 4]
 
 
 def _device_key(state_dir: Path) -> dict[str, Any]:
     from agent.control.keys import key_dict, load_private_key
 
     return key_dict(load_private_key(state_dir / "identity" / "ed25519.pem", None).public_key())
+
+
+def _unlogged_envelope(plane: Plane, evil: Path, log: Path, url: str) -> Path:
+    """A fleet+customer-signed update for bytes the log never saw, borrowing a real entry's proof."""
+    import hashlib
+
+    from agent.control.documents import payload_type
+    from agent.control.dsse import Envelope
+    from agent.fleet.update import update_payload
+
+    payload = update_payload(
+        log.parent / "www" / "room-v3.raucb", log, [url], devices=["room-101"], groups=[]
+    )
+    data = evil.read_bytes()
+    payload["version"] += 10
+    payload["body"].update(firmware_version=5, length=len(data), sha256=hashlib.sha256(data).hexdigest())
+    env = Envelope(payload_type("update"), json.dumps(payload).encode(), ())
+    env = env.signed_by(plane.fleet).signed_by(plane.customer)
+    out = evil.with_suffix(".env")
+    out.write_bytes(env.to_json())
+    return out
