@@ -337,3 +337,90 @@ def _unlogged_envelope(plane: Plane, evil: Path, log: Path, url: str) -> Path:
     out = evil.with_suffix(".env")
     out.write_bytes(env.to_json())
     return out
+
+
+async def test_a_firmware_that_fails_its_health_check_falls_back_and_acks_rolled_back(
+    mosquitto: Broker, tmp_path: Path, agent_env: dict[str, str], bus: PrivateBus, mirror: Mirror
+) -> None:
+    plane = Plane(transparency=ed25519.Ed25519PrivateKey.generate())
+    root = tmp_path / "root.json"
+    root.write_bytes(plane.root())
+    keys = {}
+    for name in ("fleet", "customer", "transparency"):
+        keys[name] = tmp_path / f"{name}.pem"
+        keys[name].write_bytes(private_key_pem(getattr(plane, name), None))
+    bundle = tmp_path / "www" / "room-v3.raucb"
+    bundle.write_bytes(V3)
+    log = tmp_path / "log"
+    logged = roomctl(
+        agent_env,
+        "log",
+        "append",
+        str(bundle),
+        "--log",
+        str(log),
+        "--key",
+        str(keys["transparency"]),
+        "--version",
+        "3",
+    )
+    assert logged.returncode == 0, logged.stderr
+    state_dir = tmp_path / "state"
+    version_file = tmp_path / "firmware-version"
+    version_file.write_text("2\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "room-101"\ngroups = ["hq"]\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'[trust]\nroot = "{root}"\n[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
+        f'[update]\nenabled = true\ndbus = "{bus.address}"\nfirmware_version_file = "{version_file}"\n'
+        "poll_s = 0.2\nhealth_timeout_s = 5\n"
+    )
+    async with agent_process(config, agent_env):
+        await wait_until(lambda: (state_dir / "audit" / "audit.head").exists(), 30)
+        await asyncio.sleep(2)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            "update",
+            "push",
+            str(bundle),
+            "--log",
+            str(log),
+            "--url",
+            f"{mirror.url}/room-v3.raucb",
+            "--device",
+            "room-101",
+            "--broker",
+            mosquitto.url,
+            "--sign",
+            str(keys["fleet"]),
+            "--sign",
+            str(keys["customer"]),
+            "--wait",
+            "150",
+            "--json",
+            env=agent_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await wait_until(lambda: bus.system()["reboots"] == 1, 90)
+    # v3 boots from slot B, but its room cannot reach the broker: the health check fails.
+    assert bus.system()["booted"] == "B"
+    version_file.write_text("3\n")
+    mosquitto.stop()
+    async with agent_process(config, agent_env):
+        await wait_until(lambda: bus.system()["reboots"] == 2, 90)
+    assert ["bad", "B"] in bus.system()["marks"]
+    assert ["good", "B"] not in bus.system()["marks"]
+    # The boot loader went back to slot A (v2); with the broker back, the room reports.
+    assert bus.system()["booted"] == "A"
+    version_file.write_text("2\n")
+    mosquitto.start()
+    async with agent_process(config, agent_env):
+        out, err = await asyncio.wait_for(proc.communicate(), 150)
+    assert proc.returncode == 1, err.decode()[-2000:]
+    room = json.loads(out)["rooms"]["room-101"]
+    assert (room["status"], room["reason"]) == ("rolled_back", "health_check_failed"), room
+    assert "control link down" in room["message"]
+    assert room["firmware_version"] == 2

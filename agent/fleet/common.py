@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.control.errors import ControlError, KeyFileError
 from agent.control.keys import PrivateKey, key_dict, load_private_key
@@ -74,7 +76,11 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="roomagent/v1")
 
 
-def mqtt_client(args: argparse.Namespace) -> aiomqtt.Client:
+def mqtt_client(
+    args: argparse.Namespace, *, identifier: str | None = None, session_expiry_s: int = 0
+) -> aiomqtt.Client:
+    """A client for ``--broker``; with ``session_expiry_s`` a persistent MQTT 5 session under the
+    fixed ``identifier`` (QoS 1 messages wait at the broker while the client reconnects)."""
     parts = urlsplit(args.broker)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise CliError(f"--broker {args.broker!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
@@ -86,11 +92,17 @@ def mqtt_client(args: argparse.Namespace) -> aiomqtt.Client:
             keyfile=str(args.tls_key) if args.tls_key else None,
         )
     port = parts.port or (8883 if tls else 1883)
+    properties = None
+    if session_expiry_s:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = session_expiry_s
     return aiomqtt.Client(
         parts.hostname,
         port,
         protocol=aiomqtt.ProtocolVersion.V5,
         tls_params=tls,
         timeout=10,
-        identifier=f"roomctl-{os.getpid()}",
+        identifier=identifier or f"roomctl-{os.getpid()}",
+        clean_start=False if session_expiry_s else 3,  # 3: paho's MQTT_CLEAN_START_FIRST_ONLY
+        properties=properties,
     )

@@ -15,6 +15,7 @@ __all__ = ["register", "update_payload"]
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -32,7 +33,7 @@ from agent.control.documents import UpdateBody, payload_type
 from agent.control.dsse import Envelope
 from agent.control.errors import ControlError
 from agent.fleet.common import CliError, add_broker_args, load_signing_keys, mqtt_client
-from agent.fleet.push import _ack_verified, _collect_states
+from agent.fleet.push import _ack_verified
 from agent.fleet.tlog import bundle_digest
 from agent.tlog.errors import TlogError
 from agent.tlog.store import LogStore
@@ -111,6 +112,39 @@ def _envelope(args: argparse.Namespace) -> Envelope:
     return env
 
 
+def _done(devices: list[str], results: dict[str, dict[str, Any]]) -> bool:
+    return bool(devices) and all(d in results for d in devices)
+
+
+def _take(
+    m: aiomqtt.Message,
+    sha: str,
+    states: dict[str, dict[str, Any]],
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """File one message: a room's retained state, or its final ack for this document."""
+    parts = str(m.topic).split("/")
+    if not isinstance(m.payload, bytes) or len(parts) < 2:
+        return
+    device = parts[-2]
+    if parts[-1] == "state" and m.payload:
+        try:
+            state = json.loads(m.payload)
+        except ValueError:
+            return
+        if isinstance(state, dict):
+            states[device] = state
+    elif parts[-1] == "ack" and device not in results:
+        try:
+            ack_env = Envelope.parse(m.payload)
+            ack = json.loads(ack_env.payload)
+        except ValueError:
+            return
+        if isinstance(ack, dict) and ack.get("payload_sha256") == sha and ack.get("status") in _FINAL:
+            ack["signature_ok"] = _ack_verified(ack_env, states.get(device))
+            results[device] = ack
+
+
 def _progress_line(device: str, state: dict[str, Any] | None, ack: dict[str, Any] | None) -> str:
     if ack is not None:
         return f"{device}: {ack['status']} {ack.get('reason') or ''} {ack.get('message', '')[:80]}".rstrip()
@@ -126,57 +160,62 @@ async def _push(args: argparse.Namespace, console: Console) -> int:
     payload = json.loads(env.payload)
     target = payload["body"]["firmware_version"]
     prefix = args.prefix
+    states: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, Any]] = {}
-    async with mqtt_client(args) as client:
-        states = await _collect_states(client, prefix, args.settle)
-        devices = list(args.device)
-        for group in args.group:
-            devices += [d for d, s in states.items() if group in s.get("groups", []) and d not in devices]
-        if not devices:
-            raise CliError("no devices: give --device, or --group with devices whose state names that group")
-        await client.subscribe(f"{prefix}/devices/+/ack", qos=1)
-        topics = (
-            [f"{prefix}/groups/{g}/desired/update" for g in args.group]
-            if args.group and not args.device
-            else [f"{prefix}/devices/{d}/desired/update" for d in devices]
-        )
-        for topic in topics:
-            await client.publish(topic, raw, qos=1, retain=True)
-        console.print(f"update to firmware v{target} ({sha[:12]}) -> {len(devices)} room(s)")
-        last_line: dict[str, str] = {}
-        deadline = time.monotonic() + args.wait
+    devices: list[str] = []
+    published = False
+    last_line: dict[str, str] = {}
+    # A rollout outlives broker restarts: one persistent MQTT 5 session per document (acks published
+    # while we reconnect wait at the broker), subscribed before the document goes out; the retained
+    # states arrive again after each reconnect.
+    ident, expiry = f"roomctl-update-{sha[:16]}", int(args.wait) + 60
+    deadline = time.monotonic() + args.wait
+    while not (published and _done(devices, results)) and time.monotonic() < deadline:
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                async for m in client.messages:
-                    parts = str(m.topic).split("/")
-                    if not isinstance(m.payload, bytes) or len(parts) < 2:
-                        continue
-                    device = parts[-2]
-                    if device not in devices:
-                        continue
-                    if parts[-1] == "state" and m.payload:
-                        try:
-                            states[device] = json.loads(m.payload)
-                        except ValueError:
-                            continue
-                    elif parts[-1] == "ack" and device not in results:
-                        try:
-                            ack_env = Envelope.parse(m.payload)
-                            ack = json.loads(ack_env.payload)
-                        except ValueError:
-                            continue
-                        if ack.get("payload_sha256") != sha or ack.get("status") not in _FINAL:
-                            continue
-                        ack["signature_ok"] = _ack_verified(ack_env, states.get(device))
-                        results[device] = ack
-                    line = _progress_line(device, states.get(device), results.get(device))
-                    if last_line.get(device) != line:
-                        last_line[device] = line
-                        console.print(line)
-                    if len(results) == len(devices):
-                        break
+            async with mqtt_client(args, identifier=ident, session_expiry_s=expiry) as client:
+                await client.subscribe(f"{prefix}/devices/+/ack", qos=1)
+                await client.subscribe(f"{prefix}/devices/+/state", qos=1)
+                if not published:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(args.settle):
+                            async for m in client.messages:
+                                _take(m, sha, states, results)
+                    devices = list(args.device)
+                    for group in args.group:
+                        devices += [
+                            d
+                            for d, st in states.items()
+                            if group in st.get("groups", []) and d not in devices
+                        ]
+                    if not devices:
+                        raise CliError(
+                            "no devices: give --device, or --group with devices whose state names that group"
+                        )
+                    topics = (
+                        [f"{prefix}/groups/{g}/desired/update" for g in args.group]
+                        if args.group and not args.device
+                        else [f"{prefix}/devices/{d}/desired/update" for d in devices]
+                    )
+                    for topic in topics:
+                        await client.publish(topic, raw, qos=1, retain=True)
+                    published = True
+                    console.print(f"update to firmware v{target} ({sha[:12]}) -> {len(devices)} room(s)")
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    while not _done(devices, results):
+                        m = await anext(aiter(client.messages))
+                        _take(m, sha, states, results)
+                        for device in devices:
+                            line = _progress_line(device, states.get(device), results.get(device))
+                            if last_line.get(device) != line:
+                                last_line[device] = line
+                                console.print(line)
         except TimeoutError:
-            pass
+            break
+        except aiomqtt.MqttError as exc:
+            console.print(f"broker connection lost ({exc}); reconnecting")
+            await asyncio.sleep(1.0)
+    if not published:
+        raise CliError(f"could not publish the update within {args.wait:.0f} s")
     table = Table(title=f"firmware v{target} ({sha[:12]})")
     for col in ("device", "status", "reason", "message", "firmware", "ack signature"):
         table.add_column(col)
