@@ -10,7 +10,6 @@ from __future__ import annotations
 __all__ = ["InclusionProof", "firmware_leaf", "verify_firmware_included"]
 
 import base64
-import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ class InclusionProof:
             raise ProofError("proof is a list of at most 64 hashes, checkpoint a string")
         try:
             hashes = tuple(base64.b64decode(p, validate=True) for p in path if isinstance(p, str))
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise ProofError("proof hashes are base64") from exc
         if len(hashes) != len(path):
             raise ProofError("proof hashes are base64 strings")

@@ -23,7 +23,6 @@ __all__ = [
 ]
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable
@@ -111,7 +110,7 @@ def verify_note(note: bytes, keys: Iterable[NoteKey], threshold: int = 1) -> tup
             raise NoteError("malformed signature line")
         try:
             blob = base64.b64decode(b64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text (found by fuzz/fuzz_tlog.py)
             raise NoteError("signature is not base64") from exc
         if len(blob) < 5:
             raise NoteError("signature is too short")
@@ -157,7 +156,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise NoteError("checkpoint origin is empty or its size is not a decimal number")
     try:
         digest = base64.b64decode(root, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise NoteError("checkpoint root hash is not base64") from exc
     if len(digest) != 32:
         raise NoteError("checkpoint root hash is not 32 bytes")
