@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.control.documents import RootBody
 from agent.control.errors import Rejected
@@ -173,3 +175,13 @@ def test_policy_towards_automatic_needs_the_customer(plane, root) -> None:
 def test_expired_update_is_refused(plane, root, flog) -> None:
     raw = plane.sign("update", flog.body(2, BUNDLE), expires=now() - dt.timedelta(seconds=1))
     assert reason(raw, root, ctx()) == "expired"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=300), st.integers(0, 5), st.integers(1, 6))
+def test_any_checkpoint_text_in_a_signed_update_is_refused_never_crashes(
+    plane, root, flog, checkpoint: str, index: int, size: int
+) -> None:
+    body = flog.body(2, BUNDLE)
+    body["transparency"].update(checkpoint=checkpoint, index=index, tree_size=size)
+    assert reason(plane.sign("update", body), root, ctx()) in ("not_in_log", "invalid_body")

@@ -353,7 +353,10 @@ def _check_update(body: UpdateBody, root: TrustedRoot, ctx: VerifyContext) -> No
     # signature must come from the root's transparency keys under that name (c2sp.org/signed-note
     # key id = SHA-256(name || 0x0A || 0x01 || key)[:4]), then RFC 9162 2.1.3.2 places the leaf.
     origin = body.transparency.checkpoint.split("\n", 1)[0]
-    keys, threshold = transparency_note_keys(root, origin)
+    try:
+        keys, threshold = transparency_note_keys(root, origin)
+    except ValueError as exc:  # not a signed-note key name (spaces, "+", empty)
+        raise Rejected("not_in_log", f"checkpoint origin is not a log name: {exc}") from exc
     if not keys:
         raise Rejected("not_in_log", f"trusted root v{root.version} has no transparency role: no updates")
     try:
