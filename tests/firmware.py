@@ -136,6 +136,7 @@ class Mirror:
         self.corrupt = False
         self.extra = b""
         self.ignore_range = False
+        self.chunk_delay_s = 0.0  # > 0: send in 16 KiB pieces with this pause (a slow link)
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -168,6 +169,14 @@ class Mirror:
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if mirror.chunk_delay_s:
+                    import time
+
+                    for i in range(0, len(body), 16384):
+                        self.wfile.write(body[i : i + 16384])
+                        self.wfile.flush()
+                        time.sleep(mirror.chunk_delay_s)
                     return
                 self.wfile.write(body)
 

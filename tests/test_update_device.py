@@ -351,3 +351,18 @@ async def test_a_long_health_check_does_not_look_like_a_stall(room: Room) -> Non
         with pytest.raises(asyncio.CancelledError):
             await task
     assert room.reports[0][3].status == "applied"
+
+
+async def test_an_agent_crash_mid_download_resumes_where_it_stopped(room: Room) -> None:
+    room.mirror.chunk_delay_s = 0.02
+    part = room.state / "update" / "bundle.raucb.part"
+    up = room.updater()
+    up.submit(room.doc(2, V2, "v2.raucb"))
+    await room.run_until(up, lambda: part.exists() and part.stat().st_size > 100_000)  # then: kill
+    assert up.state()["phase"] == "downloading"
+    room.mirror.chunk_delay_s = 0.0
+    up = room.updater()  # the restarted agent
+    await room.run_until(up, lambda: room.bus.system()["reboots"] == 1)
+    resumed_from = int(room.mirror.ranges[-1].removeprefix("bytes=").rstrip("-"))
+    assert resumed_from > 100_000
+    assert room.slot("B") == V2

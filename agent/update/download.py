@@ -29,6 +29,9 @@ import structlog
 from agent.update.errors import DownloadError
 
 log = structlog.get_logger()
+# One writer of a partial file at a time: a cancelled fetch's worker thread finishes its current
+# chunk after the coroutine is gone, and a restarted fetch must not interleave with it.
+_WRITER = threading.Lock()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
@@ -110,6 +113,20 @@ def _attempt(
 
 
 def _fetch_blocking(
+    urls: Sequence[str],
+    length: int,
+    sha256: str,
+    dest: Path,
+    limits: DownloadLimits,
+    ca_file: Path | None,
+    progress: Callable[[int], None],
+    stop: threading.Event,
+) -> None:
+    with _WRITER:
+        _fetch_locked(urls, length, sha256, dest, limits, ca_file, progress, stop)
+
+
+def _fetch_locked(
     urls: Sequence[str],
     length: int,
     sha256: str,
