@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -103,6 +104,6 @@ def mqtt_client(
         tls_params=tls,
         timeout=10,
         identifier=identifier or f"roomctl-{os.getpid()}",
-        clean_start=False if session_expiry_s else 3,  # 3: paho's MQTT_CLEAN_START_FIRST_ONLY
+        clean_start=False if session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY,
         properties=properties,
     )
