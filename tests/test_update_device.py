@@ -366,3 +366,63 @@ async def test_an_agent_crash_mid_download_resumes_where_it_stopped(room: Room) 
     resumed_from = int(room.mirror.ranges[-1].removeprefix("bytes=").rstrip("-"))
     assert resumed_from > 100_000
     assert room.slot("B") == V2
+
+
+@pytest.fixture
+def tls_mirror(tmp_path: Path) -> Iterator[tuple[Mirror, Path]]:
+    """An HTTPS mirror with a self-signed certificate for ``localhost``; yields it and the CA file."""
+    import subprocess
+
+    cert, key = tmp_path / "mirror.pem", tmp_path / "mirror.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-days",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "tls-www").mkdir()
+    (tmp_path / "tls-www" / "v2.raucb").write_bytes(V2)
+    mirror = Mirror(tmp_path / "tls-www", tls=(cert, key))
+    yield mirror, cert
+    mirror.close()
+
+
+async def test_https_mirror_with_the_configured_ca_and_refused_without_it(
+    tls_mirror: tuple[Mirror, Path], tmp_path: Path
+) -> None:
+    import hashlib
+
+    from agent.update.download import fetch
+    from agent.update.errors import DownloadError
+
+    mirror, ca = tls_mirror
+    sha = hashlib.sha256(V2).hexdigest()
+    with pytest.raises(DownloadError) as info:  # the system CAs do not know this mirror
+        await fetch(
+            [f"{mirror.url}/v2.raucb"],
+            len(V2),
+            sha,
+            tmp_path / "a.raucb",
+            limits=DownloadLimits(attempts_per_url=1),
+        )
+    assert info.value.reason == "download_failed"
+    assert "CERTIFICATE_VERIFY_FAILED" in info.value.message
+    out = await fetch([f"{mirror.url}/v2.raucb"], len(V2), sha, tmp_path / "b.raucb", ca_file=ca)
+    assert out == tmp_path / "b.raucb"
+    assert not (tmp_path / "b.raucb.part").exists()
