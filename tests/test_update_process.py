@@ -149,7 +149,8 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
         f'[update]\nenabled = true\ndbus = "{bus.address}"\nfirmware_version_file = "{version_file}"\n'
         "poll_s = 0.2\nhealth_timeout_s = 30\n"
     )
-    broker = ["--broker", mosquitto.url, *enroll(agent_env, config, root, keys["customer"])]
+    trust = enroll(agent_env, config, root, keys["customer"])
+    broker = ["--broker", mosquitto.url, *trust]
     push = [
         "update",
         "push",
@@ -299,15 +300,8 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
         ("rejected", "hash_mismatch"),
         ("rejected", "not_in_log"),
     ]
-    device_state = tmp_path / "device-state.json"
-    device_state.write_text(json.dumps({"identity": {"ed25519": _device_key(state_dir)}}))
     audit = roomctl(
-        agent_env,
-        "audit",
-        "verify",
-        str(state_dir / "audit" / "audit.jsonl"),
-        "--device-key",
-        str(device_state),
+        agent_env, "audit", "verify", str(state_dir / "audit" / "audit.jsonl"), "--device", "room-101", *trust
     )
     assert audit.returncode == 0, audit.stderr
     # Anyone holding the first checkpoint can check the log only grew and lists every firmware.
@@ -339,12 +333,6 @@ async def test_roomctl_update_push_installs_reboots_and_acks_applied(
     report = json.loads(verified.stdout)
     assert (report["size"], report["consistent_from"]) == (3, 1)
     assert [e["version"] for e in report["entries"]] == [2, 3, 4]
-
-
-def _device_key(state_dir: Path) -> dict[str, Any]:
-    from agent.control.signing_keys import key_dict, load_private_key
-
-    return key_dict(load_private_key(state_dir / "identity" / "ed25519.pem", None).public_key())
 
 
 def _unlogged_envelope(plane: Plane, evil: Path, log: Path, url: str) -> Path:
