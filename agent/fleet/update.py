@@ -294,25 +294,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--envelope", help="an update envelope already signed (e.g. countersigned by the customer)"
     )
     p.add_argument("--window", metavar="HH:MM-HH:MM", help="daily UTC install window (default: any time)")
-    p.add_argument("--expires-days", type=float, default=7.0)
-    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument(
+        "--expires-days",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="document validity in days (default 7)",
+    )
+    p.add_argument("--passphrase-env", metavar="VAR", help="environment variable holding the key passphrase")
     add_broker_args(p)
     add_roster_args(p)  # rooms and groups come from the roster; each ack is verified against it
-    p.add_argument("--device", action="append", default=[], metavar="ID")
-    p.add_argument("--group", action="append", default=[], metavar="G")
+    p.add_argument("--device", action="append", default=[], metavar="ID", help="a room to update; repeat")
+    p.add_argument("--group", action="append", default=[], metavar="G", help="a group of rooms; repeat")
     p.add_argument("--wait", type=float, default=1800.0, metavar="SECONDS", help="how long to follow")
     p.add_argument("--settle", type=float, default=0.5, help="seconds to collect retained device states")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     p.set_defaults(func=_runner)
 
     p = usub.add_parser("make", help="write the update payload for BUNDLE (sign it with roomctl sign update)")
-    p.add_argument("bundle")
-    p.add_argument("--log", required=True, metavar="DIR")
-    p.add_argument("--url", action="append", required=True)
-    p.add_argument("--device", action="append", default=[], metavar="ID")
-    p.add_argument("--group", action="append", default=[], metavar="G")
-    p.add_argument("--window", metavar="HH:MM-HH:MM")
-    p.add_argument("--expires-days", type=float, default=7.0)
+    p.add_argument("bundle", help="the firmware bundle (must be in the transparency log)")
+    p.add_argument("--log", required=True, metavar="DIR", help="the transparency log directory")
+    p.add_argument(
+        "--url", action="append", required=True, help="where rooms download it; repeat for mirrors"
+    )
+    p.add_argument("--device", action="append", default=[], metavar="ID", help="a room to update; repeat")
+    p.add_argument("--group", action="append", default=[], metavar="G", help="a group of rooms; repeat")
+    p.add_argument("--window", metavar="HH:MM-HH:MM", help="daily UTC install window (default: any time)")
+    p.add_argument(
+        "--expires-days",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="document validity in days (default 7)",
+    )
     p.add_argument("--out", help="output file (default: stdout)")
     p.set_defaults(func=_make)
 
