@@ -21,6 +21,7 @@ __all__ = [
     "StateSection",
     "SupervisorSection",
     "TrustSection",
+    "UpdateSection",
     "default_state_dir",
     "load_config",
     "parse_config",
@@ -275,6 +276,27 @@ class ControlSection(_Strict):
     unparsed, so a flood never delays a real document."""
 
 
+class UpdateSection(_Strict):
+    """Firmware updates (`update` documents, RAUC A/B slots); off unless the image has RAUC."""
+
+    enabled: bool = False
+    """Take `update` documents and install them through RAUC; without it every update is acked
+    `rejected` (`unsupported`), nothing changed."""
+    firmware_version_file: FilePath = Path("/usr/lib/roomagent/firmware-version")
+    """The running slot's firmware version: a file holding an integer written into each image at build
+    time (updates must carry a greater one)."""
+    dbus: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    """D-Bus address of RAUC and logind (`unix:path=...`); unset: the system bus."""
+    ca: FilePath | None = None
+    """CA bundle for HTTPS mirrors; unset: the system's."""
+    health_timeout_s: Annotated[float, Field(gt=0, le=900)] = 120.0
+    """How long the new slot has after booting to pass its health check before the room falls back, in
+    seconds."""
+    poll_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """How often the updater looks again while it waits (RAUC progress, the install window, a meeting to
+    end), in seconds."""
+
+
 class SupervisorSection(_Strict):
     """Restarts of failed services inside the agent."""
     max_restarts: Annotated[int, Field(ge=1, le=1000)] = 5
@@ -302,6 +324,7 @@ class AgentConfig(_Strict):
     e2ee: E2eeSection = Field(default_factory=E2eeSection)
     control: ControlSection = Field(default_factory=ControlSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    update: UpdateSection = Field(default_factory=UpdateSection)
 
     def state_dir(self) -> Path:
         """Where persisted state lives: ``[state] dir``, else systemd's, else the user's."""

@@ -17,6 +17,7 @@ import re
 import sys
 import types
 import typing
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel
@@ -111,6 +112,8 @@ def _toml(value: Any) -> str:
         if value and isinstance(value[0], BaseModel):
             return "see below"
         return "`[" + ", ".join(json.dumps(v) for v in value) + "]`"
+    if isinstance(value, PurePath):  # a path is a TOML string
+        return f"`{json.dumps(str(value))}`"
     return f"`{json.dumps(value)}`"
 
 

@@ -49,11 +49,15 @@ class Plane:
     extra_fleet: list[PrivateKey] = field(default_factory=list)
     root_version: int = 0
     versions: dict[str, int] = field(default_factory=dict)
+    # The firmware log key; None leaves the optional ``transparency`` role out (an older root).
+    transparency: ed25519.Ed25519PrivateKey | None = None
 
     def root_body(self) -> dict[str, Any]:
         fleet_keys = [self.fleet, *self.extra_fleet]
         all_keys = [*self.root_keys, *fleet_keys, self.customer, self.legal]
-        return {
+        if self.transparency is not None:
+            all_keys.append(self.transparency)
+        body: dict[str, Any] = {
             "keys": {kid(k): key_dict(k.public_key()) for k in all_keys},
             "roles": {
                 "root": {"keyids": [kid(k) for k in self.root_keys], "threshold": self.root_threshold},
@@ -62,6 +66,9 @@ class Plane:
                 "legal": {"keyids": [kid(self.legal)], "threshold": 1},
             },
         }
+        if self.transparency is not None:
+            body["roles"]["transparency"] = {"keyids": [kid(self.transparency)], "threshold": 1}
+        return body
 
     def payload(
         self,

@@ -39,3 +39,46 @@ async def test_services_hook_publishes_identity_into_runtime_state(tmp_path: Pat
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_room_without_update_enabled_refuses_updates_unsupported(tmp_path: Path) -> None:
+    """The composition root registers an ``update`` handler on every room; without ``[update]
+    enabled`` it refuses a valid, logged, fleet+customer-signed update: acked, audited, nothing kept."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from agent.daemon.room import HANDLED
+    from tests.firmware import FirmwareLog
+
+    plane = Plane(transparency=ed25519.Ed25519PrivateKey.generate())
+    root = tmp_path / "root.json"
+    root.write_bytes(plane.root())
+    config = device_config(tmp_path / "state", root, None)
+    assert not config.update.enabled
+    room = build_room(config, Runtime(config, tmp_path / "state"))
+    assert "update" in HANDLED
+    assert "update" in room.control.commands.names()
+    assert room.updater is None
+    assert plane.transparency is not None
+    log = FirmwareLog(tmp_path / "log", plane.transparency)
+    firmware = b"firmware v2 " * 100
+    log.add(2, firmware)
+    raw = plane.sign(
+        "update", log.body(2, firmware, ["http://127.0.0.1:1/v2.raucb"]), [plane.fleet, plane.customer]
+    )
+    task = asyncio.create_task(room.control.run(Beat()))
+    try:
+        await asyncio.sleep(0.1)
+        await room.control.handle("update", raw)
+        for _ in range(100):
+            if room.control.acks:
+                break
+            await asyncio.sleep(0.05)
+        ack = room.control.acks[-1][0]
+        assert (ack.doc_kind, ack.status, ack.reason) == ("update", "rejected", "unsupported")
+        audit = (tmp_path / "state" / "audit" / "audit.jsonl").read_text()
+        assert '"unsupported"' in audit
+        assert not (tmp_path / "state" / "update").exists()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

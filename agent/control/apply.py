@@ -150,6 +150,12 @@ class ControlState:
         self._save()
 
     @_mutation
+    def record_outcome(self, kind: str, sha: str, outcome: Outcome) -> None:
+        """Remember the outcome of a document reported later (:class:`~agent.control.errors.Deferred`)."""
+        self._record(kind, sha, outcome)
+        self._save()
+
+    @_mutation
     def accept(self, doc: VerifiedDocument) -> None:
         """Raise the rollback floor of a non-transactional kind (command, keys, root)."""
         self._data["last_versions"][doc.kind] = doc.version

@@ -13,6 +13,8 @@ __all__ = [
     "DOCUMENT_KINDS",
     "INTERVENTIONS",
     "MAINTENANCE_COMMANDS",
+    "MAX_BUNDLE_BYTES",
+    "OPTIONAL_ROLES",
     "ROLES",
     "ROUTINE_COMMANDS",
     "AckBody",
@@ -24,6 +26,9 @@ __all__ = [
     "SnapshotArgs",
     "SnapshotRecipient",
     "Targets",
+    "TransparencyProof",
+    "UpdateBody",
+    "UpdateWindow",
     "body_model",
     "payload_type",
 ]
@@ -38,8 +43,11 @@ from agent.control.signing_keys import keyid_of, parse_public_key
 from agent.schema.key_package import KeysBody
 from agent.schema.policy import PolicyBody
 
-DOCUMENT_KINDS = ("root", "policy", "config", "command", "keys")
+DOCUMENT_KINDS = ("root", "policy", "config", "command", "keys", "update")
 ROLES = ("root", "fleet", "customer", "legal")
+# Roles a root may leave out: roots made before firmware updates existed stay valid, and a device
+# whose root has no ``transparency`` role refuses every update (nothing can prove a bundle is logged).
+OPTIONAL_ROLES = ("transparency",)
 ROUTINE_COMMANDS = frozenset({"keyframe", "restart_pipeline", "ptz_preset", "ptz"})
 INTERVENTIONS = frozenset({"lock", "unlock", "deprovision"})
 # Device maintenance: the vendor runs the fleet, and a reboot or agent restart changes no privacy
@@ -83,7 +91,7 @@ class RootBody(_Strict):
     """TUF-style root: the keys, and for each role its key ids and threshold."""
 
     keys: dict[Annotated[str, Field(pattern=_KEYID)], dict[str, Any]]
-    roles: dict[Literal["root", "fleet", "customer", "legal"], RoleSpec]
+    roles: dict[Literal["root", "fleet", "customer", "legal", "transparency"], RoleSpec]
 
     @field_validator("keys")
     @classmethod
@@ -109,6 +117,10 @@ class RootBody(_Strict):
             unknown = [k for k in role.keyids if k not in self.keys]
             if unknown:
                 raise ValueError(f"role {name} names keys not in keys: {', '.join(k[:12] for k in unknown)}")
+        log = self.roles.get("transparency")
+        if log is not None and any(self.keys[k].get("keytype") != "ed25519" for k in log.keyids):
+            # Checkpoints are C2SP signed notes, whose standard signature type is Ed25519.
+            raise ValueError("transparency keys must be Ed25519 (checkpoints are Ed25519 signed notes)")
         return self
 
 
@@ -241,6 +253,50 @@ class CommandBody(_Strict):
         return None if raw is None else LawfulOrder.model_validate(raw, strict=False)
 
 
+MAX_BUNDLE_BYTES = 4 * 1024**3  # a room's root file system slot is far smaller
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class TransparencyProof(_Strict):
+    """Where the bundle sits in the firmware log (RFC 9162 2.1.3 inclusion proof) and the signed
+    checkpoint (C2SP tlog-checkpoint) the proof leads to; ``roomctl log prove`` makes it."""
+
+    index: Annotated[int, Field(ge=0)]
+    tree_size: Annotated[int, Field(ge=1)]
+    proof: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]], Field(max_length=64)
+    ]
+    checkpoint: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+
+
+class UpdateWindow(_Strict):
+    """Daily UTC window in which the room may reboot into the new firmware (may wrap midnight)."""
+
+    start: Annotated[str, Field(pattern=_HHMM)]
+    end: Annotated[str, Field(pattern=_HHMM)]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> UpdateWindow:
+        if self.start == self.end:
+            raise ValueError("install_window start and end are equal: the window would be empty")
+        return self
+
+
+class UpdateBody(_Strict):
+    """A firmware update: the bundle's version, length, SHA-256 and where to fetch it; its place in
+    the transparency log; when the room may reboot (``None``: as soon as no meeting runs)."""
+
+    firmware_version: Annotated[int, Field(ge=1, le=2**53 - 1)]
+    length: Annotated[int, Field(ge=1, le=MAX_BUNDLE_BYTES)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    urls: Annotated[
+        list[Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]],
+        Field(min_length=1, max_length=8),
+    ]
+    transparency: TransparencyProof
+    install_window: UpdateWindow | None = None
+
+
 class AckBody(_Strict):
     """The device's ack (docs/design.md), as the plane reads it."""
 
@@ -261,6 +317,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "config": ConfigBody,
     "command": CommandBody,
     "keys": KeysBody,
+    "update": UpdateBody,
 }
 
 

@@ -9,7 +9,16 @@ its reason, nothing changed. ``KeyFileError`` and ``LinkError`` are local proble
 
 from __future__ import annotations
 
-__all__ = ["REASONS", "ControlError", "KeyFileError", "LinkError", "Reason", "Refused", "Rejected"]
+__all__ = [
+    "REASONS",
+    "ControlError",
+    "Deferred",
+    "KeyFileError",
+    "LinkError",
+    "Reason",
+    "Refused",
+    "Rejected",
+]
 
 from typing import Literal, get_args
 
@@ -43,6 +52,12 @@ Reason = Literal[
     "bad_seal",
     "deprovisioned",
     "unsupported",
+    # firmware updates (agent.update), see docs/firmware.md
+    "not_in_log",
+    "hash_mismatch",
+    "download_failed",
+    "install_failed",
+    "fell_back",
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 
@@ -89,6 +104,15 @@ class Refused(ControlError):
         self.reason = reason
         self.message = message
         AgentError.__init__(self, f"{reason}: {message}")
+
+
+class Deferred(ControlError):
+    """A handler accepted a verified document and reports its outcome later (a firmware update is
+    acked ``applied`` only after the new slot booted and passed its health check).
+
+    The control plane then neither acks nor records an outcome; the owner calls
+    :meth:`agent.control.service.ControlService.report` when the outcome is known.
+    """
 
 
 class KeyFileError(ControlError):

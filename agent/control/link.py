@@ -70,7 +70,8 @@ class Topics:
 
 
 def kind_of_topic(topics: Topics, topic: str) -> str | None:
-    """The document kind a topic carries (``root``, ``policy``, ``config``, ``command``, ``keys``)."""
+    """The document kind a topic carries (``root``, ``policy``, ``config``, ``update``, ``command``,
+    ``keys``)."""
     if topic == f"{topics.base}/cmd":
         return "command"
     if topic == f"{topics.base}/keys":
@@ -78,7 +79,7 @@ def kind_of_topic(topics: Topics, topic: str) -> str | None:
     for head in [topics.base, *(f"{topics.prefix}/groups/{g}" for g in topics.groups)]:
         if topic.startswith(head + "/desired/"):
             kind = topic[len(head) + len("/desired/") :]
-            return kind if kind in ("root", "policy", "config") else None
+            return kind if kind in ("root", "policy", "config", "update") else None
     return None
 
 

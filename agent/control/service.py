@@ -27,6 +27,11 @@ Hooks for other subsystems (connected in ONE place, the composition root ``agent
   :meth:`ControlService.publish_state` republishes it after a change.
 - ``device_state``: the daemon's runtime (:class:`DeviceState`), whose snapshot is the base of the
   state document and which learns the applied versions, identity, audit head and link state.
+- Deferred outcomes (firmware updates): a handler that raises
+  :class:`~agent.control.errors.Deferred` is acked later through :meth:`ControlService.report`;
+  ``deferred_owner(kind, sha)`` says whether such an outcome is still to come, so a redelivery of
+  the retained document is neither re-run nor acked as a rollback. ``firmware_version`` gives the
+  running firmware's version to the verifier (rule 11).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from agent.control.apply import (
 from agent.control.audit import AuditLog
 from agent.control.documents import CommandBody
 from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import REASONS, LinkError, Reason, Refused, Rejected
+from agent.control.errors import REASONS, Deferred, LinkError, Reason, Refused, Rejected
 from agent.control.identity import DeviceIdentity
 from agent.control.link import ControlLink, Topics
 from agent.control.rejections import Intake, RejectionLedger, plausible
@@ -172,6 +177,8 @@ class ControlService:
         self.identity_providers: dict[str, Callable[[], Any]] = {}
         self.state_providers: dict[str, Callable[[], Any]] = {}
         self.state_filter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.deferred_owner: Callable[[str, str], bool] = lambda kind, sha: False
+        self.firmware_version: Callable[[], int] = lambda: 0
         self.health: dict[str, Any] = {"control": "starting"}
         self._clock = clock
         self._runtime = device_state  # the daemon's runtime (None stand-alone and in unit tests)
@@ -322,6 +329,7 @@ class ControlService:
             policy,
             self.config.control.max_document_bytes,
             self.config.control.clock_skew_s,
+            self.firmware_version(),
         )
 
     def _ack(self, ack: Ack, *, priority: bool = True) -> None:
@@ -506,6 +514,8 @@ class ControlService:
                     return
             if rej.reason == "rollback" and running is not None and running.payload_sha256 == sha:
                 return  # duplicate of the transaction in progress: its ack follows
+            if rej.reason == "rollback" and sha is not None and self.deferred_owner(kind, sha):
+                return  # redelivery of a document whose outcome is still to come (update)
             self._reject(kind, raw, topic, rej, (version, sha))
             return
         if not self._audit(
@@ -615,6 +625,9 @@ class ControlService:
             return
         try:
             message = await handler(name, args, doc)
+        except Deferred:  # the owner acks it later through report()
+            log.info("control_deferred", kind=doc.kind, version=doc.version)
+            return
         except Refused as exc:  # declined in the device's current state: a rejection, nothing changed
             reason: Reason = exc.reason if exc.reason in REASONS else "invalid_body"  # type: ignore[assignment]
             self._finish(doc, Outcome("rejected", reason, exc.message[:300]))
@@ -624,6 +637,28 @@ class ControlService:
             self._finish(doc, Outcome("rolled_back", "apply_failed", f"{type(exc).__name__}: {exc}"[:300]))
             return
         self._finish(doc, Outcome("applied", None, message[:300]))
+        self._publish_state()
+
+    def report(
+        self, kind: str, version: int, sha: str, signers: tuple[str, ...], outcome: Outcome
+    ) -> None:
+        """Record, audit and ack the outcome of a document whose handler raised ``Deferred`` (it may
+        come after a reboot: everything needed is passed in, nothing is taken from memory)."""
+        try:
+            self.state.record_outcome(kind, sha, outcome)
+        except StateError as exc:
+            log.error("control_state_write_failed", kind=kind, version=version, reason=exc.reason)
+        self._audit(
+            outcome.status,
+            kind=kind,
+            version=version,
+            digest=sha,
+            signers=signers,
+            outcome=outcome.status,
+            reason=outcome.reason,
+            message=outcome.message,
+        )
+        self._ack(Ack(kind, version, sha, outcome.status, outcome.reason, outcome.message))
         self._publish_state()
 
     # -- service ---------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ TUF client workflow for the root (python-tuf ``trusted_metadata_set.py`` has the
 6. ``expires`` in the future, ``issued_at`` within the clock skew (freeze) -> ``expired``/``not_yet_valid``
 7. ``targets`` names this device or one of its groups              -> ``not_for_this_device``
 8. strict pydantic body                                           -> ``invalid_body``
-9. who may sign what (docs/design.md table) -> ``needs_customer``/``lawful_order_mismatch``
+9. who may sign what (docs/design.md table) -> ``needs_customer``/``lawful_order_mismatch``;
+   an ``update`` under ``updates.mode = pinned``                   -> ``forbidden_by_policy``
+10. ``update`` only: the bundle is in the firmware transparency log: the checkpoint is signed by the
+    root's ``transparency`` role (C2SP signed-note) and the inclusion proof leads from the bundle's
+    leaf to its root (RFC 9162 2.1.3.2)                             -> ``not_in_log``
+11. ``update`` only: firmware version greater than the running one -> ``rollback``
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "VerifyContext",
     "payload_sha256",
     "required_roles",
+    "transparency_note_keys",
     "trusted_root_from_body",
     "verify_document",
     "verify_initial_root",
@@ -42,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ValidationError
 
 from agent.control.documents import (
@@ -52,6 +59,7 @@ from agent.control.documents import (
     CommandBody,
     RootBody,
     Targets,
+    UpdateBody,
     body_model,
     payload_type,
 )
@@ -59,6 +67,9 @@ from agent.control.dsse import Envelope, strict_json
 from agent.control.errors import Rejected
 from agent.control.signing_keys import PublicKey, parse_public_key
 from agent.schema.policy import Change, PolicyBody, classify_change
+from agent.tlog.errors import NoteError, ProofError
+from agent.tlog.firmware import InclusionProof, verify_firmware_included
+from agent.tlog.note import NoteKey
 
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
 _HEADER = {"kind", "version", "issued_at", "expires", "targets", "body"}
@@ -73,6 +84,8 @@ SIGNER_ROLES: dict[str, frozenset[str]] = {
     "policy": frozenset({"fleet", "customer"}),
     "command": frozenset({"fleet", "customer", "legal"}),
     "keys": frozenset({"customer", "fleet", "legal"}),
+    # fleet alone (updates.mode = automatic) or fleet + customer (customer_approval)
+    "update": frozenset({"fleet", "customer"}),
 }
 
 
@@ -104,6 +117,7 @@ class VerifyContext:
     policy: PolicyBody = field(default_factory=PolicyBody)
     max_bytes: int = 64 * 1024
     clock_skew_s: int = 300
+    firmware_version: int = 0  # the running firmware's version (0: unknown, no updates installed yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +281,13 @@ def required_roles(kind: str, body: BaseModel, policy: PolicyBody) -> tuple[froz
         return (frozenset({"fleet"}),)
     if kind == "keys":
         return (frozenset({"customer"}),)
+    if kind == "update":
+        mode = policy.updates.mode
+        if mode == "automatic":
+            return (frozenset({"fleet"}),)
+        if mode == "customer_approval":
+            return (frozenset({"fleet", "customer"}),)
+        return ()  # pinned: nobody may update this room until the customer changes the policy
     assert isinstance(body, CommandBody)
     if body.name in ROUTINE_COMMANDS:
         return (frozenset({"fleet"}),)
@@ -285,6 +306,8 @@ def required_roles(kind: str, body: BaseModel, policy: PolicyBody) -> tuple[froz
 
 def _authorise(kind: str, body: BaseModel, met: frozenset[str], policy: PolicyBody) -> None:
     options = required_roles(kind, body, policy)
+    if not options:
+        raise Rejected("forbidden_by_policy", f"this room's policy says updates.mode = {policy.updates.mode}")
     if any(option <= met for option in options):
         if isinstance(body, CommandBody) and body.name in INTERVENTIONS and "customer" not in met:
             # Signed by legal alone: a lawful order of this room's jurisdiction is required.
@@ -337,6 +360,7 @@ def verify_document(raw: bytes, topic_kind: str, root: TrustedRoot, ctx: VerifyC
         "policy": {"fleet"},
         "command": {"fleet", "customer", "legal"},
         "keys": {"customer", "fleet", "legal"},
+        "update": {"fleet"},
     }[topic_kind]
     if not met & eligible:
         raise Rejected(
@@ -393,6 +417,8 @@ def _verify_authenticated(
         raise Rejected("invalid_body", _first_error(exc)) from exc
     # Rule 9: who may sign what.
     _authorise(topic_kind, body, met, ctx.policy)
+    if isinstance(body, UpdateBody):
+        _check_update(body, root, ctx)
     return VerifiedDocument(
         topic_kind,
         version,
@@ -404,6 +430,45 @@ def _verify_authenticated(
         tuple(sorted(good)),
         met,
     )
+
+
+def transparency_note_keys(root: TrustedRoot, origin: str) -> tuple[list[NoteKey], int]:
+    """The ``transparency`` role's keys as signed-note verifier keys named ``origin``, and its
+    threshold; no keys when the root has no such role (then nothing can be proved logged)."""
+    role = root.roles.get("transparency")
+    if role is None:
+        return [], 1
+    keys = [
+        NoteKey.of(origin, pub.public)
+        for keyid in sorted(role.keyids)
+        if isinstance((pub := root.keys[keyid]).public, ed25519.Ed25519PublicKey)
+    ]
+    return keys, role.threshold
+
+
+def _check_update(body: UpdateBody, root: TrustedRoot, ctx: VerifyContext) -> None:
+    # Rule 10: binary transparency. The checkpoint names its log (origin, first line); the
+    # signature must come from the root's transparency keys under that name (c2sp.org/signed-note
+    # key id = SHA-256(name || 0x0A || 0x01 || key)[:4]), then RFC 9162 2.1.3.2 places the leaf.
+    origin = body.transparency.checkpoint.split("\n", 1)[0]
+    try:
+        keys, threshold = transparency_note_keys(root, origin)
+    except ValueError as exc:  # not a signed-note key name (spaces, "+", empty)
+        raise Rejected("not_in_log", f"checkpoint origin is not a log name: {exc}") from exc
+    if not keys:
+        raise Rejected("not_in_log", f"trusted root v{root.version} has no transparency role: no updates")
+    try:
+        proof = InclusionProof.from_json(body.transparency.model_dump())
+        verify_firmware_included(body.firmware_version, body.length, body.sha256, proof, keys, threshold)
+    except (NoteError, ProofError) as exc:
+        raise Rejected("not_in_log", f"bundle is not proved to be in the firmware log: {exc}"[:300]) from exc
+    # Rule 11: rollback protection of the firmware itself (TUF targets: never go back in version).
+    if body.firmware_version <= ctx.firmware_version:
+        raise Rejected(
+            "rollback",
+            f"firmware version {body.firmware_version} is not greater than the running "
+            f"{ctx.firmware_version}",
+        )
 
 
 def _check_times(payload: dict[str, Any], ctx: VerifyContext) -> tuple[dt.datetime, dt.datetime]:

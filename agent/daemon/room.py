@@ -10,8 +10,9 @@ each part with its typed collaborators in its constructor:
 3. the **privacy guard** (policy, HPKE identity, meeting keys, interventions, telemetry allow-list),
    bound to the media key source, E2EE and shutter switches;
 4. the **control plane** (:class:`~agent.control.service.ControlService`) with the room's apply target;
-5. the **command handlers** of every part; the room refuses to start (:class:`RoomIncomplete`, exit 2)
-   unless every command of the schema has exactly one;
+5. the **command handlers** of every part, and the ``update`` document's (the firmware updater, RAUC
+   over D-Bus, when ``[update] enabled``; else a handler that refuses updates); the room refuses to
+   start (:class:`RoomIncomplete`, exit 2) unless every command and ``update`` has exactly one;
 6. the **state reporter**, writing what the control plane retains on the broker to ``state.json``.
 
 No string registries, no look-ups by name, no attributes set on other objects: what a part needs is an
@@ -51,13 +52,16 @@ from agent.privacy.telemetry import install_log_filter
 from agent.privacy.wiring import wire_control
 from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 from agent.service import Progress, Service
+from agent.update.updater import Updater
+from agent.update.wiring import build_updater, refuse_updates, room_probes
 from hal.errors import HalError
 from hal.protocols import Inventory
 
 _log = structlog.get_logger()
 
-# Every document the control plane routes to a handler: each command, and the ``keys`` package.
-HANDLED = frozenset(COMMANDS) | {"keys"}
+# Every document the control plane routes to a handler: each command, the ``keys`` package and the
+# firmware ``update``.
+HANDLED = frozenset(COMMANDS) | {"keys", "update"}
 
 
 class RoomIncomplete(AgentError):
@@ -166,6 +170,7 @@ class Room:
     guard: PrivacyGuard
     control: ControlService
     reporter: StateReporter
+    updater: Updater | None = None  # None unless ``[update] enabled``
     services: list[Service] = field(default_factory=list)
 
 
@@ -266,6 +271,22 @@ def build_room(
         power = Power(runtime, control)
         control.commands.register("reboot", power.reboot)
         control.commands.register("restart_agent", power.restart_agent)
+        updater: Updater | None = None
+        if config.update.enabled:
+            probes = room_probes(
+                control,
+                health=lambda: runtime.state_snapshot().get("health", {}),
+                camera_devices=lambda: [c.device for c in config.hal.cameras],
+            )
+            updater = build_updater(
+                config.update,
+                control,
+                state_dir,
+                probes=probes,
+                meeting_active=lambda: not guard.keys.keys.idle,
+            )
+        else:
+            refuse_updates(control)
     except ValueError as exc:
         raise RoomIncomplete(str(exc)) from exc
     missing = control.commands.missing(HANDLED)
@@ -277,6 +298,8 @@ def build_room(
     reporter = StateReporter(runtime, document=control.current_state)
 
     services: list[Service] = [reporter, control, *media.pipelines, _GuardService(guard), power]
+    if updater is not None:
+        services.append(updater)
     if fault_steps and not media.pipelines:
         # A fault script acts on running pipelines: refuse now rather than fail in a restart loop.
         raise RoomIncomplete("--sim-faults needs a running media pipeline ([media] sink on the sim HAL)")
@@ -289,4 +312,4 @@ def build_room(
         pipelines=[p.name for p in media.pipelines],
         commands=sorted(control.commands.names()),
     )
-    return Room(runtime, config, media, guard, control, reporter, services)
+    return Room(runtime, config, media, guard, control, reporter, updater, services)

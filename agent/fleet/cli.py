@@ -26,6 +26,8 @@ _COMMAND_MODULES: list[str] = [
     "agent.fleet.meeting",  # meeting start|stop
     "agent.fleet.snapshot",  # hpke-keygen, snapshot
     "agent.fleet.sim",  # fleet-sim
+    "agent.fleet.tlog",  # log append|prove|verify
+    "agent.fleet.update",  # update push|make
 ]
 
 

@@ -40,6 +40,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from agent.control.errors import ControlError, KeyFileError, Rejected
@@ -235,7 +238,15 @@ def load_roster(args: argparse.Namespace, *, allow_expired: bool = False) -> Ros
         raise CliError(f"--roster {args.roster}: {exc}") from exc
 
 
-def mqtt_client(args: argparse.Namespace, *, timeout: float = 10.0) -> aiomqtt.Client:
+def mqtt_client(
+    args: argparse.Namespace,
+    *,
+    timeout: float = 10.0,
+    identifier: str | None = None,
+    session_expiry_s: int = 0,
+) -> aiomqtt.Client:
+    """A client for ``--broker``; with ``session_expiry_s`` a persistent MQTT 5 session under the
+    fixed ``identifier`` (QoS 1 messages wait at the broker while the client reconnects)."""
     parts = urlsplit(args.broker)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise CliError(f"--broker {args.broker!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
@@ -250,13 +261,19 @@ def mqtt_client(args: argparse.Namespace, *, timeout: float = 10.0) -> aiomqtt.C
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
         raise CliError(f"--broker {args.broker!r}: bad port") from exc
+    properties = None
+    if session_expiry_s:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = session_expiry_s
     return aiomqtt.Client(
         parts.hostname,
         port,
         protocol=aiomqtt.ProtocolVersion.V5,
         tls_params=tls,
         timeout=timeout,
-        identifier=f"roomctl-{os.getpid()}-{time.monotonic_ns() % 100000}",
+        identifier=identifier or f"roomctl-{os.getpid()}-{time.monotonic_ns() % 100000}",
+        clean_start=False if session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY,
+        properties=properties,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.control.documents import DOCUMENT_KINDS, ROLES, RootBody, body_model, payload_type
+from agent.control.documents import DOCUMENT_KINDS, OPTIONAL_ROLES, ROLES, RootBody, body_model, payload_type
 from agent.control.dsse import Envelope, strict_json
 from agent.control.signing_keys import keyid_of
 from agent.control.verify import verify_initial_root
@@ -55,6 +55,20 @@ def template(kind: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
         "command": {"name": "ptz_preset", "args": {"camera": "cam0", "preset": "wide"}},
         "keys": {"meeting": "meeting-id", "note": "body model owned by agent.privacy.key_packages.KeysBody"},
         "root": {"keys": {}, "roles": {r: {"keyids": [], "threshold": 1} for r in ROLES}},
+        # Made for real by `roomctl update make` / `update push` from the log (docs/firmware.md).
+        "update": {
+            "firmware_version": 2,
+            "length": 1048576,
+            "sha256": "0" * 64,
+            "urls": ["https://updates.example/room-v2.raucb"],
+            "transparency": {
+                "index": 0,
+                "tree_size": 1,
+                "proof": [],
+                "checkpoint": "the signed checkpoint note from roomctl log prove",
+            },
+            "install_window": {"start": "02:00", "end": "04:00"},
+        },
     }
     # Same clock as roomctl's own commands (milliseconds): a template signed after a roomctl verb is
     # not refused as a rollback.
@@ -143,10 +157,12 @@ def _role_keys(args: argparse.Namespace, role: str) -> list[dict[str, Any]] | No
 def _root_payload(args: argparse.Namespace, version: int, base: RootBody | None) -> dict[str, Any]:
     keys: dict[str, dict[str, Any]] = {}
     roles: dict[str, dict[str, Any]] = {}
-    for role in ROLES:
+    for role in ROLES + OPTIONAL_ROLES:
         given = _role_keys(args, role)
         threshold = getattr(args, f"{role}_threshold")
         if given is None:
+            if role in OPTIONAL_ROLES and (base is None or role not in base.roles):
+                continue  # an optional role stays absent until someone names its keys
             if base is None:
                 raise CliError(f"--{role}-key is required")
             spec = base.roles[role]  # type: ignore[index]
@@ -197,7 +213,7 @@ def _guard(func: Any) -> Any:
 
 
 def _role_args(p: argparse.ArgumentParser) -> None:
-    for role in ROLES:
+    for role in ROLES + OPTIONAL_ROLES:
         p.add_argument(
             f"--{role}-key",
             action="append",

@@ -47,7 +47,7 @@ from agent.fleet.common import (
 from agent.fleet.send import Publication, deliver, print_outcomes
 from agent.schema.policy import DEFAULT_POLICY, PolicyBody, weakenings
 
-_RETAINED_KINDS = ("root", "policy", "config")
+_RETAINED_KINDS = ("root", "policy", "config", "update")
 
 
 def _read_envelope(path: Path) -> tuple[bytes, Envelope, str]:

@@ -93,6 +93,8 @@ PROTOCOL_STATE_FIELDS: frozenset[str] = frozenset(
         "locked",
         "privacy.locked",
         "privacy.state",
+        # Firmware: running version and update phase/progress (the fleet must see what runs where).
+        "update",
     }
 )
 # minimal: whether the room works (per-service health), and its privacy posture; no media figures.

@@ -2,8 +2,8 @@
 
 Outside checks read these JSON paths of a policy body: ``e2ee.required``, ``e2ee.suites``,
 ``camera.shutter_when_idle``, ``camera.remote_snapshot``, ``camera.remote_ptz``,
-``telemetry.level``, ``jurisdiction``. A change that weakens privacy on any axis needs both the
-``fleet`` and the ``customer`` thresholds (docs/design.md "Who may sign what").
+``telemetry.level``, ``jurisdiction``, ``updates.mode``. A change that weakens privacy on any axis
+needs both the ``fleet`` and the ``customer`` thresholds (docs/design.md "Who may sign what").
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ __all__ = [
     "E2eePolicy",
     "PolicyBody",
     "TelemetryPolicy",
+    "UpdatesPolicy",
     "classify_change",
     "weakenings",
 ]
@@ -30,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SUITE_STRENGTH: dict[int, int] = {0x0005: 5, 0x0004: 4, 0x0001: 3, 0x0002: 2, 0x0003: 1}
 _TELEMETRY_RANK = {"none": 0, "minimal": 1, "standard": 2}
 _KEM_RANK = {"x25519": 0, "mlkem768-x25519": 1}
+# Who decides about firmware: nobody (pinned), fleet and customer together, or the fleet alone.
+# Moving right gives the vendor more power over the room's code, so it is a privacy weakening.
+_UPDATES_RANK = {"pinned": 0, "customer_approval": 1, "automatic": 2}
 # ISO 3166-1 alpha-2, optionally with an ISO 3166-2 subdivision ("DE", "DE-BY", "US-CA").
 _JURISDICTION = r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
 
@@ -66,15 +70,24 @@ class TelemetryPolicy(_Strict):
     fields: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]] = Field(default_factory=list)
 
 
+class UpdatesPolicy(_Strict):
+    """Firmware updates: ``automatic`` (fleet signature enough), ``customer_approval`` (the update
+    must also carry the customer's signature) or ``pinned`` (no updates at all)."""
+
+    mode: Literal["automatic", "customer_approval", "pinned"] = "customer_approval"
+
+
 class PolicyBody(_Strict):
     e2ee: E2eePolicy = Field(default_factory=E2eePolicy)
     camera: CameraPolicy = Field(default_factory=CameraPolicy)
     telemetry: TelemetryPolicy = Field(default_factory=TelemetryPolicy)
+    updates: UpdatesPolicy = Field(default_factory=UpdatesPolicy)
     jurisdiction: Annotated[str, Field(pattern=_JURISDICTION)] | None = None
 
 
 DEFAULT_POLICY = PolicyBody()
-"""First-boot policy: E2EE required, shutter when idle, no remote snapshot, minimal telemetry."""
+"""First-boot policy: E2EE required, shutter when idle, no remote snapshot, minimal telemetry, firmware
+updates only with the customer's approval."""
 
 
 class Change(enum.Enum):
@@ -105,6 +118,8 @@ def weakenings(old: PolicyBody, new: PolicyBody) -> list[str]:
         out.append("telemetry.level")
     if set(new.telemetry.fields) - set(old.telemetry.fields):
         out.append("telemetry.fields")
+    if _UPDATES_RANK[new.updates.mode] > _UPDATES_RANK[old.updates.mode]:
+        out.append("updates.mode")
     # Jurisdiction decides whose lawful orders the room obeys: any change needs the customer.
     if new.jurisdiction != old.jurisdiction:
         out.append("jurisdiction")
