@@ -20,10 +20,15 @@ from agent.media.errors import CommandError
 from agent.media.service import Media
 from hal.errors import HalError
 from hal.protocols import Inventory
+from hal.types import PtzPosition
 
 _log = structlog.get_logger()
 
 RESTART_TIMEOUT_S = 10.0
+
+# The ``ptz`` command speaks the wire contract's units (pan/tilt in degrees, zoom as a factor 1..100);
+# the HAL speaks V4L2's: V4L2_CID_PAN/TILT_ABSOLUTE in arc-seconds, V4L2_CID_ZOOM_ABSOLUTE with 100 = no zoom.
+_HAL_PER_UNIT = {"pan": 3600, "tilt": 3600, "zoom": 100}
 
 
 class MediaCommands:
@@ -73,7 +78,9 @@ class MediaCommands:
         camera_id = self._camera_id(args)
         assert self._inventory is not None
         move = {
-            axis: round(float(args[axis])) for axis in ("pan", "tilt", "zoom") if args.get(axis) is not None
+            axis: round(float(args[axis]) * _HAL_PER_UNIT[axis])
+            for axis in ("pan", "tilt", "zoom")
+            if args.get(axis) is not None
         }
         if not move:
             raise CommandError("ptz needs at least one of pan, tilt, zoom")
@@ -84,7 +91,7 @@ class MediaCommands:
         except HalError as exc:
             raise CommandError(f"camera {camera_id}: {exc}") from exc
         _log.info("ptz_moved", camera=camera_id, pan=pos.pan, tilt=pos.tilt, zoom=pos.zoom)
-        return f"{camera_id} at pan {pos.pan} tilt {pos.tilt} zoom {pos.zoom}"
+        return f"{camera_id} at {_wire_units(pos)}"
 
     async def ptz_preset(self, name: str, args: Mapping[str, Any], doc: object) -> str:
         camera_id = self._camera_id(args)
@@ -97,4 +104,12 @@ class MediaCommands:
         except HalError as exc:
             raise CommandError(f"camera {camera_id}, preset {preset}: {exc}") from exc
         _log.info("ptz_preset_recalled", camera=camera_id, preset=preset)
-        return f"{camera_id} at preset {preset} (pan {pos.pan} tilt {pos.tilt} zoom {pos.zoom})"
+        return f"{camera_id} at preset {preset} ({_wire_units(pos)})"
+
+
+def _wire_units(pos: PtzPosition) -> str:
+    """A HAL position in the units the ``ptz`` command takes, for the ack message."""
+    return (
+        f"pan {pos.pan / _HAL_PER_UNIT['pan']:g} tilt {pos.tilt / _HAL_PER_UNIT['tilt']:g}"
+        f" zoom {pos.zoom / _HAL_PER_UNIT['zoom']:g}"
+    )
