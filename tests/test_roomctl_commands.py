@@ -1,10 +1,8 @@
-"""roomctl verbs whose room-side handlers are being built concurrently (the composition root):
+"""roomctl verbs handled by the room's command handlers:
 ``keyframe``, ``restart-pipeline``, ``ptz``, ``meeting stop``, ``audit fetch``, ``restart-agent``.
 
 Each runs a real ``roomagent run`` (sim camera, live media) and the real ``roomctl`` against a real
 Mosquitto, following the shared wire contract (command names and args, ``audit_export`` chunks).
-They pass once the room handles these commands; until then they fail with the room's own ack
-(``invalid_body`` / ``no handler``), which roomctl prints.
 """
 
 from __future__ import annotations
