@@ -82,10 +82,6 @@ def kind_of_topic(topics: Topics, topic: str) -> str | None:
 OnMessage = Callable[[str, str, bytes], Awaitable[None]]
 
 
-class _WillRefresh(Exception):
-    """Ends the current connection so that the next one registers a fresh will."""
-
-
 class ControlLink:
     """Connects, subscribes, delivers documents to ``on_message(topic, kind, payload)``, publishes."""
 
@@ -215,14 +211,16 @@ class ControlLink:
                     self.connected.set()
                     try:
                         async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self._send_loop(client), name="control.link.send")
-                            tg.create_task(self._receive_loop(client, beat), name="control.link.receive")
-                            tg.create_task(self._await_refresh(), name="control.link.refresh")
-                    except* _WillRefresh:
-                        log.info("control_link_will_refreshed")
-                        refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
+                            loops = (
+                                tg.create_task(self._send_loop(client), name="control.link.send"),
+                                tg.create_task(self._receive_loop(client, beat), name="control.link.receive"),
+                            )
+                            refresh = tg.create_task(self._await_refresh(loops), name="control.link.refresh")
                     finally:
                         self.connected.clear()
+                    if refresh.done() and not refresh.cancelled():
+                        log.info("control_link_will_refreshed")
+                        refreshed = True  # reconnect at once (clean disconnect: the old will is discarded)
             except* aiomqtt.MqttError as group:
                 # (No task.cancelling() check here: on 3.11 the inner TaskGroup leaves a cancel
                 # request on this task when a child fails, so it would read as a shutdown.)
@@ -235,10 +233,17 @@ class ControlLink:
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, self._backoff[1])
 
-    async def _await_refresh(self) -> None:
+    async def _await_refresh(self, loops: tuple[asyncio.Task[None], ...]) -> None:
+        """Ends the connection's TaskGroup without an error, by cancelling its loops.
+
+        Not by raising: on Python 3.11 a TaskGroup whose child fails drops a cancellation of its
+        owner that arrives meanwhile (child errors take priority), so a shutdown racing a will refresh
+        was lost and ``run`` reconnected forever instead of stopping.
+        """
         await self._refresh.wait()
         self._refresh.clear()
-        raise _WillRefresh
+        for task in loops:
+            task.cancel()
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         me = asyncio.current_task()
