@@ -100,7 +100,9 @@ def test_make_demo_as_the_readme_shows_it(agent_env: dict[str, str], tmp_path: P
     for line in lines.values():
         shown = re.search(r"video sent \d+ shown (\d+)", line)
         played = re.search(r"audio sent \d+ played (\d+)", line)
-        assert shown and int(shown[1]) > 0, line
-        assert played and int(played[1]) > 0, line
+        assert shown, line
+        assert int(shown[1]) > 0, line
+        assert played, line
+        assert int(played[1]) > 0, line
         assert "decrypt failures 0," in line, line
     assert "Traceback" not in err
