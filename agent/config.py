@@ -191,7 +191,7 @@ class HalSection(_Strict):
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     """Encoder settings (`[hal.encoder]`)."""
     presets_dir: FilePath | None = None
-    """Directory of stored PTZ presets; unset: `roomagent hal` uses `presets/` in the state directory."""
+    """Directory of stored PTZ presets; unset: `presets/` in the state directory (room and `hal`)."""
 
     def camera_specs(self) -> list[HalCameraSpec]:
         """The cameras as the HAL's own value type (the agent hands devices to hal/ only this way)."""
@@ -329,6 +329,13 @@ class AgentConfig(_Strict):
     def state_dir(self) -> Path:
         """Where persisted state lives: ``[state] dir``, else systemd's, else the user's."""
         return self.state.dir if self.state.dir is not None else default_state_dir()
+
+    def presets_dir(self) -> Path:
+        """Where PTZ presets persist: ``[hal] presets_dir``, else ``presets/`` in the state directory.
+
+        One place, so a preset stored with ``roomagent hal`` is the one a ``ptz_preset`` command recalls.
+        """
+        return self.hal.presets_dir if self.hal.presets_dir is not None else self.state_dir() / "presets"
 
 
 def default_state_dir() -> Path:

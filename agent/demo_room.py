@@ -8,7 +8,8 @@ special case:
 - a demo directory (``$XDG_STATE_HOME/roomagent-demo``) with, made on first run and kept after: demo
   ``root``/``fleet``/``customer``/``legal`` signing keys (``*.pem``, ``*.pem.pub.json``; demo only, never
   for a real fleet), a trust root signed by them (``root.json``), a lab SFrame key (``lab.json``), and
-  the agent's state (``state/``);
+  the agent's state (``state/``); the room enrolled in a customer-signed roster (``roster.env.json``,
+  rewritten at every start), since roomctl trusts only rooms its roster names;
 - a private Mosquitto on a free loopback port, a child process of the agent (when ``mosquitto`` is
   installed; otherwise the room runs offline and says how to install it);
 - a receiver on a free loopback UDP port, in this process, that decrypts and verifies the room's
@@ -153,7 +154,38 @@ class DemoRoom:
             lines.append(f'[mqtt]\nurl = "{self.broker.url}"')
         config = self.dir / "agent.toml"
         atomic_write_bytes(config, ("\n\n".join(lines) + "\n").encode(), mode=0o600)
+        self._roster(config)
         return config
+
+    def _roster(self, config_path: Path) -> None:
+        """``roster.env.json``: the demo room enrolled as ``roomctl roster add`` does it (the room's
+        ``roomagent identity``, signed by the demo customer key), so roomctl trusts its acks and state."""
+        from agent.config import load_config
+        from agent.control.roster import RosterBody, RosterRoom, roster_envelope
+        from agent.daemon.enroll import identity_document
+
+        identity = identity_document(load_config(config_path))
+        room = RosterRoom.model_validate(
+            {k: identity[k] for k in ("ed25519", "hpke", "hpke_attestation")} | {"groups": [GROUP]}
+        )
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        env = roster_envelope(
+            RosterBody(customer="demo", rooms={DEVICE_ID: room}),
+            version=1,
+            issued_at=now,
+            expires=now + dt.timedelta(days=365),
+            signers=[self._key("customer")],
+        )
+        atomic_write_bytes(self.dir / "roster.env.json", env.to_json() + b"\n", mode=0o644)
+
+    def status_command(self) -> str:
+        """The roomctl command that shows this room as a fleet admin sees it."""
+        assert self.broker is not None
+        return (
+            f"{_roomctl_command()} status --broker {self.broker.url}"
+            f" --roster {shlex.quote(str(self.dir / 'roster.env.json'))}"
+            f" --root {shlex.quote(str(self.dir / 'root.json'))}"
+        )
 
     # --- broker -----------------------------------------------------------------------------------
 
@@ -222,7 +254,7 @@ class DemoRoom:
             if self.broker is not None:
                 # The banner has scrolled away under the agent's logs by now: say it once more.
                 self._stop.wait(REPORT_INTERVAL_S)
-                log.info("demo_room_live", try_next=f"{_roomctl_command()} status --broker {self.broker.url}")
+                log.info("demo_room_live", try_next=self.status_command())
             while not self._stop.wait(REPORT_INTERVAL_S):
                 r = self._receiver.report()
                 log.info(
@@ -242,7 +274,6 @@ class DemoRoom:
     # --- run --------------------------------------------------------------------------------------
 
     def banner(self) -> str:
-        roomctl = _roomctl_command()
         lines = [
             "",
             f"roomagent demo room {DEVICE_ID!r} (files: {self.dir}; demo keys only, never for a real fleet)",
@@ -253,7 +284,7 @@ class DemoRoom:
             lines += [
                 f"  control: private Mosquitto at {self.broker.url}, trust root {self.dir / 'root.json'}",
                 "In a second terminal, see the room as a fleet admin does:",
-                f"  {roomctl} status --broker {self.broker.url}",
+                f"  {self.status_command()}",
             ]
         else:
             lines.append(f"  control: offline. {self.broker_problem}")

@@ -100,7 +100,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[Any], Path]:
         print("\n".join(exc.report_lines()), file=sys.stderr)
         raise SystemExit(2) from exc
     specs = config.hal.camera_specs()
-    presets = config.hal.presets_dir or (config.state_dir() / "presets")
+    presets = config.presets_dir()
     return config, specs, presets
 
 

@@ -196,7 +196,7 @@ def _open_inventory(config: AgentConfig, media: Media) -> Inventory | None:
 
     try:
         return hal.open_inventory(
-            config.hal.camera_specs(), backend=config.hal.backend, presets_dir=config.hal.presets_dir
+            config.hal.camera_specs(), backend=config.hal.backend, presets_dir=config.presets_dir()
         )
     except HalError as exc:
         _log.warning("hal_inventory_unavailable", error=str(exc))

@@ -288,7 +288,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "relay", help="an impairing UDP relay (loss, jitter, blackout) between two UDP endpoints"
     )
-    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT")
+    p.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="receive here (default: a free loopback port, printed at start)",
+    )
     p.add_argument("--to", type=_host_port, required=True, metavar="HOST:PORT", help="forward to here")
     p.add_argument("--seconds", type=float, help="stop after N seconds (default: until Ctrl-C)")
     _impairment_args(p)

@@ -146,7 +146,7 @@ def build_media(
 
     specs = config.hal.camera_specs()
     if inventory is None:
-        inventory = hal.open_inventory(specs, backend=config.hal.backend, presets_dir=config.hal.presets_dir)
+        inventory = hal.open_inventory(specs, backend=config.hal.backend, presets_dir=config.presets_dir())
     if encoders is None:
         encoders = hal.encoder_factory()
     media.inventory = inventory

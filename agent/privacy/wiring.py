@@ -15,13 +15,14 @@ A handler's refusal raises a ``PrivacyError`` whose ``reason`` is an ack reason 
 
 from __future__ import annotations
 
-__all__ = ["HPKE_ATTESTATION_KIND", "PrivacyApplyTarget", "wire_control"]
+__all__ = ["PrivacyApplyTarget", "wire_control"]
 
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from agent.control.roster import ATTESTATION_KIND
 from agent.control.service import ControlService
 from agent.control.verify import VerifiedDocument
 from agent.privacy.errors import InterventionError
@@ -30,9 +31,6 @@ from agent.privacy.interventions import INTERVENTIONS
 from agent.privacy.snapshot import take_snapshot
 from agent.schema.key_package import KeysBody
 from agent.schema.policy import PolicyBody
-
-HPKE_ATTESTATION_KIND = "hpke-identity"
-"""DSSE payloadType ``application/vnd.roomagent.hpke-identity+json``: ``{"device", "hpke"}``."""
 
 
 class _ApplyTarget(Protocol):
@@ -126,9 +124,9 @@ def wire_control(service: ControlService, guard: PrivacyGuard, *, policy: Policy
     service.lock_state = lambda: not guard.interventions.media_allowed
     service.identity_providers["hpke"] = guard.identity.public_keys
     # The HPKE keys signed by the device's Ed25519 identity: the broker (the vendor's) cannot swap in
-    # its own key without the customer's tool noticing (roomctl meeting start checks it, with pins).
+    # its own key without the customer's tool noticing (roomctl checks it against the roster).
     attestation = service.identity.sign_envelope(
-        HPKE_ATTESTATION_KIND, {"device": service.device, "hpke": guard.identity.public_keys()}
+        ATTESTATION_KIND, {"device": service.device, "hpke": guard.identity.public_keys()}
     ).to_dict()
     service.identity_providers["hpke_attestation"] = lambda: attestation
     service.state_providers["privacy"] = lambda: guard.state_fragment()["privacy"]

@@ -57,22 +57,26 @@ def test_make_run_shows_a_live_room_that_roomctl_status_sees(
             if "roomctl status --broker" in line:
                 status_cmd = line.strip()
         assert status_cmd, "no roomctl command printed:\n" + "".join(seen)
-        assert re.search(r"status --broker mqtt://127\.0\.0\.1:\d+$", status_cmd)
+        # roomctl trusts only rooms of a customer-signed roster: the demo made one and names it.
+        assert re.search(
+            r"status --broker mqtt://127\.0\.0\.1:\d+ --roster \S+roster\.env\.json --root \S+$", status_cmd
+        )
 
-        # 2. That exact command shows the room online (it connects within a few seconds).
+        # 2. That exact command shows the room online and verified against the roster (it connects
+        # within a few seconds); a terminal wide enough that the table's cells are not cut.
         table = ""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = subprocess.run(
                 shlex.split(status_cmd),
-                env=agent_env,
+                env={**agent_env, "COLUMNS": "200"},
                 capture_output=True,
                 text=True,
                 timeout=60,
                 check=False,
             )
             table = done.stdout + done.stderr
-            if done.returncode == 0 and re.search(r"room-demo\s*│\s*yes", table):
+            if done.returncode == 0 and re.search(r"room-demo\s*│\s*verified\s*│\s*yes", table):
                 break
             time.sleep(1)
         else:
@@ -80,7 +84,8 @@ def test_make_run_shows_a_live_room_that_roomctl_status_sees(
 
         # 3. The demo keys manage it: a policy signed by the demo fleet and customer keys is applied.
         demo = Path(agent_env["XDG_STATE_HOME"]) / "roomagent-demo"
-        broker = status_cmd.split("--broker ")[1]
+        # The printed command's --broker/--roster/--root: roomctl checks every ack against the roster.
+        broker_and_trust = shlex.split(status_cmd)[2:]
         roomctl = [sys.executable, "-m", "agent.fleet"]
         template = subprocess.run(
             [*roomctl, "template", "policy"], env=agent_env, capture_output=True, text=True, check=True
@@ -97,7 +102,7 @@ def test_make_run_shows_a_live_room_that_roomctl_status_sees(
                 capture_output=True,
             )
         pushed = subprocess.run(
-            [*roomctl, "push", "policy.env", "--broker", broker, "--device", "room-demo", "--wait", "60"],
+            [*roomctl, "push", "policy.env", *broker_and_trust, "--device", "room-demo", "--wait", "60"],
             cwd=tmp_path,
             env=agent_env,
             capture_output=True,

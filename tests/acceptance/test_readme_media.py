@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,5 +94,15 @@ def test_make_demo_as_the_readme_shows_it(agent_env: dict[str, str], tmp_path: P
         os.kill(pid, signal.SIGINT)
     out, err = demo.communicate(timeout=30)
     assert demo.returncode == 0, err[-2000:]
-    assert "e2ee=on" in out + err
+    # The README's claim: two simulated rooms meeting, E2EE video + audio both ways.
+    lines = {line.split(":")[0]: line for line in out.splitlines() if "_to_" in line.split(":")[0]}
+    assert set(lines) == {"A_to_B", "B_to_A"}, out
+    for line in lines.values():
+        shown = re.search(r"video sent \d+ shown (\d+)", line)
+        played = re.search(r"audio sent \d+ played (\d+)", line)
+        assert shown, line
+        assert int(shown[1]) > 0, line
+        assert played, line
+        assert int(played[1]) > 0, line
+        assert "decrypt failures 0," in line, line
     assert "Traceback" not in err

@@ -1,10 +1,8 @@
-"""roomctl verbs whose room-side handlers are being built concurrently (the composition root):
+"""roomctl verbs handled by the room's command handlers:
 ``keyframe``, ``restart-pipeline``, ``ptz``, ``meeting stop``, ``audit fetch``, ``restart-agent``.
 
 Each runs a real ``roomagent run`` (sim camera, live media) and the real ``roomctl`` against a real
 Mosquitto, following the shared wire contract (command names and args, ``audit_export`` chunks).
-They pass once the room handles these commands; until then they fail with the room's own ack
-(``invalid_body`` / ``no handler``), which roomctl prints.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hal import open_inventory
+from hal.types import CameraSpec
 from tests.broker import Broker
 from tests.fleet_trust import Fleet, running
 
@@ -32,9 +32,16 @@ def fleet(tmp_path: Path, agent_env: dict[str, str]) -> Fleet:
     return Fleet(tmp_path, agent_env)
 
 
-def _with_media(fleet: Fleet, device: str) -> None:
+async def _with_media(fleet: Fleet, device: str) -> None:
+    """Media on, and a preset ``wide`` stored through the HAL in the room's state dir."""
     config = fleet.rooms[device]
     config.write_text(config.read_text() + _MEDIA)
+    spec = CameraSpec(id="cam0", width=320, height=240, fps=15)
+    async with open_inventory([spec], backend="sim", presets_dir=fleet.tmp / device / "presets").open_camera(
+        "cam0"
+    ) as camera:
+        await camera.set_ptz(pan=0, tilt=0, zoom=100)
+        await camera.store_preset("wide")
 
 
 def _ok(result: object) -> None:
@@ -44,7 +51,7 @@ def _ok(result: object) -> None:
 
 async def test_routine_verbs_on_a_room_with_media(fleet: Fleet, mosquitto: Broker) -> None:
     fleet.enroll("room-a", mosquitto)
-    _with_media(fleet, "room-a")
+    await _with_media(fleet, "room-a")
     fleet_key = ["--fleet-key", str(fleet.keys["fleet"])]
     async with running(fleet, mosquitto, "room-a"):
         for argv in (
