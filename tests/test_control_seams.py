@@ -347,8 +347,10 @@ async def test_a_damaged_audit_log_is_kept_recorded_and_reported_never_rewritten
     interventions = [e for e in kept_entries if e["event"] == "intervention"]
     assert [e["message"] for e in interventions] == ["lock by customer", "unlock by customer"]
 
-    device_state = tmp_path / "device-state.json"
-    device_state.write_text(json.dumps(after))
+    # The device key as enrollment records it (roomctl takes keys from a roster or such a file, never
+    # from a state document).
+    device_state = tmp_path / "device-identity.json"
+    device_state.write_text(json.dumps(after["identity"]))
     verify = await asyncio.to_thread(
         subprocess.run,
         [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.control.documents import RootBody, payload_type
+from agent.control.documents import RoleSpec, RootBody, payload_type
 from agent.control.dsse import Envelope, Signature
 from agent.control.identity import DeviceIdentity
 from agent.control.roster import RosterBody, RosterError, RosterRoom, roster_envelope, verify_roster
@@ -165,16 +165,18 @@ def test_one_customer_key_under_two_key_ids_counts_once() -> None:
     keys = {keyid_of(k): k for k in (lower, upper, key_dict(other.public_key()))}
     ids = list(keys)
     role = {"keyids": ids[:2], "threshold": 2}
-    body = RootBody.model_validate(
-        {
-            "keys": keys,
-            "roles": {
-                "root": {"keyids": [ids[2]], "threshold": 1},
-                "fleet": {"keyids": [ids[2]], "threshold": 1},
-                "customer": role,
-                "legal": {"keyids": [ids[2]], "threshold": 1},
-            },
-        }
+    roles = {
+        "root": {"keyids": [ids[2]], "threshold": 1},
+        "fleet": {"keyids": [ids[2]], "threshold": 1},
+        "customer": role,
+        "legal": {"keyids": [ids[2]], "threshold": 1},
+    }
+    # A trust root never lists one key twice (the device refuses such a root) ...
+    with pytest.raises(ValueError, match="are the same key"):
+        RootBody.model_validate({"keys": keys, "roles": roles})
+    # ... and should one reach roomctl anyway, the key still counts once toward the threshold.
+    body = RootBody.model_construct(
+        keys=keys, roles={name: RoleSpec.model_construct(**spec) for name, spec in roles.items()}
     )
     now = dt.datetime.now(dt.UTC)
     root = trusted_root_from_body(body, 1, now + dt.timedelta(days=1))
