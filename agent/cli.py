@@ -26,6 +26,7 @@ _COMMAND_MODULES: list[str] = [
     "agent.daemon.cli",  # run
     "hal.cli",  # hal list|snapshot|record|stamps|scenario
     "agent.media.cli",  # receive, demo
+    "agent.webrtc.cli",  # webrtc join
 ]
 
 
