@@ -37,6 +37,7 @@ from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
 from agent.control.keys import PrivateKey, keyid_of, load_private_key, parse_public_key
 from agent.errors import AgentError
+from agent.fleet.web import register_web
 from agent.persist import atomic_write_json
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.keys import KeysBody, seal_meeting
@@ -369,3 +370,4 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)
+    register_web(sub)

@@ -90,7 +90,10 @@ class _Sealer:
 
 
 def _run_join(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
     from agent.webrtc.errors import WebRtcError
+
+    configure_logging(level="info", stream=sys.stderr)
 
     try:
         report = asyncio.run(_join(args))

@@ -1,0 +1,206 @@
+// roomagent browser participant: joins a Janus VideoRoom, sends camera + microphone, shows and plays
+// the others, with SFrame end to end in an RTCRtpScriptTransform worker. Keys come from the URL
+// fragment (never sent to any server). See docs/webrtc.md.
+import { blockSize, readStamp } from "./stamps.js";
+
+const params = new URLSearchParams(location.hash.slice(1));
+const sfu = params.get("sfu");
+const room = Number(params.get("room"));
+const token = params.get("token") || "";
+const myName = params.get("name") || "guest";
+let keys = null;
+try {
+  if (params.get("keys")) {
+    const t = params.get("keys");
+    keys = JSON.parse(atob(t.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - t.length % 4) % 4)));
+  }
+} catch { keys = null; }
+
+const $ = (id) => document.getElementById(id);
+const stats = { tiles: {}, worker: null, published: false, errors: [], canDecrypt: !!keys };
+window.roomStats = stats;
+$("title").textContent = `${myName} · meeting ${keys ? keys.meeting : ""}`;
+
+function notice(text) { const n = $("notice"); n.textContent = text; n.hidden = false; }
+function status(text) { $("status").textContent = text; }
+
+if (!keys) {
+  notice("Cannot decrypt this meeting: the link has no meeting key. " +
+         "Ask the organiser for the full join link (the key travels after the # and never reaches a server).");
+  $("badge").textContent = "cannot decrypt"; $("badge").className = "badge bad";
+}
+
+if (typeof RTCRtpScriptTransform === "undefined") {
+  notice("This browser cannot do end-to-end encryption (no RTCRtpScriptTransform): not joining.");
+  throw new Error("no RTCRtpScriptTransform");
+}
+
+const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+const workerReady = new Promise((resolve) => {
+  worker.addEventListener("message", (e) => {
+    if (e.data.type === "ready") resolve();
+    if (e.data.type === "stats") { stats.worker = e.data.stats; stats.perKid = e.data.perKid; updateBadge(); }
+  });
+});
+worker.postMessage({ type: "keys", suite: keys ? keys.suite : 4, send: keys ? keys.send : null, recv: keys ? keys.recv : [] });
+
+function updateBadge() {
+  if (!keys) return;
+  const w = stats.worker;
+  if (w && w.opened > 0) { $("badge").textContent = "end-to-end encrypted"; $("badge").className = "badge on"; }
+}
+
+// --- Janus HTTP API ---------------------------------------------------------------------------
+const tx = () => Math.random().toString(36).slice(2);
+async function post(path, body) {
+  const r = await fetch(sfu + path, { method: "POST", body: JSON.stringify({ ...body, transaction: body.transaction || tx() }) });
+  return r.json();
+}
+const waiters = new Map();
+const handlers = new Map();
+let session;
+
+async function poll() {
+  for (;;) {
+    try {
+      const r = await fetch(`${sfu}/${session}?maxev=10&rid=${Date.now()}`);
+      const events = await r.json();
+      for (const ev of Array.isArray(events) ? events : [events]) {
+        const w = waiters.get(ev.transaction);
+        if (w && ev.janus !== "ack") { waiters.delete(ev.transaction); w(ev); continue; }
+        const h = handlers.get(ev.sender);
+        if (h) h(ev);
+      }
+    } catch (err) { await new Promise((r) => setTimeout(r, 500)); }
+  }
+}
+
+async function message(handle, body, jsep) {
+  const t = tx();
+  const p = new Promise((resolve) => waiters.set(t, resolve));
+  const out = await post(`/${session}/${handle}`, { janus: "message", transaction: t, body, ...(jsep ? { jsep } : {}) });
+  if (out.janus !== "ack") { waiters.delete(t); return out; }
+  return p;
+}
+
+async function attach() {
+  const out = await post(`/${session}`, { janus: "attach", plugin: "janus.plugin.videoroom" });
+  return out.data.id;
+}
+
+function iceDone(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+    setTimeout(resolve, 3000);
+  });
+}
+
+// --- tiles ------------------------------------------------------------------------------------
+function tile(name, self) {
+  const el = document.createElement("div");
+  el.className = "tile" + (self ? " self" : "") + (keys ? "" : " locked");
+  const video = document.createElement("video");
+  video.autoplay = true; video.playsInline = true; video.muted = !!self;
+  const label = document.createElement("div"); label.className = "name"; label.textContent = name + (self ? " (you)" : "");
+  const info = document.createElement("div"); info.className = "info";
+  el.append(video, label, info);
+  $("tiles").append(el);
+  return { el, video, info };
+}
+
+function readStamps(name, video, info) {
+  const s = { frames: 0, stamps: 0, firstSeq: null, lastSeq: null, missing: 0, outOfOrder: 0, latencies: [], t0: null, t1: null };
+  stats.tiles[name] = s;
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const onFrame = (now, meta) => {
+    s.frames++;
+    const side = blockSize(meta.width, meta.height);
+    if (side) {
+      canvas.width = side * 32; canvas.height = side * 4;
+      ctx.drawImage(video, 0, 0, side * 32, side * 4, 0, 0, side * 32, side * 4);
+      const stamp = readStamp(ctx.getImageData(0, 0, side * 32, side * 4), side);
+      if (stamp) {
+        const t = performance.now();
+        if (s.firstSeq === null) { s.firstSeq = stamp.seq; s.t0 = t; }
+        else if (stamp.seq > s.lastSeq + 1) s.missing += stamp.seq - s.lastSeq - 1;
+        else if (stamp.seq <= s.lastSeq) s.outOfOrder++;
+        if (s.lastSeq === null || stamp.seq > s.lastSeq) s.lastSeq = stamp.seq;
+        s.stamps++; s.t1 = t;
+        // Same machine, same wall clock: capture (room) to this decoded frame here.
+        s.latencies.push((performance.timeOrigin + performance.now()) - Number(stamp.captureNs / 1000000n));
+        const secs = (s.t1 - s.t0) / 1000;
+        info.textContent = `${meta.width}x${meta.height} · ${secs > 0 ? ((s.stamps - 1) / secs).toFixed(1) : "-"} fps`;
+      }
+    }
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+// --- publish and subscribe ---------------------------------------------------------------------
+const subscribed = new Set();
+
+async function subscribe(feed, display) {
+  if (subscribed.has(feed)) return;
+  subscribed.add(feed);
+  const handle = await attach();
+  const reply = await message(handle, { request: "join", ptype: "subscriber", room, pin: token, streams: [{ feed }] });
+  const pc = new RTCPeerConnection();
+  const t = tile(display, false);
+  const stream = new MediaStream();
+  pc.ontrack = (e) => {
+    e.receiver.transform = new RTCRtpScriptTransform(worker, { operation: "decrypt", kind: e.track.kind, name: display });
+    stream.addTrack(e.track);
+    t.video.srcObject = stream;
+  };
+  await pc.setRemoteDescription(reply.jsep);
+  await pc.setLocalDescription(await pc.createAnswer());
+  await iceDone(pc);
+  await message(handle, { request: "start", room }, { type: "answer", sdp: pc.localDescription.sdp });
+  readStamps(display, t.video, t.info);
+  t.video.play().catch(() => {});
+}
+
+async function main() {
+  await workerReady;
+  const created = await post("", { janus: "create" });
+  session = created.data.id;
+  poll();
+  setInterval(() => post(`/${session}`, { janus: "keepalive" }), 20000);
+  const pub = await attach();
+  handlers.set(pub, (ev) => {
+    const d = ev.plugindata && ev.plugindata.data;
+    for (const p of (d && d.publishers) || []) subscribe(p.id, p.display);
+  });
+  const joined = await message(pub, { request: "join", ptype: "publisher", room, display: myName, pin: token });
+  const data = joined.plugindata.data;
+  if (data.error) { notice(`cannot join: ${data.error}`); return; }
+  status(`joined room ${room}`);
+  if (keys && keys.send) {
+    const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+    const self = tile(myName, true);
+    self.video.srcObject = media;
+    const pc = new RTCPeerConnection();
+    for (const track of media.getTracks()) {
+      const sender = pc.addTrack(track, media);
+      sender.transform = new RTCRtpScriptTransform(worker, { operation: "encrypt", kind: track.kind });
+    }
+    for (const tr of pc.getTransceivers()) {
+      const kind = tr.sender.track.kind;
+      const want = kind === "video" ? "video/VP8" : "audio/opus";
+      const caps = RTCRtpSender.getCapabilities(kind).codecs.filter((c) => c.mimeType.toLowerCase() === want.toLowerCase());
+      tr.setCodecPreferences(caps);
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceDone(pc);
+    const reply = await message(pub, { request: "publish", display: myName },
+      { type: "offer", sdp: pc.localDescription.sdp, e2ee: true });
+    await pc.setRemoteDescription(reply.jsep);
+    stats.published = true;
+  }
+  for (const p of data.publishers || []) subscribe(p.id, p.display);
+}
+
+main().catch((err) => { stats.errors.push(String(err)); notice(`error: ${err}`); });
