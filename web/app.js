@@ -1,13 +1,14 @@
 // roomagent browser participant: joins a Janus VideoRoom, sends camera + microphone, shows and plays
 // the others, with SFrame end to end in an RTCRtpScriptTransform worker. Keys come from the URL
 // fragment (never sent to any server). See docs/webrtc.md.
-import { blockSize, readStamp } from "./stamps.js";
+import { blockSize, readStamp, readStampLuma } from "./stamps.js";
 
 const params = new URLSearchParams(location.hash.slice(1));
 const sfu = params.get("sfu");
 const room = Number(params.get("room"));
 const token = params.get("token") || "";
 const myName = params.get("name") || "guest";
+const [camW, camH] = (params.get("video") || "640x360").split("x").map(Number);
 let keys = null;
 try {
   if (params.get("keys")) {
@@ -109,34 +110,56 @@ function tile(name, self) {
   return { el, video, info };
 }
 
-function readStamps(name, video, info) {
-  const s = { frames: 0, stamps: 0, firstSeq: null, lastSeq: null, missing: 0, outOfOrder: 0, latencies: [], t0: null, t1: null };
+// Every decoded frame of a remote video track is read (MediaStreamTrackProcessor: the decoder's output,
+// not only the frames the compositor happens to paint); the stamp comes from the frame's luma plane,
+// or from a canvas drawing of it where the frame's pixels are not CPU-readable.
+function readStamps(name, track, info) {
+  const s = { frames: 0, stamps: 0, firstSeq: null, lastSeq: null, missing: 0, outOfOrder: 0,
+              latencies: [], t0: null, t1: null, seqs: [], reader: null };
   stats.tiles[name] = s;
-  const canvas = document.createElement("canvas");
+  const canvas = new OffscreenCanvas(8, 8);
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  const onFrame = (now, meta) => {
-    s.frames++;
-    const side = blockSize(meta.width, meta.height);
-    if (side) {
-      canvas.width = side * 32; canvas.height = side * 4;
-      ctx.drawImage(video, 0, 0, side * 32, side * 4, 0, 0, side * 32, side * 4);
-      const stamp = readStamp(ctx.getImageData(0, 0, side * 32, side * 4), side);
-      if (stamp) {
-        const t = performance.now();
-        if (s.firstSeq === null) { s.firstSeq = stamp.seq; s.t0 = t; }
-        else if (stamp.seq > s.lastSeq + 1) s.missing += stamp.seq - s.lastSeq - 1;
-        else if (stamp.seq <= s.lastSeq) s.outOfOrder++;
-        if (s.lastSeq === null || stamp.seq > s.lastSeq) s.lastSeq = stamp.seq;
-        s.stamps++; s.t1 = t;
-        // Same machine, same wall clock: capture (room) to this decoded frame here.
-        s.latencies.push((performance.timeOrigin + performance.now()) - Number(stamp.captureNs / 1000000n));
-        const secs = (s.t1 - s.t0) / 1000;
-        info.textContent = `${meta.width}x${meta.height} · ${secs > 0 ? ((s.stamps - 1) / secs).toFixed(1) : "-"} fps`;
-      }
-    }
-    video.requestVideoFrameCallback(onFrame);
+  const record = (stamp, width, height) => {
+    const t = performance.now();
+    s.seqs.push(stamp.seq);
+    if (s.firstSeq === null) { s.firstSeq = stamp.seq; s.t0 = t; }
+    else if (stamp.seq > s.lastSeq + 1) s.missing += stamp.seq - s.lastSeq - 1;
+    else if (stamp.seq <= s.lastSeq) s.outOfOrder++;
+    if (s.lastSeq === null || stamp.seq > s.lastSeq) s.lastSeq = stamp.seq;
+    s.stamps++; s.t1 = t;
+    // Same machine, same wall clock: capture (room) to this decoded frame here.
+    s.latencies.push((performance.timeOrigin + t) - Number(stamp.captureNs / 1000000n));
+    const secs = (s.t1 - s.t0) / 1000;
+    info.textContent = `${width}x${height} · ${secs > 0 ? ((s.stamps - 1) / secs).toFixed(1) : "-"} fps`;
   };
-  video.requestVideoFrameCallback(onFrame);
+  const read = async (frame) => {
+    const w = frame.displayWidth, h = frame.displayHeight;
+    const side = blockSize(w, h);
+    if (!side) return;
+    const rect = { x: 0, y: 0, width: side * 32, height: side * 4 };
+    let stamp = null;
+    if (frame.format === "I420" || frame.format === "NV12" || frame.format === "I420A") {
+      s.reader = "luma";
+      const buf = new Uint8Array(frame.allocationSize({ rect }));
+      const layout = await frame.copyTo(buf, { rect });
+      stamp = readStampLuma(buf.subarray(layout[0].offset), layout[0].stride, side);
+    } else {
+      s.reader = "canvas";
+      canvas.width = rect.width; canvas.height = rect.height;
+      ctx.drawImage(frame, 0, 0, rect.width, rect.height, 0, 0, rect.width, rect.height);
+      stamp = readStamp(ctx.getImageData(0, 0, rect.width, rect.height), side);
+    }
+    if (stamp) record(stamp, w, h);
+  };
+  (async () => {
+    const reader = new MediaStreamTrackProcessor({ track, maxBufferSize: 30 }).readable.getReader();
+    for (;;) {
+      const { value: frame, done } = await reader.read();
+      if (done) return;
+      s.frames++;
+      try { await read(frame); } finally { frame.close(); }
+    }
+  })().catch((err) => stats.errors.push(`stamps ${name}: ${err}`));
 }
 
 // --- publish and subscribe ---------------------------------------------------------------------
@@ -154,12 +177,12 @@ async function subscribe(feed, display) {
     e.receiver.transform = new RTCRtpScriptTransform(worker, { operation: "decrypt", kind: e.track.kind, name: display });
     stream.addTrack(e.track);
     t.video.srcObject = stream;
+    if (e.track.kind === "video") readStamps(display, e.track, t.info);
   };
   await pc.setRemoteDescription(reply.jsep);
   await pc.setLocalDescription(await pc.createAnswer());
   await iceDone(pc);
   await message(handle, { request: "start", room }, { type: "answer", sdp: pc.localDescription.sdp });
-  readStamps(display, t.video, t.info);
   t.video.play().catch(() => {});
 }
 
@@ -179,7 +202,7 @@ async function main() {
   if (data.error) { notice(`cannot join: ${data.error}`); return; }
   status(`joined room ${room}`);
   if (keys && keys.send) {
-    const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+    const media = await navigator.mediaDevices.getUserMedia({ video: { width: camW, height: camH }, audio: true });
     const self = tile(myName, true);
     self.video.srcObject = media;
     const pc = new RTCPeerConnection();

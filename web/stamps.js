@@ -25,6 +25,28 @@ function crc32(bytes) {
   return (c ^ 0xffffffff) >>> 0;
 }
 
+// luma: Uint8Array of the Y plane of the stamp region with row pitch ``stride``.
+export function readStampLuma(luma, stride, side) {
+  const bytes = new Uint8Array(16);
+  const lo = Math.floor(side / 4), hi = side - Math.floor(side / 4);
+  for (let r = 0; r < ROWS; r++) {
+    for (let c = 0; c < COLS; c++) {
+      let sum = 0, n = 0;
+      for (let y = r * side + lo; y < r * side + hi; y++) {
+        for (let x = c * side + lo; x < c * side + hi; x++) { sum += luma[y * stride + x]; n++; }
+      }
+      if (sum / n > (16 + 235) / 2) { const bit = r * COLS + c; bytes[bit >> 3] |= 0x80 >> (bit & 7); }
+    }
+  }
+  return unpack(bytes);
+}
+
+function unpack(bytes) {
+  const dv = new DataView(bytes.buffer);
+  if (crc32(bytes.subarray(0, 12)) !== dv.getUint32(12)) return null;
+  return { seq: dv.getUint32(0), captureNs: dv.getBigUint64(4) };
+}
+
 // rgba: ImageData of the stamp region (side*COLS x side*ROWS) of a width x height picture.
 export function readStamp(img, side) {
   const bytes = new Uint8Array(16);
@@ -43,7 +65,5 @@ export function readStamp(img, side) {
       if (sum / n > 127) { const bit = r * COLS + c; bytes[bit >> 3] |= 0x80 >> (bit & 7); }
     }
   }
-  const dv = new DataView(bytes.buffer);
-  if (crc32(bytes.subarray(0, 12)) !== dv.getUint32(12)) return null;
-  return { seq: dv.getUint32(0), captureNs: dv.getBigUint64(4) };
+  return unpack(bytes);
 }

@@ -68,6 +68,7 @@ async def _join(args: argparse.Namespace) -> dict[str, Any]:
         "sent": {
             "video_frames": 0 if video is None else video.sent,
             "audio_frames": 0 if audio is None else audio.sent,
+            "camera_gaps": [] if video is None else [list(g) for g in video.gaps],
         },
         "sframe": binding.snapshot(),
         "received": {str(k): v.as_dict() for k, v in participant.received.items()},

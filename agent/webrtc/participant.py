@@ -46,7 +46,11 @@ class CameraTrack(MediaStreamTrack):
         super().__init__()
         self._frames = frames
         self._t0: int | None = None
+        self._last_seq: int | None = None
         self.sent = 0
+        # (seq after which, how many) camera frames never reached the encoder (the sim sensor drops
+        # frames a slow consumer misses), so a receiver can tell them from frames lost on the way.
+        self.gaps: list[tuple[int, int]] = []
 
     async def recv(self) -> av.VideoFrame:
         try:
@@ -56,6 +60,9 @@ class CameraTrack(MediaStreamTrack):
             raise MediaStreamError from exc
         if self._t0 is None:
             self._t0 = frame.capture_ns
+        if self._last_seq is not None and frame.seq > self._last_seq + 1:
+            self.gaps.append((self._last_seq, frame.seq - self._last_seq - 1))
+        self._last_seq = frame.seq
         image: av.VideoFrame = frame.image
         image.pts = (frame.capture_ns - self._t0) * VIDEO_CLOCK // 1_000_000_000
         image.time_base = _VIDEO_TB
