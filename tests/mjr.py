@@ -77,8 +77,15 @@ def scan_recording(rec_dir: Path) -> dict[str, Any]:
     """Counts over every recording in ``rec_dir``: frames, frames that carry an SFrame header after
     their clear bytes, and *plaintext* frames (libvpx decodes them to a picture with a readable stamp,
     or a frame has no SFrame header where the rule says one must be)."""
-    out: dict[str, Any] = {"files": 0, "video_frames": 0, "audio_frames": 0, "sframe_frames": 0,
-                           "plaintext_frames": 0, "stamps_readable": 0, "kids": []}
+    out: dict[str, Any] = {
+        "files": 0,
+        "video_frames": 0,
+        "audio_frames": 0,
+        "sframe_frames": 0,
+        "plaintext_frames": 0,
+        "stamps_readable": 0,
+        "kids": [],
+    }
     kids: set[int] = set()
     for path in sorted(rec_dir.glob("*.mjr")):
         info, packets = read_mjr(path)

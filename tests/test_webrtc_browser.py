@@ -72,7 +72,9 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path) -> None
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     room_key, guest_key = secrets.token_bytes(32), secrets.token_bytes(32)
     room_keys = JoinKeys("m-web", 4, PeerKey("self", 0x101, room_key), (PeerKey("alice", 0x102, guest_key),))
-    guest_keys = JoinKeys("m-web", 4, PeerKey("self", 0x102, guest_key), (PeerKey("room-a", 0x101, room_key),))
+    guest_keys = JoinKeys(
+        "m-web", 4, PeerKey("self", 0x102, guest_key), (PeerKey("room-a", 0x101, room_key),)
+    )
     (tmp_path / "room.json").write_text(json.dumps(room_keys.to_json()))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with private_netns():
@@ -83,15 +85,40 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path) -> None
             port = free_port("127.0.0.1")
             web = subprocess.Popen(
                 [sys.executable, "-m", "agent.fleet", "meeting", "web", "--port", str(port)],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             assert web.stdout is not None
             web.stdout.readline()
             room = subprocess.Popen(
-                [sys.executable, "-m", "agent", "webrtc", "join", "--sfu-url", janus.url,
-                 "--sfu-room", str(janus.room), "--token", janus.pin, "--keys-file", str(tmp_path / "room.json"),
-                 "--name", "room-a", "--seconds", "45", "--width", "320", "--height", "240", "--json"],
-                env=env, stdout=subprocess.PIPE, stderr=(tmp_path / "room.log").open("w"),
+                [
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "webrtc",
+                    "join",
+                    "--sfu-url",
+                    janus.url,
+                    "--sfu-room",
+                    str(janus.room),
+                    "--token",
+                    janus.pin,
+                    "--keys-file",
+                    str(tmp_path / "room.json"),
+                    "--name",
+                    "room-a",
+                    "--seconds",
+                    "45",
+                    "--width",
+                    "320",
+                    "--height",
+                    "240",
+                    "--json",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=(tmp_path / "room.log").open("w"),
             )
             place = SfuPlace(janus.url, janus.room, janus.pin)
             link = f"http://127.0.0.1:{port}/index.html#{join_fragment(place, 'alice', guest_keys)}&video=320x240"
@@ -147,12 +174,18 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path) -> None
     lat = sorted(tile["latencies"])
     p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
     summary = {
-        "browser": {"fps": round(fps, 1), "stamps": tile["stamps"], "missing": tile["missing"],
-                    "lost_after_first": tile["lost_after_first"],
-                    "camera_dropped_in_window": tile["camera_dropped_in_window"],
-                    "presented": tile.get("presented", 0) - tile.get("presented0", 0),
-                    "out_of_order": tile["outOfOrder"], "latency_ms_p50": round(p50, 1),
-                    "latency_ms_p99": round(p99, 1), "worker": stats.get("worker")},
+        "browser": {
+            "fps": round(fps, 1),
+            "stamps": tile["stamps"],
+            "missing": tile["missing"],
+            "lost_after_first": tile["lost_after_first"],
+            "camera_dropped_in_window": tile["camera_dropped_in_window"],
+            "presented": tile.get("presented", 0) - tile.get("presented0", 0),
+            "out_of_order": tile["outOfOrder"],
+            "latency_ms_p50": round(p50, 1),
+            "latency_ms_p99": round(p99, 1),
+            "worker": stats.get("worker"),
+        },
         "room": report,
         "keyless": {"worker": locked.get("worker"), "tiles": locked.get("tiles"), "notice": notice},
     }

@@ -37,10 +37,10 @@ from agent.control.documents import payload_type
 from agent.control.dsse import Envelope
 from agent.control.keys import PrivateKey, keyid_of, load_private_key, parse_public_key
 from agent.errors import AgentError
-from agent.fleet.web import register_web
+from agent.fleet.web import add_webrtc_arguments, guest_report, register_web, sfu_place
 from agent.persist import atomic_write_json
 from agent.privacy.errors import KeyDeliveryError
-from agent.privacy.keys import KeysBody, seal_meeting
+from agent.privacy.keys import KeysBody, seal_meeting_keys
 
 _ID_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
@@ -74,7 +74,7 @@ def build_key_envelopes(
             # The document lives as long as its keys: a late delivery of expired keys is refused.
             "expires": body.key_expires,
             "targets": {"devices": [room], "groups": []},
-            "body": body.model_dump(),
+            "body": body.model_dump(exclude_none=True),
         }
         data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         out[room] = Envelope(payload_type("keys"), data, ()).signed_by(customer_key)
@@ -275,16 +275,19 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
                 # Trust on first use: later meetings refuse a room whose identity key changed.
                 atomic_write_json(pins_path, {**pins, **new_pins})
             try:
-                packages = seal_meeting(
+                sealed = seal_meeting_keys(
                     meeting=meeting,
                     epoch=args.epoch,
                     suite=args.suite,
                     key_expires=key_expires,
                     rooms=public,
                     kem=args.kem,
+                    guests=tuple(args.guest or ()),
+                    sfu=sfu_place(args),
                 )
             except KeyDeliveryError as exc:
                 raise MeetingError(str(exc), 3) from exc
+            packages = sealed.packages
             envelopes = build_key_envelopes(
                 packages=packages, customer_key=customer_key, version=version, issued_at=now
             )
@@ -312,6 +315,7 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
             }
             for room in rooms
         },
+        **guest_report(sealed, args, meeting),
     }
 
 
@@ -330,6 +334,10 @@ def _run(args: argparse.Namespace) -> int:
         for room, info in report["rooms"].items():
             outcome = "" if not args.wait_acks else f"  ack {info['ack'] or 'none'} {info['reason'] or ''}"
             print(f"  {room}: kid {info['kid']}{outcome}")
+        for guest, info in report.get("guests", {}).items():
+            print(
+                f"  guest {guest}: kid {info['kid']}\n    join link (holds the guest's keys): {info['link']}"
+            )
     if args.wait_acks and any(info["ack"] != "applied" for info in report["rooms"].values()):
         return 1
     return 0
@@ -369,5 +377,6 @@ def register(subparsers: Any) -> None:
         "--wait-acks", action="store_true", help="wait for each room's ack; exit 1 unless all applied"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_webrtc_arguments(p)
     p.set_defaults(func=_run)
     register_web(sub)

@@ -8,7 +8,7 @@ loopback default. For other machines, host ``web/`` behind HTTPS.
 
 from __future__ import annotations
 
-__all__ = ["WEB_DIR", "register_web", "serve"]
+__all__ = ["WEB_DIR", "add_webrtc_arguments", "guest_report", "register_web", "serve", "sfu_place"]
 
 import argparse
 import functools
@@ -16,6 +16,8 @@ import http.server
 import sys
 from pathlib import Path
 from typing import Any
+
+from agent.privacy.keys import SealedMeeting, SfuBody
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -30,7 +32,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("X-Frame-Options", "DENY")
         super().end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # request lines never hold the fragment, but keep the CLI quiet
 
 
@@ -42,7 +44,9 @@ def serve(bind: str, port: int, directory: Path = WEB_DIR) -> http.server.Thread
 def _run(args: argparse.Namespace) -> int:
     server = serve(args.bind, args.port, Path(args.dir))
     host, port = server.server_address[:2]
-    print(f"serving {args.dir} on http://{host}:{port}/ (open a join link from `roomctl meeting start --guest`)")
+    print(
+        f"serving {args.dir} on http://{host}:{port}/ (open a join link from `roomctl meeting start --guest`)"
+    )
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -60,3 +64,66 @@ def register_web(sub: Any) -> None:
     w.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
     w.add_argument("--dir", default=str(WEB_DIR), help="directory to serve (default: the repo's web/)")
     w.set_defaults(func=_run)
+
+
+def add_webrtc_arguments(p: argparse.ArgumentParser) -> None:
+    """``roomctl meeting start`` options for meeting over WebRTC (the place is customer-signed)."""
+    p.add_argument("--sfu-url", help="Janus HTTP API URL the rooms join (signed into the keys document)")
+    p.add_argument("--sfu-room", type=int, help="Janus VideoRoom id")
+    p.add_argument("--sfu-token", default="", help="VideoRoom join token (its pin)")
+    p.add_argument(
+        "--guest",
+        action="append",
+        metavar="NAME",
+        help="add a browser guest; prints a join link carrying its keys in the URL fragment (repeatable)",
+    )
+    p.add_argument(
+        "--web-url",
+        default="http://127.0.0.1:8080/",
+        help="where web/ is served, for join links (default: `roomctl meeting web`'s address)",
+    )
+
+
+def sfu_place(args: argparse.Namespace) -> SfuBody | None:
+    """The signed ``sfu`` object from the options, or None.
+
+    Raises:
+        MeetingError: only one of --sfu-url / --sfu-room, guests without an SFU, or a bad URL.
+    """
+    from agent.fleet.meeting import MeetingError
+
+    url, room = getattr(args, "sfu_url", None), getattr(args, "sfu_room", None)
+    if (url is None) != (room is None):
+        raise MeetingError("--sfu-url and --sfu-room go together")
+    if url is None:
+        if getattr(args, "guest", None):
+            raise MeetingError("--guest needs --sfu-url and --sfu-room (browsers meet through the SFU)")
+        return None
+    try:
+        return SfuBody(url=url, room=room, token=args.sfu_token)
+    except ValueError as exc:
+        raise MeetingError(f"--sfu-url/--sfu-room/--sfu-token: {exc}") from exc
+
+
+def guest_report(sealed: SealedMeeting, args: argparse.Namespace, meeting: str) -> dict[str, Any]:
+    """``{"guests": {name: {"kid", "link"}}}`` (empty without guests). The link's fragment holds the
+    guest's keys: browsers never send a fragment to a server."""
+    if not sealed.guests:
+        return {}
+    from agent.webrtc.joinkeys import JoinKeys, PeerKey, SfuPlace, join_fragment
+
+    body = next(iter(sealed.packages.values()))
+    sfu = body.sfu
+    assert sfu is not None  # sfu_place() refuses guests without an SFU
+    place = SfuPlace(sfu.url, sfu.room, sfu.token)
+    out: dict[str, Any] = {}
+    for name, g in sealed.guests.items():
+        keys = JoinKeys(
+            meeting,
+            body.suite,
+            PeerKey("self", g.send[0], g.send[1]),
+            tuple(PeerKey(n, kid, key) for n, kid, key in g.recv),
+        )
+        base = args.web_url if args.web_url.endswith("/") else args.web_url + "/"
+        out[name] = {"kid": g.send[0], "link": f"{base}index.html#{join_fragment(place, name, keys)}"}
+    return {"guests": out}

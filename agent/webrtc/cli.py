@@ -54,10 +54,8 @@ async def _join(args: argparse.Namespace) -> dict[str, Any]:
         participant = Participant(place, args.name, video, audio)
         start = time.monotonic()
         task = asyncio.create_task(participant.run(), name="webrtc_participant")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), args.seconds)
-        except TimeoutError:
-            pass
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

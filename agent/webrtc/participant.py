@@ -26,9 +26,9 @@ import structlog
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from hal.types import Frame
 from agent.webrtc.janus import JanusHandle, JanusSession
 from agent.webrtc.joinkeys import SfuPlace
+from hal.types import Frame
 
 _log = structlog.get_logger()
 VIDEO_CLOCK = 90_000
