@@ -48,6 +48,7 @@ SERVICE_PROVIDERS: tuple[tuple[str, str], ...] = (
     ("agent.control.service", "services"),  # issue 5: MQTT control link
     ("agent.media.service", "services"),  # issue 7: one pipeline per camera
     ("agent.privacy.service", "services"),  # issue 6: key expiry, shutter when idle, telemetry filter
+    ("agent.daemon.webrtc", "services"),  # WebRTC meetings through the customer-signed SFU place
 )
 
 # systemd's default TimeoutStopSec is 90 s; we promise 5 s. Past this the process exits non-zero.

@@ -138,6 +138,15 @@ class Participant:
     publisher_id: int | None = None
     published: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def sent_counts(self) -> dict[str, Any]:
+        """Frames handed to the encoders, and camera frames dropped before them (``[after_seq, n]``)."""
+        video, audio = self.video, self.audio
+        return {
+            "video_frames": video.sent if isinstance(video, CameraTrack) else 0,
+            "audio_frames": audio.sent if isinstance(audio, ToneTrack) else 0,
+            "camera_gaps": [list(g) for g in video.gaps[-100:]] if isinstance(video, CameraTrack) else [],
+        }
+
     async def run(self) -> None:
         async with JanusSession(self.place.url) as session, asyncio.TaskGroup() as tg:
             pub = await session.attach()
