@@ -75,7 +75,7 @@ def _stats(driver) -> dict:  # type: ignore[no-untyped-def]
 
 def _without_keys(link: str) -> str:
     parts = urlsplit(link)
-    fragment = {k: v[0] for k, v in parse_qs(parts.fragment).items() if k != "keys"}
+    fragment = {k: v[0] for k, v in parse_qs(parts.fragment).items() if k != "keys"} | {"name": "mallory"}
     return parts._replace(fragment=urlencode(fragment)).geturl()
 
 

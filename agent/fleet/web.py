@@ -43,7 +43,7 @@ def serve(bind: str, port: int, directory: Path = WEB_DIR) -> http.server.Thread
 
 def _run(args: argparse.Namespace) -> int:
     server = serve(args.bind, args.port, Path(args.dir))
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     print(
         f"serving {args.dir} on http://{host}:{port}/ (open a join link from `roomctl meeting start --guest`)"
     )
@@ -95,7 +95,7 @@ def sfu_place(args: argparse.Namespace) -> SfuBody | None:
     url, room = getattr(args, "sfu_url", None), getattr(args, "sfu_room", None)
     if (url is None) != (room is None):
         raise MeetingError("--sfu-url and --sfu-room go together")
-    if url is None:
+    if url is None or room is None:
         if getattr(args, "guest", None):
             raise MeetingError("--guest needs --sfu-url and --sfu-room (browsers meet through the SFU)")
         return None
