@@ -79,6 +79,50 @@ def _without_keys(link: str) -> str:
     return parts._replace(fragment=urlencode(fragment)).geturl()
 
 
+_VECTOR_KEY = bytes(range(32))
+_VECTOR_META = bytes([0x31, 0x02, 0x00])
+_VECTOR_PLAIN = bytes(range(200))
+_VECTOR_SCRIPT = """
+const done = arguments[arguments.length - 1];
+const hex = (a) => Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+const bytes = (h) => Uint8Array.from(h.match(/../g), (x) => parseInt(x, 16));
+import("/sframe.js").then(async (m) => {
+  const k = await m.deriveKey(4, 0x101n, bytes(arguments[0]), "encrypt");
+  const out = [];
+  for (const ctr of [0n, 1n, 7n, 8n, 9n, 255n, 256n, 1n << 40n]) {
+    out.push(hex(await m.seal(k, ctr, bytes(arguments[1]), bytes(arguments[2]))));
+  }
+  done(out);
+}).catch((e) => done(String(e)));
+"""
+
+
+def _js_vectors(driver) -> list[str]:  # type: ignore[no-untyped-def]
+    """web/sframe.js sealing fixed frames under a fixed key at chosen CTRs, in the page."""
+    return list(
+        driver.execute_async_script(
+            _VECTOR_SCRIPT, _VECTOR_KEY.hex(), _VECTOR_META.hex(), _VECTOR_PLAIN.hex()
+        )
+    )
+
+
+def _check_vectors(vectors: list[str]) -> None:
+    """Byte for byte: Python's SenderContext gives the same ciphertexts for CTR 0..256, and Python's
+    ReceiverContext opens the browser's frame at CTR 2^40 (a long CTR field, RFC 9605 §4.3)."""
+    from agent.e2ee.context import ReceiverContext, SenderContext
+
+    sender = SenderContext(4, _VECTOR_KEY, 0x101)
+    ours = {ctr: None for ctr in (0, 1, 7, 8, 9, 255, 256)}
+    for ctr in range(257):
+        frame = sender.encrypt(_VECTOR_META, _VECTOR_PLAIN)
+        if ctr in ours:
+            ours[ctr] = frame.hex()
+    assert vectors[:7] == [ours[c] for c in (0, 1, 7, 8, 9, 255, 256)]
+    receiver = ReceiverContext()
+    receiver.add_key(0x101, _VECTOR_KEY, 4, epoch=1)
+    assert receiver.decrypt(_VECTOR_META, bytes.fromhex(vectors[7])).plaintext == _VECTOR_PLAIN
+
+
 def _wait_state(path: Path, check, within_s: float) -> dict:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + within_s
     state: dict = {}
@@ -106,7 +150,8 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path, agent_e
         broker.start()
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'[device]\nid = "room-a"\n[mqtt]\nurl = "{broker.url}"\n[trust]\nroot = "{tmp_path / "root.json"}"\n'
+            f'[device]\nid = "room-a"\n[mqtt]\nurl = "{broker.url}"\n'
+            f'[trust]\nroot = "{tmp_path / "root.json"}"\n'
             f'[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
             '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\npattern = "room"\n'
         )
@@ -160,6 +205,7 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path, agent_e
                     break
                 time.sleep(1)
             stats = _stats(alice)
+            vectors = _js_vectors(alice)
             alice.save_screenshot(str(ARTIFACTS / "webrtc-browser.png"))
             (ARTIFACTS / "webrtc-browser-console.log").write_text(
                 "\n".join(str(e) for e in alice.get_log("browser"))
@@ -221,6 +267,8 @@ def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path, agent_e
     (ARTIFACTS / "webrtc-browser.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
+    # The browser's SFrame is byte for byte the room's.
+    _check_vectors(vectors)
     # The browser shows the room's video: stamps read from decoded frames, >= 25 fps, none lost.
     assert seconds >= 15, summary
     assert fps >= 25, summary

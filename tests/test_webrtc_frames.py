@@ -16,7 +16,7 @@ from agent.e2ee.context import ReceiverContext, SenderContext
 from agent.e2ee.errors import SFrameError
 from agent.media.keys import ContextOpener, KeySource
 from agent.privacy.hpke import HpkeIdentity
-from agent.privacy.keys import KeyManager, KeySet, KeysBody, SfuBody, seal_meeting_keys
+from agent.privacy.keys import KeyManager, KeysBody, KeySet, SfuBody, seal_meeting_keys
 from agent.privacy.policy import DEFAULT_POLICY
 from agent.webrtc.codecs import SFrameBinding
 from agent.webrtc.errors import FrameRuleError, JoinLinkError

@@ -61,7 +61,8 @@ async def _send(sframe: bool, seconds: float, width: int, height: int) -> dict[s
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
     inventory = SimInventory([CameraSpec(id="cam0", width=width, height=height, fps=30, pattern="room")])
     pc = RTCPeerConnection()
     try:
