@@ -50,7 +50,7 @@ def test_two_rooms_see_and_hear_each_other_through_janus(tmp_path: Path) -> None
                     [sys.executable, "-m", "agent", "webrtc", "join", "--sfu-url", janus.url,
                      "--sfu-room", str(janus.room), "--token", janus.pin,
                      "--keys-file", str(tmp_path / f"{name}.json"), "--name", name,
-                     "--seconds", "12", "--width", "320", "--height", "240", "--json"],
+                     "--seconds", "12", "--width", "320", "--height", "240", "--take", "all", "--json"],
                     env=env, stdout=subprocess.PIPE, stderr=(tmp_path / f"{name}.log").open("w"),
                 )  # fmt: skip
                 time.sleep(1)
@@ -68,6 +68,9 @@ def test_two_rooms_see_and_hear_each_other_through_janus(tmp_path: Path) -> None
     for name, other in (("room-a", "room-b"), ("room-b", "room-a")):
         got = next(v for v in reports[name]["received"].values() if v["display"] == other)
         assert got["video_frames"] > 100, reports
+        # Both layers the room sends reached the other room through the SFU (full and half size).
+        assert got["layers"].get("320x240", 0) > 50, reports
+        assert got["layers"].get("160x120", 0) > 50, reports
         assert got["audio_frames"] > 200, reports
         assert not reports[name]["sframe"]["open_failed"], reports
     assert recording["stamps_readable"] == 0, recording

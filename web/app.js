@@ -165,11 +165,25 @@ function readStamps(name, track, info) {
 // --- publish and subscribe ---------------------------------------------------------------------
 const subscribed = new Set();
 
-async function subscribe(feed, display) {
+// The room sends two VP8 layers (full and half size; aiortc has no simulcast): take the one asked for
+// (&layer=low in the link), and the audio.
+function chooseStreams(p) {
+  const want = params.get("layer") || "high";
+  const streams = (p.streams || []).filter((s) => !s.disabled);
+  if (!streams.length) return [{ feed: p.id }];
+  const videos = streams.filter((s) => s.type === "video");
+  const pick = videos.find((s) => s.description === want) || videos[0];
+  const out = streams.filter((s) => s.type === "audio").map((s) => ({ feed: p.id, mid: s.mid }));
+  if (pick) out.push({ feed: p.id, mid: pick.mid });
+  return out;
+}
+
+async function subscribe(p) {
+  const feed = p.id, display = p.display;
   if (subscribed.has(feed)) return;
   subscribed.add(feed);
   const handle = await attach();
-  const reply = await message(handle, { request: "join", ptype: "subscriber", room, pin: token, streams: [{ feed }] });
+  const reply = await message(handle, { request: "join", ptype: "subscriber", room, pin: token, streams: chooseStreams(p) });
   const pc = new RTCPeerConnection();
   const t = tile(display, false);
   const stream = new MediaStream();
@@ -195,7 +209,7 @@ async function main() {
   const pub = await attach();
   handlers.set(pub, (ev) => {
     const d = ev.plugindata && ev.plugindata.data;
-    for (const p of (d && d.publishers) || []) subscribe(p.id, p.display);
+    for (const p of (d && d.publishers) || []) subscribe(p);
   });
   const joined = await message(pub, { request: "join", ptype: "publisher", room, display: myName, pin: token });
   const data = joined.plugindata.data;
@@ -223,7 +237,7 @@ async function main() {
     await pc.setRemoteDescription(reply.jsep);
     stats.published = true;
   }
-  for (const p of data.publishers || []) subscribe(p.id, p.display);
+  for (const p of data.publishers || []) subscribe(p);
 }
 
 main().catch((err) => { stats.errors.push(String(err)); notice(`error: ${err}`); });

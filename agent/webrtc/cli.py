@@ -31,7 +31,7 @@ async def _join(args: argparse.Namespace) -> dict[str, Any]:
     from agent.media.keys import ContextOpener, KeySource
     from agent.webrtc.codecs import SFrameBinding, bind
     from agent.webrtc.joinkeys import SfuPlace
-    from agent.webrtc.participant import CameraTrack, Participant, ToneTrack
+    from agent.webrtc.participant import CameraTrack, LowLayerTrack, Participant, ToneTrack
     from hal.sim.camera import SimInventory
     from hal.types import CameraSpec
 
@@ -51,7 +51,8 @@ async def _join(args: argparse.Namespace) -> dict[str, Any]:
     async with inventory.open_camera("cam0") as camera:
         video = CameraTrack(camera.frames()) if not args.no_video else None
         audio = ToneTrack() if not args.no_audio else None
-        participant = Participant(place, args.name, video, audio)
+        low = LowLayerTrack(video) if video is not None and args.layers == 2 else None
+        participant = Participant(place, args.name, video, audio, video_low=low, layer=args.take)
         start = time.monotonic()
         task = asyncio.create_task(participant.run(), name="webrtc_participant")
         with contextlib.suppress(TimeoutError):
@@ -121,6 +122,8 @@ def register(sub: Any) -> None:
     j.add_argument("--width", type=int, default=640)
     j.add_argument("--height", type=int, default=360)
     j.add_argument("--fps", type=int, default=30)
+    j.add_argument("--layers", type=int, choices=(1, 2), default=2, help="video layers sent (2: + half size)")
+    j.add_argument("--take", choices=("high", "low", "all"), default="high", help="layer taken from others")
     j.add_argument("--no-video", action="store_true")
     j.add_argument("--no-audio", action="store_true")
     j.add_argument("--json", action="store_true", help="print the report as JSON")

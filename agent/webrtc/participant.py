@@ -9,9 +9,10 @@ the room (listed in ``joined`` and later ``event``s) a subscriber handle ``join`
 
 from __future__ import annotations
 
-__all__ = ["CameraTrack", "Participant", "ReceiveCounts", "ToneTrack"]
+__all__ = ["CameraTrack", "LowLayerTrack", "Participant", "ReceiveCounts", "ToneTrack"]
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import math
@@ -28,6 +29,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.webrtc.janus import JanusHandle, JanusSession
 from agent.webrtc.joinkeys import SfuPlace
+from hal.errors import HalError
+from hal.stamps import write_stamp
 from hal.types import Frame
 
 _log = structlog.get_logger()
@@ -45,6 +48,7 @@ class CameraTrack(MediaStreamTrack):
     def __init__(self, frames: AsyncIterator[Frame]) -> None:
         super().__init__()
         self._frames = frames
+        self.low: LowLayerTrack | None = None
         self._t0: int | None = None
         self._last_seq: int | None = None
         self.sent = 0
@@ -67,7 +71,41 @@ class CameraTrack(MediaStreamTrack):
         image.pts = (frame.capture_ns - self._t0) * VIDEO_CLOCK // 1_000_000_000
         image.time_base = _VIDEO_TB
         self.sent += 1
+        if self.low is not None:
+            self.low.offer(frame, image.pts)
         return image
+
+
+class LowLayerTrack(MediaStreamTrack):
+    """A second, half-size layer of a :class:`CameraTrack` (aiortc has no simulcast: the SFU gets two
+    separately encoded streams and each subscriber picks one). The stamp is written again at the small
+    size so a receiver of this layer can read it too."""
+
+    kind = "video"
+
+    def __init__(self, high: CameraTrack) -> None:
+        super().__init__()
+        high.low = self
+        self._queue: collections.deque[tuple[Frame, int]] = collections.deque(maxlen=2)
+        self._ready = asyncio.Event()
+        self.sent = 0
+
+    def offer(self, frame: Frame, pts: int) -> None:
+        self._queue.append((frame, pts))  # drop-oldest: the low layer never holds the camera back
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        frame, pts = self._queue.popleft()
+        small = frame.image.reformat(width=frame.width // 2 // 2 * 2, height=frame.height // 2 // 2 * 2)
+        with contextlib.suppress(HalError):
+            write_stamp(small, frame.seq, frame.capture_ns)  # too small for a stamp: none
+        small.pts = pts
+        small.time_base = _VIDEO_TB
+        self.sent += 1
+        return small
 
 
 class ToneTrack(MediaStreamTrack):
@@ -108,6 +146,7 @@ class ReceiveCounts:
     audio_frames: int = 0
     video_size: tuple[int, int] | None = None
     first_frame_s: float | None = None
+    layers: dict[str, int] = field(default_factory=dict)  # "WxH" -> decoded frames
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +154,7 @@ class ReceiveCounts:
             "video_frames": self.video_frames,
             "audio_frames": self.audio_frames,
             "video_size": None if self.video_size is None else list(self.video_size),
+            "layers": dict(self.layers),
         }
 
 
@@ -134,6 +174,8 @@ class Participant:
     display: str
     video: MediaStreamTrack | None
     audio: MediaStreamTrack | None
+    video_low: MediaStreamTrack | None = None
+    layer: str = "high"  # which video layer to take from each publisher ("all": every layer)
     received: dict[int, ReceiveCounts] = field(default_factory=dict)
     publisher_id: int | None = None
     published: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,8 +183,10 @@ class Participant:
     def sent_counts(self) -> dict[str, Any]:
         """Frames handed to the encoders, and camera frames dropped before them (``[after_seq, n]``)."""
         video, audio = self.video, self.audio
+        low = self.video_low
         return {
             "video_frames": video.sent if isinstance(video, CameraTrack) else 0,
+            "video_frames_low": low.sent if isinstance(low, LowLayerTrack) else 0,
             "audio_frames": audio.sent if isinstance(audio, ToneTrack) else 0,
             "camera_gaps": [list(g) for g in video.gaps[-100:]] if isinstance(video, CameraTrack) else [],
         }
@@ -165,15 +209,22 @@ class Participant:
             try:
                 pc = RTCPeerConnection()
                 pcs.append(pc)
+                layers = []
                 if self.video is not None:
-                    pc.addTransceiver(self.video, direction="sendonly")
-                    _prefer(pc, "video", "video/vp8")
+                    layers.append((pc.addTransceiver(self.video, direction="sendonly"), "high"))
+                if self.video_low is not None:
+                    layers.append((pc.addTransceiver(self.video_low, direction="sendonly"), "low"))
+                _prefer(pc, "video", "video/vp8")
                 if self.audio is not None:
                     pc.addTransceiver(self.audio, direction="sendonly")
                     _prefer(pc, "audio", "audio/opus")
                 await pc.setLocalDescription(await pc.createOffer())
                 offer = {"type": "offer", "sdp": pc.localDescription.sdp, "e2ee": True}
-                reply = await pub.message({"request": "publish", "display": self.display}, offer)
+                # Subscribers choose a layer by its description (aiortc cannot send simulcast).
+                descriptions = [{"mid": t.mid, "description": d} for t, d in layers]
+                reply = await pub.message(
+                    {"request": "publish", "display": self.display, "descriptions": descriptions}, offer
+                )
                 answer = reply.get("jsep")
                 if not isinstance(answer, dict):
                     raise RuntimeError("janus publish: no answer")
@@ -205,7 +256,7 @@ class Participant:
                 "ptype": "subscriber",
                 "room": self.place.room,
                 "pin": self.place.token,
-                "streams": [{"feed": feed}],
+                "streams": _choose_streams(publisher, self.layer),
             }
         )
         offer = reply.get("jsep")
@@ -230,6 +281,20 @@ class Participant:
                 t.cancel()
 
 
+def _choose_streams(publisher: dict[str, Any], layer: str) -> list[dict[str, Any]]:
+    """Janus ``streams`` to subscribe to: the audio and the video layer asked for (by description)."""
+    feed = int(publisher["id"])
+    streams = [s for s in publisher.get("streams") or [] if isinstance(s, dict) and not s.get("disabled")]
+    videos = [s for s in streams if s.get("type") == "video"]
+    if layer == "all" or not streams:
+        return [{"feed": feed}]
+    pick = next((s for s in videos if s.get("description") == layer), videos[0] if videos else None)
+    out = [{"feed": feed, "mid": s["mid"]} for s in streams if s.get("type") == "audio"]
+    if pick is not None:
+        out.append({"feed": feed, "mid": pick["mid"]})
+    return out
+
+
 async def _consume(track: MediaStreamTrack, counts: ReceiveCounts) -> None:
     while True:
         try:
@@ -241,5 +306,7 @@ async def _consume(track: MediaStreamTrack, counts: ReceiveCounts) -> None:
         if isinstance(frame, av.VideoFrame):
             counts.video_frames += 1
             counts.video_size = (frame.width, frame.height)
+            size = f"{frame.width}x{frame.height}"
+            counts.layers[size] = counts.layers.get(size, 0) + 1
         else:
             counts.audio_frames += 1

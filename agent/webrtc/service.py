@@ -25,7 +25,7 @@ import structlog
 from agent.media.keys import FrameOpener, KeySource
 from agent.webrtc.codecs import SFrameBinding, bind
 from agent.webrtc.joinkeys import SfuPlace
-from agent.webrtc.participant import CameraTrack, Participant, ToneTrack
+from agent.webrtc.participant import CameraTrack, LowLayerTrack, Participant, ToneTrack
 from hal.protocols import Camera
 
 _log = structlog.get_logger()
@@ -115,7 +115,9 @@ class WebRtcService:
                 return
             async with self._open_camera() as camera:
                 video = CameraTrack(camera.frames())
-                self._participant = Participant(want.place, self._display, video, audio)
+                self._participant = Participant(
+                    want.place, self._display, video, audio, video_low=LowLayerTrack(video)
+                )
                 try:
                     await self._participant.run()
                 finally:
