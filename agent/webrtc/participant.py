@@ -99,7 +99,9 @@ class LowLayerTrack(MediaStreamTrack):
             self._ready.clear()
             await self._ready.wait()
         frame, pts = self._queue.popleft()
-        small = frame.image.reformat(width=frame.width // 2 // 2 * 2, height=frame.height // 2 // 2 * 2)
+        small: av.VideoFrame = frame.image.reformat(
+            width=frame.width // 2 // 2 * 2, height=frame.height // 2 // 2 * 2
+        )
         with contextlib.suppress(HalError):
             write_stamp(small, frame.seq, frame.capture_ns)  # too small for a stamp: none
         small.pts = pts
