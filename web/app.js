@@ -191,7 +191,8 @@ async function subscribe(p) {
     e.receiver.transform = new RTCRtpScriptTransform(worker, { operation: "decrypt", kind: e.track.kind, name: display });
     stream.addTrack(e.track);
     t.video.srcObject = stream;
-    if (e.track.kind === "video") readStamps(display, e.track, t.info);
+    // Stamp reading is a measurement aid (Chromium's MediaStreamTrackProcessor); other browsers just show.
+    if (e.track.kind === "video" && typeof MediaStreamTrackProcessor !== "undefined") readStamps(display, e.track, t.info);
   };
   await pc.setRemoteDescription(reply.jsep);
   await pc.setLocalDescription(await pc.createAnswer());

@@ -29,7 +29,7 @@ from agent.webrtc.participant import CameraTrack, LowLayerTrack, Participant, To
 from hal.protocols import Camera
 
 _log = structlog.get_logger()
-_REPORT_S = 1.0
+_REPORT_S = 2.0
 _RETRY_S = 3.0
 
 
@@ -127,7 +127,11 @@ class WebRtcService:
             _log.warning("webrtc_meeting_failed", meeting=want.meeting, error=self._error)
 
     async def _report_loop(self, progress: Any) -> None:
+        last: dict[str, Any] | None = None
         while True:
             progress.beat()
-            self._report(self.describe())
+            now = self.describe()
+            if now != last:  # an idle room does not rewrite its state every turn
+                self._report(now)
+                last = now
             await asyncio.sleep(_REPORT_S)
