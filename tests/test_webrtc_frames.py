@@ -180,3 +180,26 @@ def test_recording_scanner_finds_plaintext_and_passes_ciphertext(tmp_path: Path)
     assert clean["stamps_readable"] == 0
     assert clean["plaintext_frames"] == 0
     assert clean["kids"] == [0x101]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--guest", "alice"], "--guest needs --sfu-url"),
+        (["--sfu-url", "file:///x", "--sfu-room", "1"], "--sfu-url"),
+        (["--sfu-url", "http://sfu:8088/janus"], "go together"),
+    ],
+)
+def test_roomctl_meeting_start_refuses_a_bad_sfu_place_up_front(
+    agent_env: dict[str, str], extra: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.fleet", "meeting", "start", "--rooms", "room-a",
+         "--broker", "mqtt://127.0.0.1:1", "--customer-key", "/nonexistent", *extra],
+        env=agent_env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert message in out.stderr

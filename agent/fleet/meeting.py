@@ -240,6 +240,7 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
     rooms = [r.strip() for r in args.rooms.split(",") if r.strip()]
     if not rooms or len(set(rooms)) != len(rooms) or any(set(r) - set(_ID_OK) for r in rooms):
         raise MeetingError("--rooms must be distinct device ids separated by commas")
+    sfu = sfu_place(args)  # before anything else: a bad SFU place or guest list is a usage error
     passphrase = None
     if args.passphrase_env:
         if args.passphrase_env not in os.environ:
@@ -283,7 +284,7 @@ async def start_meeting(args: argparse.Namespace) -> dict[str, Any]:
                     rooms=public,
                     kem=args.kem,
                     guests=tuple(args.guest or ()),
-                    sfu=sfu_place(args),
+                    sfu=sfu,
                 )
             except KeyDeliveryError as exc:
                 raise MeetingError(str(exc), 3) from exc

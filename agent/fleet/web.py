@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.privacy.keys import SealedMeeting, SfuBody
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -101,8 +103,12 @@ def sfu_place(args: argparse.Namespace) -> SfuBody | None:
         return None
     try:
         return SfuBody(url=url, room=room, token=args.sfu_token)
-    except ValueError as exc:
-        raise MeetingError(f"--sfu-url/--sfu-room/--sfu-token: {exc}") from exc
+    except ValidationError as exc:
+        where = {"url": "--sfu-url", "room": "--sfu-room", "token": "--sfu-token"}
+        first = exc.errors()[0]
+        name = where.get(str(first["loc"][0]), "--sfu-*") if first["loc"] else "--sfu-*"
+        hint = " (an http:// or https:// Janus API URL)" if name == "--sfu-url" else ""
+        raise MeetingError(f"{name}: {first['msg']}{hint}") from exc
 
 
 def guest_report(sealed: SealedMeeting, args: argparse.Namespace, meeting: str) -> dict[str, Any]:
