@@ -48,7 +48,7 @@ async def test_stalled_sim_camera_stops_the_watchdog_until_frames_flow_again(tmp
     )
     runtime = Runtime(config, tmp_path / "state")
     services = build_services(runtime)
-    others = ("control", "privacy")  # the other providers' services
+    others = ("control", "privacy", "webrtc")  # the other providers' services
     assert [s.name for s in services if s.name not in others] == ["state_reporter", "media[cam0]"]
     media = media_service.media_of(runtime)
     assert media is not None

@@ -30,6 +30,7 @@ from hal.protocols import Camera
 
 _log = structlog.get_logger()
 _REPORT_S = 2.0
+_BEAT_S = 0.1
 _RETRY_S = 3.0
 
 
@@ -127,11 +128,17 @@ class WebRtcService:
             _log.warning("webrtc_meeting_failed", meeting=want.meeting, error=self._error)
 
     async def _report_loop(self, progress: Any) -> None:
+        # Beats often (the supervisor's stall timeout may be well under a second); the state fragment
+        # goes out at most every _REPORT_S, and only when it changed.
         last: dict[str, Any] | None = None
+        next_report = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             progress.beat()
-            now = self.describe()
-            if now != last:  # an idle room does not rewrite its state every turn
-                self._report(now)
-                last = now
-            await asyncio.sleep(_REPORT_S)
+            if loop.time() >= next_report:
+                now = self.describe()
+                if now != last:
+                    self._report(now)
+                    last = now
+                next_report = loop.time() + _REPORT_S
+            await asyncio.sleep(_BEAT_S)
