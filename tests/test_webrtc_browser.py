@@ -25,7 +25,9 @@ from agent.control.keys import private_key_pem
 from tests.broker import Broker
 from tests.mjr import scan_recording
 from tests.plane import Plane
-from tests.webrtc_env import free_port, netns_available, private_netns, start_janus
+from tests.webrtc_env import Janus, free_port, janus_in_netns, netns_available
+
+__all__ = ["janus_in_netns"]  # the fixture, used by name
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -137,101 +139,102 @@ def _wait_state(path: Path, check, within_s: float) -> dict:  # type: ignore[no-
     raise AssertionError(f"state never matched: {json.dumps(state)[:2000]}")
 
 
-def test_room_and_browser_meet_through_janus_with_sframe(tmp_path: Path, agent_env: dict[str, str]) -> None:
+def test_room_and_browser_meet_through_janus_with_sframe(
+    tmp_path: Path, agent_env: dict[str, str], janus_in_netns: Janus
+) -> None:
+    janus = janus_in_netns
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     plane = Plane()
     (tmp_path / "root.json").write_bytes(plane.root())
     customer_pem = tmp_path / "customer.pem"
     customer_pem.write_bytes(private_key_pem(plane.customer))
     state_dir = tmp_path / "state"
-    with private_netns():
-        janus = start_janus(tmp_path)
-        broker = Broker(tmp_path / "mosquitto")
-        broker.start()
-        config = tmp_path / "agent.toml"
-        config.write_text(
-            f'[device]\nid = "room-a"\n[mqtt]\nurl = "{broker.url}"\n'
-            f'[trust]\nroot = "{tmp_path / "root.json"}"\n'
-            f'[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
-            '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\npattern = "room"\n'
+    broker = Broker(tmp_path / "mosquitto")
+    broker.start()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "room-a"\n[mqtt]\nurl = "{broker.url}"\n'
+        f'[trust]\nroot = "{tmp_path / "root.json"}"\n'
+        f'[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
+        '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\npattern = "room"\n'
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    drivers = []
+    try:
+        room = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            env=agent_env,
+            stdout=(tmp_path / "room.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
-        procs: list[subprocess.Popen[bytes]] = []
-        drivers = []
-        try:
-            room = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                env=agent_env,
-                stdout=(tmp_path / "room.log").open("w"),
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(room)
-            port = free_port("127.0.0.1")
-            web = subprocess.Popen(
-                [sys.executable, "-m", "agent.fleet", "meeting", "web", "--port", str(port)],
-                env=agent_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(web)
-            assert web.stdout is not None
-            web.stdout.readline()
-            _wait_state(
-                state_dir / "state.json",
-                lambda s: ((s.get("health") or {}).get("control") or {}).get("state") == "running",
-                30,
-            )
-            started = subprocess.run(
-                [
-                    sys.executable, "-m", "agent.fleet", "meeting", "start",
-                    "--rooms", "room-a", "--broker", broker.url, "--customer-key", str(customer_pem),
-                    "--meeting", "m-web", "--sfu-url", janus.url, "--sfu-room", str(janus.room),
-                    "--sfu-token", janus.pin, "--guest", "alice",
-                    "--web-url", f"http://127.0.0.1:{port}/", "--wait-acks", "--timeout", "20", "--json",
-                ],
-                env=agent_env, capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            assert started.returncode == 0, started.stdout + started.stderr
-            meeting = json.loads(started.stdout)
-            link = meeting["guests"]["alice"]["link"] + "&video=320x240"
-            _wait_state(state_dir / "state.json", lambda s: (s.get("webrtc") or {}).get("joined"), 30)
+        procs.append(room)
+        port = free_port("127.0.0.1")
+        web = subprocess.Popen(
+            [sys.executable, "-m", "agent.fleet", "meeting", "web", "--port", str(port)],
+            env=agent_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(web)
+        assert web.stdout is not None
+        web.stdout.readline()
+        _wait_state(
+            state_dir / "state.json",
+            lambda s: ((s.get("health") or {}).get("control") or {}).get("state") == "running",
+            30,
+        )
+        started = subprocess.run(
+            [
+                sys.executable, "-m", "agent.fleet", "meeting", "start",
+                "--rooms", "room-a", "--broker", broker.url, "--customer-key", str(customer_pem),
+                "--meeting", "m-web", "--sfu-url", janus.url, "--sfu-room", str(janus.room),
+                "--sfu-token", janus.pin, "--guest", "alice",
+                "--web-url", f"http://127.0.0.1:{port}/", "--wait-acks", "--timeout", "20", "--json",
+            ],
+            env=agent_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        meeting = json.loads(started.stdout)
+        link = meeting["guests"]["alice"]["link"] + "&video=320x240"
+        _wait_state(state_dir / "state.json", lambda s: (s.get("webrtc") or {}).get("joined"), 30)
 
-            alice = _browser(tmp_path / "profile-alice")
-            drivers.append(alice)
-            alice.get(link)
-            deadline = time.monotonic() + 45
-            while time.monotonic() < deadline:
-                tile = _stats(alice).get("tiles", {}).get("room-a") or {}
-                if tile.get("t0") is not None and (tile["t1"] - tile["t0"]) >= 20_000:
-                    break
-                time.sleep(1)
-            stats = _stats(alice)
-            vectors = _js_vectors(alice)
-            alice.save_screenshot(str(ARTIFACTS / "webrtc-browser.png"))
-            (ARTIFACTS / "webrtc-browser-console.log").write_text(
-                "\n".join(str(e) for e in alice.get_log("browser"))
-            )
+        alice = _browser(tmp_path / "profile-alice")
+        drivers.append(alice)
+        alice.get(link)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            tile = _stats(alice).get("tiles", {}).get("room-a") or {}
+            if tile.get("t0") is not None and (tile["t1"] - tile["t0"]) >= 20_000:
+                break
+            time.sleep(1)
+        stats = _stats(alice)
+        vectors = _js_vectors(alice)
+        alice.save_screenshot(str(ARTIFACTS / "webrtc-browser.png"))
+        (ARTIFACTS / "webrtc-browser-console.log").write_text(
+            "\n".join(str(e) for e in alice.get_log("browser"))
+        )
 
-            mallory = _browser(tmp_path / "profile-mallory")
-            drivers.append(mallory)
-            mallory.get(_without_keys(link))
-            time.sleep(8)
-            locked = _stats(mallory)
-            notice = mallory.find_element("id", "notice").text
-            mallory.save_screenshot(str(ARTIFACTS / "webrtc-browser-nokey.png"))
-            room_state = json.loads((state_dir / "state.json").read_text())["webrtc"]
-        finally:
-            for d in drivers:
-                d.quit()
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
-            broker.stop()
-            janus.stop()
+        mallory = _browser(tmp_path / "profile-mallory")
+        drivers.append(mallory)
+        mallory.get(_without_keys(link))
+        time.sleep(8)
+        locked = _stats(mallory)
+        notice = mallory.find_element("id", "notice").text
+        mallory.save_screenshot(str(ARTIFACTS / "webrtc-browser-nokey.png"))
+        room_state = json.loads((state_dir / "state.json").read_text())["webrtc"]
+    finally:
+        for d in drivers:
+            d.quit()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        broker.stop()
+        janus.stop()
 
     tile = stats["tiles"]["room-a"]
     # Stamps the browser did not read between its first and last one, less the frames the room's

@@ -20,7 +20,9 @@ import pytest
 
 from agent.webrtc.joinkeys import JoinKeys, PeerKey
 from tests.mjr import scan_recording
-from tests.webrtc_env import netns_available, private_netns, start_janus
+from tests.webrtc_env import Janus, janus_in_netns, netns_available
+
+__all__ = ["janus_in_netns"]  # the fixture, used by name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +33,8 @@ pytestmark = [
 ]
 
 
-def test_two_rooms_see_and_hear_each_other_through_janus(tmp_path: Path) -> None:
+def test_two_rooms_see_and_hear_each_other_through_janus(tmp_path: Path, janus_in_netns: Janus) -> None:
+    janus = janus_in_netns
     ka, kb = secrets.token_bytes(32), secrets.token_bytes(32)
     files = {
         "room-a": JoinKeys("m-2", 4, PeerKey("self", 0x201, ka), (PeerKey("room-b", 0x202, kb),)),
@@ -41,29 +44,27 @@ def test_two_rooms_see_and_hear_each_other_through_janus(tmp_path: Path) -> None
         (tmp_path / f"{name}.json").write_text(json.dumps(keys.to_json()))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     reports = {}
-    with private_netns():
-        janus = start_janus(tmp_path)
-        procs = {}
-        try:
-            for name in files:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "agent", "webrtc", "join", "--sfu-url", janus.url,
-                     "--sfu-room", str(janus.room), "--token", janus.pin,
-                     "--keys-file", str(tmp_path / f"{name}.json"), "--name", name,
-                     "--seconds", "12", "--width", "320", "--height", "240", "--take", "all", "--json"],
-                    env=env, stdout=subprocess.PIPE, stderr=(tmp_path / f"{name}.log").open("w"),
-                )  # fmt: skip
-                time.sleep(1)
-            for name, proc in procs.items():
-                out, _ = proc.communicate(timeout=60)
-                assert proc.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
-                reports[name] = json.loads(out)
-        finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            janus.stop()
+    procs = {}
+    try:
+        for name in files:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "agent", "webrtc", "join", "--sfu-url", janus.url,
+                 "--sfu-room", str(janus.room), "--token", janus.pin,
+                 "--keys-file", str(tmp_path / f"{name}.json"), "--name", name,
+                 "--seconds", "12", "--width", "320", "--height", "240", "--take", "all", "--json"],
+                env=env, stdout=subprocess.PIPE, stderr=(tmp_path / f"{name}.log").open("w"),
+            )  # fmt: skip
+            time.sleep(1)
+        for name, proc in procs.items():
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
+            reports[name] = json.loads(out)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        janus.stop()  # recordings are complete once Janus has closed them
     recording = scan_recording(janus.rec_dir)
     for name, other in (("room-a", "room-b"), ("room-b", "room-a")):
         got = next(v for v in reports[name]["received"].values() if v["display"] == other)

@@ -9,7 +9,6 @@ import asyncio
 import secrets
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,9 @@ from agent.webrtc.joinkeys import SfuPlace
 from agent.webrtc.service import Meeting, WebRtcService
 from hal.sim.camera import SimInventory
 from hal.types import CameraSpec
-from tests.webrtc_env import netns_available, private_netns, start_janus
+from tests.webrtc_env import Janus, janus_in_netns, netns_available
+
+__all__ = ["janus_in_netns"]  # the fixture, used by name
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,55 +51,49 @@ async def _until(check: Callable[[], Any], within_s: float) -> None:
             await asyncio.sleep(0.3)
 
 
-async def test_service_joins_while_keys_name_an_sfu_and_leaves_when_they_go(tmp_path: Path) -> None:
-    with private_netns():
-        janus = start_janus(tmp_path)
-        try:
-            source = KeySource()
-            source.set_sender(_Sealer(), 1)
-            place = SfuPlace(janus.url, janus.room, janus.pin)
-            current: list[Meeting | None] = [Meeting("m-svc", place)]
-            changed = asyncio.Event()
-            reports: list[dict[str, Any]] = []
-            inventory = SimInventory([CameraSpec(id="cam0", width=320, height=240, fps=30)])
-            service = WebRtcService(
-                display="room-a",
-                key_source=source,
-                opener=ContextOpener(ReceiverContext()),
-                meeting=lambda: current[0],
-                changed=changed,
-                open_camera=lambda: inventory.open_camera("cam0"),
-                report=reports.append,
-            )
-            task = asyncio.create_task(service.run(Progress("webrtc")))
-            async with JanusSession(janus.url) as admin:
-                handle = await admin.attach()
+async def test_service_joins_while_keys_name_an_sfu_and_leaves_when_they_go(janus_in_netns: Janus) -> None:
+    janus = janus_in_netns
+    source = KeySource()
+    source.set_sender(_Sealer(), 1)
+    place = SfuPlace(janus.url, janus.room, janus.pin)
+    current: list[Meeting | None] = [Meeting("m-svc", place)]
+    changed = asyncio.Event()
+    reports: list[dict[str, Any]] = []
+    inventory = SimInventory([CameraSpec(id="cam0", width=320, height=240, fps=30)])
+    service = WebRtcService(
+        display="room-a",
+        key_source=source,
+        opener=ContextOpener(ReceiverContext()),
+        meeting=lambda: current[0],
+        changed=changed,
+        open_camera=lambda: inventory.open_camera("cam0"),
+        report=reports.append,
+    )
+    task = asyncio.create_task(service.run(Progress("webrtc")))
+    async with JanusSession(janus.url) as admin:
+        handle = await admin.attach()
 
-                async def participants() -> list[dict[str, Any]]:
-                    reply = await handle.message({"request": "listparticipants", "room": janus.room})
-                    return list(reply["plugindata"]["data"]["participants"])
+        async def participants() -> list[dict[str, Any]]:
+            reply = await handle.message({"request": "listparticipants", "room": janus.room})
+            return list(reply["plugindata"]["data"]["participants"])
 
-                async def joined() -> bool:
-                    return service.describe()["joined"] and [p["display"] for p in await participants()] == [
-                        "room-a"
-                    ]
+        async def joined() -> bool:
+            return service.describe()["joined"] and [p["display"] for p in await participants()] == ["room-a"]
 
-                await _until(joined, 30)
-                await asyncio.sleep(2)
-                assert service.describe()["sframe"]["sealed"].get("vp8", 0) > 10
-                # The meeting keys go (meeting stop, expiry, lock): the room leaves the SFU.
-                current[0] = None
-                changed.set()
+        await _until(joined, 30)
+        await asyncio.sleep(2)
+        assert service.describe()["sframe"]["sealed"].get("vp8", 0) > 10
+        # The meeting keys go (meeting stop, expiry, lock): the room leaves the SFU.
+        current[0] = None
+        changed.set()
 
-                async def left() -> bool:
-                    return service.describe()["meeting"] is None and not await participants()
+        async def left() -> bool:
+            return service.describe()["meeting"] is None and not await participants()
 
-                await _until(left, 20)
-                # And the camera is free again (the meeting held it only while it ran).
-                async with inventory.open_camera("cam0"):
-                    pass
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            assert any(r["joined"] for r in reports)
-        finally:
-            janus.stop()
+        await _until(left, 20)
+        # And the camera is free again (the meeting held it only while it ran).
+        async with inventory.open_camera("cam0"):
+            pass
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert any(r["joined"] for r in reports)

@@ -12,8 +12,10 @@ __all__ = ["JanusHandle", "JanusSession"]
 
 import asyncio
 import contextlib
+import http.client
 import json
 import secrets
+import threading
 import urllib.error
 import urllib.request
 from types import TracebackType
@@ -56,6 +58,8 @@ class JanusSession:
         self._handles: dict[int, JanusHandle] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,15 +74,18 @@ class JanusSession:
             raise JanusError("create", _reason(out))
         self.session_id = int(out["data"]["id"])
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._background = [
-            self._tasks.create_task(self._pump(), name="janus_events"),
-            self._tasks.create_task(self._keepalive(), name="janus_keepalive"),
-        ]
+        self._background = [self._tasks.create_task(self._keepalive(), name="janus_keepalive")]
+        # The long poll blocks for up to 30 s inside Janus: it gets its own daemon thread, so leaving
+        # the session never waits for it (a worker of the loop's executor would hold up loop shutdown).
+        loop = asyncio.get_running_loop()
+        self._poller = threading.Thread(target=self._poll, args=(loop,), name="janus_events", daemon=True)
+        self._poller.start()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._closed.set()
         with contextlib.suppress(JanusError):
             await asyncio.wait_for(
                 self._call(f"/{self.session_id}", {"janus": "destroy", "transaction": "bye"}), 3
@@ -93,18 +100,23 @@ class JanusSession:
             with contextlib.suppress(JanusError):
                 await self._call(f"/{self.session_id}", {"janus": "keepalive", "transaction": "ka"})
 
-    async def _pump(self) -> None:
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
         url = f"{self.url}/{self.session_id}?maxev=10"
-        while True:
+        while not self._closed.is_set():
             try:
-                events = await asyncio.to_thread(_get, url, 40.0)
-            except (OSError, ValueError) as exc:
+                events = _get(url, 40.0)
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                if self._closed.is_set():
+                    return
                 _log.warning("janus_poll_failed", error=str(exc))
-                await asyncio.sleep(0.5)
+                self._closed.wait(0.5)
                 continue
             for event in events if isinstance(events, list) else [events]:
                 if isinstance(event, dict):
-                    self._route(event)
+                    try:
+                        loop.call_soon_threadsafe(self._route, event)
+                    except RuntimeError:  # the loop closed while we polled: the session is over
+                        return
 
     def _route(self, event: dict[str, Any]) -> None:
         tx = event.get("transaction")
