@@ -45,10 +45,16 @@ const workerReady = new Promise((resolve) => {
 });
 worker.postMessage({ type: "keys", suite: keys ? keys.suite : 4, send: keys ? keys.send : null, recv: keys ? keys.recv : [] });
 
+const started = performance.now();
 function updateBadge() {
   if (!keys) return;
   const w = stats.worker;
   if (w && w.opened > 0) { $("badge").textContent = "end-to-end encrypted"; $("badge").className = "badge on"; }
+  else if (w && Object.keys(w.failed).length && performance.now() - started > 5000) {
+    // Frames arrive but none opens: a link from another meeting or an older key epoch.
+    $("badge").textContent = "cannot decrypt"; $("badge").className = "badge bad";
+    notice("Cannot decrypt this meeting with the key in this link (another meeting, or the keys have changed). Ask for a new link.");
+  }
 }
 
 // --- Janus HTTP API ---------------------------------------------------------------------------
