@@ -21,7 +21,7 @@ run: $(STAMP)
 
 # Real services the tests start themselves (brokers, SFU, browser, ...), from Debian's packages: one list,
 # installed when missing (root, or sudo). Add a package here, never a second install step.
-TEST_DEBS ?= mosquitto janus chromium chromium-driver
+TEST_DEBS ?= mosquitto janus chromium chromium-driver iproute2
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing from Debian packages"; \

@@ -13,6 +13,7 @@ __all__ = ["ADDR_A", "ADDR_B", "Janus", "free_port", "netns_available", "private
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import socket
@@ -29,8 +30,13 @@ _LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 ADDR_A, ADDR_B = "10.231.7.1", "10.231.7.2"
 
 
+@functools.cache
 def netns_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None
+    """Root, ``ip`` (iproute2) and a kernel/container that lets us create a network namespace."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def _setns(fd: int) -> None:
