@@ -39,14 +39,14 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-async def _send(sframe: bool, seconds: float, width: int, height: int) -> dict[str, Any]:
+async def _send(sframe: bool, seconds: float, width: int, height: int, layers: int = 1) -> dict[str, Any]:
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from agent.e2ee.context import SenderContext
     from agent.media.keys import KeySource
     from agent.webrtc.cli import _Sealer
     from agent.webrtc.codecs import SFrameBinding, bind, unbind
-    from agent.webrtc.participant import CameraTrack, ToneTrack, _prefer
+    from agent.webrtc.participant import CameraTrack, LowLayerTrack, ToneTrack, _prefer
     from hal.sim.camera import SimInventory
     from hal.types import CameraSpec
 
@@ -74,6 +74,8 @@ async def _send(sframe: bool, seconds: float, width: int, height: int) -> dict[s
         async with inventory.open_camera("cam0") as camera:
             video, audio = CameraTrack(camera.frames()), ToneTrack()
             pc.addTransceiver(video, direction="sendonly")
+            if layers == 2:
+                pc.addTransceiver(LowLayerTrack(video), direction="sendonly")
             pc.addTransceiver(audio, direction="sendonly")
             _prefer(pc, "video", "video/vp8")
             _prefer(pc, "audio", "audio/opus")
@@ -251,6 +253,7 @@ def run(args: list[str]) -> list[Result]:
     seconds = float(args[0]) if args else _SECONDS
     plain = asyncio.run(_send(False, seconds, 1280, 720))
     sealed = asyncio.run(_send(True, seconds, 1280, 720))
+    two = asyncio.run(_send(True, seconds, 1280, 720, layers=2))
     rx = sealed["receiver"]
     browser = _browser_latency(min(seconds, 10.0), 1280, 720)
     out = [
@@ -260,6 +263,13 @@ def run(args: list[str]) -> list[Result]:
             "ms",
             baseline=plain["cpu_ms_per_frame"],
             note="room process CPU per 720p frame sent (VP8 encode, SFrame, SRTP, Opus alongside)",
+        ),
+        result(
+            "webrtc_send_720p30_two_layers_cpu_ms_per_frame_sframe",
+            two["cpu_ms_per_frame"],
+            "ms",
+            baseline=sealed["cpu_ms_per_frame"],
+            note="the room's default: + a 640x360 layer; baseline: one 720p layer (both with SFrame)",
         ),
         result(
             "webrtc_send_720p30_opus_cpu_sframe",
