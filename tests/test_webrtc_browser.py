@@ -209,6 +209,8 @@ def test_room_and_browser_meet_through_janus_with_sframe(
             time.sleep(1)
         stats = _stats(alice)
         vectors = _js_vectors(alice)
+        badge = alice.find_element("id", "badge").text
+        names = [e.text for e in alice.find_elements("css selector", ".tile .name")]
         alice.save_screenshot(str(ARTIFACTS / "webrtc-browser.png"))
         (ARTIFACTS / "webrtc-browser-console.log").write_text(
             "\n".join(str(e) for e in alice.get_log("browser"))
@@ -254,6 +256,9 @@ def test_room_and_browser_meet_through_janus_with_sframe(
             "seconds": round(seconds, 1),
             "stamps": tile["stamps"],
             "lost_after_first": len(lost),
+            "lost_seqs": lost[:20],
+            "decoded_frames": tile["frames"],
+            "decoded_without_readable_stamp": tile["frames"] - tile["stamps"],
             "camera_dropped": len([s for s in dropped if first <= s <= last]),
             "out_of_order": tile["outOfOrder"],
             "reader": tile.get("reader"),
@@ -270,6 +275,9 @@ def test_room_and_browser_meet_through_janus_with_sframe(
     (ARTIFACTS / "webrtc-browser.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
+    # What a person sees: named tiles and the badge.
+    assert badge == "end-to-end encrypted", summary
+    assert sorted(names) == ["alice (you)", "room-a"], summary
     # The browser's SFrame is byte for byte the room's.
     _check_vectors(vectors)
     # The browser shows the room's video: stamps read from decoded frames, >= 25 fps, none lost.
