@@ -43,4 +43,5 @@ BENCHMARKS: dict[str, str] = {
     "control": "agent.control.bench:run",
     "pipeline": "agent.media.bench:run",
     "soak": "agent.bench.soak:run",
+    "webrtc": "agent.webrtc.bench:run",
 }
