@@ -21,10 +21,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from agent.control.signing_keys import private_key_pem
 from tests.broker import Broker
+from tests.fleet_trust import Fleet
 from tests.mjr import scan_recording
-from tests.plane import Plane
 from tests.webrtc_env import Janus, free_port, janus_in_netns, netns_available
 
 __all__ = ["janus_in_netns"]  # the fixture, used by name
@@ -144,20 +143,18 @@ def test_room_and_browser_meet_through_janus_with_sframe(
 ) -> None:
     janus = janus_in_netns
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    plane = Plane()
-    (tmp_path / "root.json").write_bytes(plane.root())
-    customer_pem = tmp_path / "customer.pem"
-    customer_pem.write_bytes(private_key_pem(plane.customer))
-    state_dir = tmp_path / "state"
     broker = Broker(tmp_path / "mosquitto")
     broker.start()
-    config = tmp_path / "agent.toml"
+    # The customer enrolls the room in its signed roster (roomagent identity + roomctl roster add):
+    # roomctl takes the room's HPKE keys from there, never from the broker.
+    fleet = Fleet(tmp_path, agent_env)
+    fleet.enroll("room-a", broker)
+    config = fleet.rooms["room-a"]
     config.write_text(
-        f'[device]\nid = "room-a"\n[mqtt]\nurl = "{broker.url}"\n'
-        f'[trust]\nroot = "{tmp_path / "root.json"}"\n'
-        f'[state]\ndir = "{state_dir}"\n[log]\nformat = "json"\n'
-        '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\npattern = "room"\n'
+        config.read_text()
+        + '[[hal.cameras]]\nid = "cam0"\nwidth = 320\nheight = 240\nfps = 30\npattern = "room"\n'
     )
+    state_dir = tmp_path / "room-a"
     procs: list[subprocess.Popen[bytes]] = []
     drivers = []
     try:
@@ -186,7 +183,8 @@ def test_room_and_browser_meet_through_janus_with_sframe(
         started = subprocess.run(
             [
                 sys.executable, "-m", "agent.fleet", "meeting", "start",
-                "--rooms", "room-a", "--broker", broker.url, "--customer-key", str(customer_pem),
+                "--rooms", "room-a", "--broker", broker.url, "--customer-key", str(fleet.keys["customer"]),
+                *fleet.trust,
                 "--meeting", "m-web", "--sfu-url", janus.url, "--sfu-room", str(janus.room),
                 "--sfu-token", janus.pin, "--guest", "alice",
                 "--web-url", f"http://127.0.0.1:{port}/", "--wait-acks", "--timeout", "20", "--json",
