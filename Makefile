@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test-deps run test lint bench demo fuzz soak reliability image image-tools image-test mosquitto clean
+.PHONY: test-deps run test browser-test lint bench demo fuzz soak reliability image image-tools image-test mosquitto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,8 @@ run: $(STAMP)
 
 # Real services the tests start themselves (brokers, SFU, browser, ...), from Debian's packages: one list,
 # installed when missing (root, or sudo). Add a package here, never a second install step.
-TEST_DEBS ?= mosquitto dbus dbus-daemon libspeexdsp1 libsdl2-2.0-0 rauc squashfs-tools openssl
+TEST_DEBS ?= mosquitto dbus dbus-daemon libspeexdsp1 libsdl2-2.0-0 rauc squashfs-tools openssl \
+	janus chromium chromium-driver iproute2
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing from Debian packages"; \
@@ -42,6 +43,10 @@ mosquitto:
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A room, Janus and headless Chromium meet with SFrame end to end (docs/webrtc.md); also part of `make test`.
+browser-test: $(STAMP) test-deps
+	$(BIN)/python -m pytest -m browser -s $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent hal tests

@@ -29,6 +29,7 @@ _COMMAND_MODULES: list[str] = [
     "agent.daemon.enroll",  # identity (enrollment: the room's public keys for the customer's roster)
     "hal.cli",  # hal list|snapshot|record|stamps|scenario
     "agent.media.cli",  # receive, demo
+    "agent.webrtc.cli",  # webrtc join
 ]
 
 

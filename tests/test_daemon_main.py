@@ -40,8 +40,9 @@ def test_the_room_is_built_in_one_place_with_every_command_handled(tmp_path: Pat
     runtime = Runtime(config, main.prepare_state_dir(tmp_path / "state"))
     built = room.build_room(config, runtime)
     names = [s.name for s in built.services]
-    assert names == ["state_reporter", "control", "media[cam0]", "privacy", "power"]
+    assert names == ["state_reporter", "control", "media[cam0]", "privacy", "power", "webrtc"]
     assert isinstance(built.services[0], StateReporter)
+    assert built.services[-1] is built.webrtc  # started last, stopped first
     assert built.control.commands.names() == room.HANDLED
     assert built.media.pipelines[0].camera_id == "cam0"
     assert built.guard.key_source is built.media.keys  # privacy drives the media path's sender

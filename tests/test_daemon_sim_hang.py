@@ -49,7 +49,7 @@ async def test_stalled_sim_camera_stops_the_watchdog_until_frames_flow_again(tmp
     runtime = Runtime(config, tmp_path / "state")
     room = build_room(config, runtime)
     services = room.services
-    others = ("control", "privacy", "power")  # the room's other services
+    others = ("control", "privacy", "power", "webrtc")  # the room's other services
     assert [s.name for s in services if s.name not in others] == ["state_reporter", "media[cam0]"]
     media = room.media
     assert media.inventory is not None

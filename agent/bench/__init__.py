@@ -44,4 +44,5 @@ BENCHMARKS: dict[str, str] = {
     "pipeline": "agent.media.bench:run",
     "meeting": "agent.media.meeting_bench:run",
     "soak": "agent.bench.soak:run",
+    "webrtc": "agent.webrtc.bench:run",
 }

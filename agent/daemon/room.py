@@ -13,7 +13,9 @@ each part with its typed collaborators in its constructor:
 5. the **command handlers** of every part, and the ``update`` document's (the firmware updater, RAUC
    over D-Bus, when ``[update] enabled``; else a handler that refuses updates); the room refuses to
    start (:class:`RoomIncomplete`, exit 2) unless every command and ``update`` has exactly one;
-6. the **state reporter**, writing what the control plane retains on the broker to ``state.json``.
+6. the **WebRTC meeting service** (:func:`agent.daemon.webrtc.build_webrtc`): the room joins the
+   customer-signed SFU place of its installed meeting keys (docs/webrtc.md);
+7. the **state reporter**, writing what the control plane retains on the broker to ``state.json``.
 
 No string registries, no look-ups by name, no attributes set on other objects: what a part needs is an
 argument of its constructor. A test that needs a room calls :func:`build_room` too.
@@ -42,6 +44,7 @@ from agent.daemon.faults import SimFaultScript
 from agent.daemon.power import Power
 from agent.daemon.runtime import Runtime
 from agent.daemon.state import StateReporter
+from agent.daemon.webrtc import build_webrtc
 from agent.errors import AgentError
 from agent.media.commands import MediaCommands
 from agent.media.service import Media, build_media
@@ -54,6 +57,7 @@ from agent.schema.policy import DEFAULT_POLICY, PolicyBody
 from agent.service import Progress, Service
 from agent.update.updater import Updater
 from agent.update.wiring import build_updater, refuse_updates, room_probes
+from agent.webrtc.service import WebRtcService
 from hal.errors import HalError
 from hal.protocols import Inventory
 
@@ -170,6 +174,7 @@ class Room:
     guard: PrivacyGuard
     control: ControlService
     reporter: StateReporter
+    webrtc: WebRtcService
     updater: Updater | None = None  # None unless ``[update] enabled``
     services: list[Service] = field(default_factory=list)
 
@@ -293,7 +298,17 @@ def build_room(
     if missing:
         raise RoomIncomplete(f"no handler for command(s) {', '.join(missing)}")
 
-    # 6. State: state.json is the retained state document; media counters are read live.
+    # 6. WebRTC meetings, from the guard's installed keys (started last, stopped first).
+    webrtc = build_webrtc(
+        device_id=runtime.device_id,
+        config=config,
+        guard=guard,
+        media=media,
+        inventory=inventory,
+        report=lambda fragment: runtime.update_state(webrtc=fragment),
+    )
+
+    # 7. State: state.json is the retained state document; media counters are read live.
     runtime.add_state_source("media", media.describe)
     reporter = StateReporter(runtime, document=control.current_state)
 
@@ -305,6 +320,7 @@ def build_room(
         raise RoomIncomplete("--sim-faults needs a running media pipeline ([media] sink on the sim HAL)")
     if fault_steps:
         services.append(SimFaultScript(runtime, media, fault_steps))
+    services.append(webrtc)
     runtime.update_state(media=media.describe(), identity=control.state_document(False)["identity"])
     _log.info(
         "room_built",
@@ -312,4 +328,4 @@ def build_room(
         pipelines=[p.name for p in media.pipelines],
         commands=sorted(control.commands.names()),
     )
-    return Room(runtime, config, media, guard, control, reporter, updater, services)
+    return Room(runtime, config, media, guard, control, reporter, webrtc, updater, services)

@@ -1,4 +1,4 @@
-"""``roomctl meeting start|stop``: hand out a meeting's SFrame keys, or end it; signed by the customer.
+"""``roomctl meeting start|stop|web``: hand out a meeting's SFrame keys, or end it; signed by the customer.
 
 ``start``:
 
@@ -7,8 +7,10 @@
    them at enrollment: :func:`agent.control.roster.attested_hpke`); a room that fails is named and
    the meeting does not start (exit 3). A broker client that rewrites a room's retained state with
    its own keys changes nothing here;
-2. generate one fresh base key and KID per sending room and seal it with HPKE to every room
-   (:func:`agent.privacy.key_packages.seal_meeting`);
+2. generate one fresh base key and KID per sender (each room, then each ``--guest`` browser) and seal
+   it with HPKE to every room (:func:`agent.privacy.key_packages.seal_meeting_keys`); with
+   ``--sfu-url``/``--sfu-room`` the WebRTC meeting place goes into every package (customer-signed),
+   and each guest gets a join link whose ``#fragment`` carries its keys (:mod:`agent.fleet.web`);
 3. build one ``keys`` document per recipient room (targets: that room only), sign it with the
    customer key (DSSE) and publish it on ``{p}/devices/{id}/keys`` (QoS 1, not retained) through the
    shared sign-push-wait path (:mod:`agent.fleet.send`);
@@ -18,7 +20,10 @@
 that meeting (or all) are erased and media stops. Only the customer may sign it.
 
 The fleet operator can do neither: a device accepts key packages and ``meeting_stop`` only with the
-customer threshold. Key bytes are never printed; only KIDs, epochs and outcomes.
+customer threshold. Key bytes are never printed (only KIDs, epochs and outcomes), except a guest's
+keys inside the join link the customer asked for with ``--guest``.
+
+``web`` serves the browser client (``web/``) locally for a first try (:mod:`agent.fleet.web`).
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ from agent.fleet.common import (
     mqtt_client,
 )
 from agent.fleet.send import Publication, command_payload, deliver, print_outcomes, sign
+from agent.fleet.web import add_webrtc_arguments, guest_report, register_web, sfu_place
 from agent.privacy.errors import KeyDeliveryError
-from agent.privacy.key_packages import seal_meeting
+from agent.privacy.key_packages import seal_meeting_keys
 from agent.schema.key_package import KeysBody
 
 _ID_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -90,7 +96,7 @@ def build_key_envelopes(
             # The document lives as long as its keys: a late delivery of expired keys is refused.
             "expires": body.key_expires,
             "targets": {"devices": [room], "groups": []},
-            "body": body.model_dump(),
+            "body": body.model_dump(exclude_none=True),
         }
         out[room] = sign("keys", payload, customer_keys)
     return out
@@ -133,6 +139,7 @@ def _customer_keys(args: argparse.Namespace) -> list[PrivateKey]:
 
 
 async def _start(args: argparse.Namespace, console: Console) -> int:
+    sfu = sfu_place(args)  # before anything else: a bad SFU place or guest list is a usage error
     roster = load_roster(args)
     rooms = _rooms(args, roster)
     public = rostered_hpke_keys(roster, rooms)
@@ -142,16 +149,19 @@ async def _start(args: argparse.Namespace, console: Console) -> int:
     key_expires = _ts(now + dt.timedelta(seconds=args.ttl))
     version = args.version if args.version is not None else document_version()
     try:
-        packages = seal_meeting(
+        sealed = seal_meeting_keys(
             meeting=meeting,
             epoch=args.epoch,
             suite=args.suite,
             key_expires=key_expires,
             rooms=public,
             kem=args.kem,
+            guests=tuple(args.guest or ()),
+            sfu=sfu,
         )
     except KeyDeliveryError as exc:
         raise MeetingError(str(exc), 3) from exc
+    packages = sealed.packages
     envelopes = build_key_envelopes(
         packages=packages, customer_keys=customer_keys, version=version, issued_at=now
     )
@@ -185,6 +195,7 @@ async def _start(args: argparse.Namespace, console: Console) -> int:
             }
             for room in rooms
         },
+        **guest_report(sealed, args, meeting),
     }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -196,6 +207,10 @@ async def _start(args: argparse.Namespace, console: Console) -> int:
                 mark = "" if info["ack_verified"] else " (not verified)"
                 outcome = f"  ack {info['ack']}{mark} {info['reason'] or ''}"
             print(f"  {room}: kid {info['kid']}{outcome}")
+        for guest, info in report.get("guests", {}).items():
+            print(
+                f"  guest {guest}: kid {info['kid']}\n    join link (holds the guest's keys): {info['link']}"
+            )
     if args.wait_acks and not all(o.ok for o in outcomes.values()):
         return 1
     return 0
@@ -288,6 +303,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="wait for each room's signed ack; exit 1 unless all applied with a verified ack",
     )
+    add_webrtc_arguments(p)
     p.set_defaults(func=_runner("meeting start", _start))
 
     p = sub.add_parser("stop", help="end a meeting in the rooms: keys erased, media stopped (meeting_stop)")
@@ -301,3 +317,5 @@ def register(subparsers: Any) -> None:
         help="seconds the command stays valid (default 300)",
     )
     p.set_defaults(func=_runner("meeting stop", _stop))
+
+    register_web(sub)

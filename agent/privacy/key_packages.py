@@ -20,11 +20,14 @@ retire), and drops every key at ``key_expires``. A package is installed whole or
 from __future__ import annotations
 
 __all__ = [
+    "GuestKeys",
     "KeyManager",
     "KeySet",
     "KeyTarget",
     "MeetingKey",
+    "SealedMeeting",
     "seal_meeting",
+    "seal_meeting_keys",
 ]
 
 import asyncio
@@ -39,7 +42,7 @@ import structlog
 
 from agent.privacy.errors import KeyDeliveryError
 from agent.privacy.hpke import HpkeIdentity, SealBinding, kem_at_least, seal_base_key
-from agent.schema.key_package import KeysBody
+from agent.schema.key_package import KeysBody, SfuBody
 from agent.schema.policy import PolicyBody
 
 
@@ -64,6 +67,7 @@ class KeySet:
     epoch: int | None = None
     own: MeetingKey | None = None
     peers: tuple[MeetingKey, ...] = ()
+    sfu: SfuBody | None = None  # the customer-signed WebRTC meeting place, if the meeting has one
 
     @property
     def idle(self) -> bool:
@@ -153,7 +157,7 @@ class KeyManager:
         else:
             self._previous, self._previous_until = (), None
         self._current = body
-        self._publish(KeySet(body.meeting, body.epoch, own, peers + self._previous))
+        self._publish(KeySet(body.meeting, body.epoch, own, peers + self._previous, body.sfu))
         self._log.info(
             "meeting_keys_installed",
             meeting=body.meeting,
@@ -210,7 +214,11 @@ class KeyManager:
         if self._previous_until is not None and now >= self._previous_until:
             retired = {id(k) for k in self._previous}
             keys = KeySet(
-                keys.meeting, keys.epoch, keys.own, tuple(k for k in keys.peers if id(k) not in retired)
+                keys.meeting,
+                keys.epoch,
+                keys.own,
+                tuple(k for k in keys.peers if id(k) not in retired),
+                keys.sfu,
             )
             self._previous, self._previous_until = (), None
         live_own = keys.own if keys.own is not None and keys.own.expires_at > now else None
@@ -220,7 +228,7 @@ class KeyManager:
                 self._log.info("meeting_keys_expired", meeting=keys.meeting, epoch=keys.epoch)
             keys, self._current = EMPTY, None
         else:
-            keys = KeySet(keys.meeting, keys.epoch, live_own, live_peers)
+            keys = KeySet(keys.meeting, keys.epoch, live_own, live_peers, keys.sfu)
         if keys != self._keys:
             self._publish(keys)
         return self._keys
@@ -272,6 +280,25 @@ class KeyManager:
                 self.expire()
 
 
+@dataclass(frozen=True, slots=True)
+class GuestKeys:
+    """What one browser guest needs (it has no HPKE identity: its keys travel in its join link).
+
+    ``send`` is the guest's own (KID, base key); ``recv`` every other sender's (name, KID, base key).
+    Never logged or printed except inside the join link the customer asked for.
+    """
+
+    name: str
+    send: tuple[int, bytes] = field(repr=False)
+    recv: tuple[tuple[str, int, bytes], ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedMeeting:
+    packages: dict[str, KeysBody]  # one key package per room
+    guests: dict[str, GuestKeys]  # one key set per browser guest
+
+
 def seal_meeting(
     *,
     meeting: str,
@@ -282,26 +309,55 @@ def seal_meeting(
     kem: str,
     key_len: int = 32,
 ) -> dict[str, KeysBody]:
+    """:func:`seal_meeting_keys` without guests: the rooms' key packages."""
+    return seal_meeting_keys(
+        meeting=meeting,
+        epoch=epoch,
+        suite=suite,
+        key_expires=key_expires,
+        rooms=rooms,
+        kem=kem,
+        key_len=key_len,
+    ).packages
+
+
+def seal_meeting_keys(
+    *,
+    meeting: str,
+    epoch: int,
+    suite: int,
+    key_expires: str,
+    rooms: dict[str, dict[str, str]],
+    kem: str,
+    key_len: int = 32,
+    guests: tuple[str, ...] = (),
+    sfu: SfuBody | None = None,
+) -> SealedMeeting:
     """Build one key package per recipient room (the management side of ``roomctl meeting start``).
 
     Every room is a sender: it gets a fresh random base key and the KID ``(epoch << 8) | index`` (so
     consecutive epochs never share a KID), sealed to every room, itself included (it needs its own key
     to send). ``rooms`` maps device id to its published HPKE public keys (``identity.hpke``).
+    Each guest (a browser, no HPKE identity) is a sender too, indexed after the rooms: its key is
+    sealed to every room, and it gets every key in the clear for its join link (:class:`GuestKeys`).
 
     Raises:
         KeyDeliveryError: a room does not publish a ``kem`` public key, or it is malformed.
     """
-    if len(rooms) > 255:
-        raise KeyDeliveryError("invalid_body", "at most 255 rooms per meeting")
+    if len(rooms) + len(guests) > 255:
+        raise KeyDeliveryError("invalid_body", "at most 255 participants per meeting")
+    if len(set(guests)) != len(guests) or set(guests) & set(rooms):
+        raise KeyDeliveryError("invalid_body", "guest names must be distinct and differ from room ids")
     for device, public in rooms.items():
         if kem not in public:
             raise KeyDeliveryError("invalid_body", f"{device} publishes no {kem} public key")
-    base_keys = {device: os.urandom(key_len) for device in rooms}
-    kids = {device: (epoch << 8) | index for index, device in enumerate(sorted(rooms))}
+    senders_all = [*sorted(rooms), *guests]
+    base_keys = {device: os.urandom(key_len) for device in senders_all}
+    kids = {device: (epoch << 8) | index for index, device in enumerate(senders_all)}
     out: dict[str, KeysBody] = {}
     for recipient, public in rooms.items():
         senders = []
-        for sender in sorted(rooms):
+        for sender in senders_all:
             binding = SealBinding(
                 meeting=meeting,
                 epoch=epoch,
@@ -318,13 +374,22 @@ def seal_meeting(
                     "recipients": {recipient: {"kem": kem, "sealed": base64.b64encode(sealed).decode()}},
                 }
             )
-        out[recipient] = KeysBody.model_validate(
-            {
-                "meeting": meeting,
-                "epoch": epoch,
-                "suite": suite,
-                "key_expires": key_expires,
-                "senders": senders,
-            }
+        body: dict[str, object] = {
+            "meeting": meeting,
+            "epoch": epoch,
+            "suite": suite,
+            "key_expires": key_expires,
+            "senders": senders,
+        }
+        if sfu is not None:
+            body["sfu"] = sfu.model_dump()
+        out[recipient] = KeysBody.model_validate(body)
+    guest_keys = {
+        g: GuestKeys(
+            g,
+            (kids[g], base_keys[g]),
+            tuple((d, kids[d], base_keys[d]) for d in senders_all if d != g),
         )
-    return out
+        for g in guests
+    }
+    return SealedMeeting(out, guest_keys)

@@ -4,12 +4,15 @@ Body::
 
     {"meeting": "m-42", "epoch": 1, "suite": 4, "key_expires": "2026-11-29T20:00:00Z",
      "senders": [{"device": "room-a", "kid": 256,
-                  "recipients": {"room-b": {"kem": "mlkem768-x25519", "sealed": "<base64>"}}}]}
+                  "recipients": {"room-b": {"kem": "mlkem768-x25519", "sealed": "<base64>"}}}],
+     "sfu": {"url": "https://sfu.example/janus", "room": 4242, "token": "..."}}   # optional
+
+``sfu`` (optional) is where the meeting meets over WebRTC (:class:`SfuBody`).
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_KID", "KeysBody", "SealedKey", "SenderEntry", "parse_time"]
+__all__ = ["MAX_KID", "KeysBody", "SealedKey", "SenderEntry", "SfuBody", "parse_time"]
 
 import base64
 import binascii
@@ -61,6 +64,19 @@ class SenderEntry(_Strict):
     ]
 
 
+class SfuBody(_Strict):
+    """Where the meeting meets over WebRTC: a Janus HTTP API URL, VideoRoom id and join token.
+
+    It is part of the customer-signed ``keys`` document, so the management plane cannot send a room to
+    another SFU (SFrame keeps the media sealed either way, but where a room connects is the customer's
+    choice, not the vendor's).
+    """
+
+    url: Annotated[str, Field(min_length=8, max_length=512, pattern=r"^https?://[^\s#]+$")]
+    room: Annotated[int, Field(ge=0, le=(1 << 53) - 1)]
+    token: Annotated[str, Field(max_length=128)] = ""
+
+
 class KeysBody(_Strict):
     """The body of a ``keys`` document (strict: unknown fields and wrong types are rejected)."""
 
@@ -69,6 +85,7 @@ class KeysBody(_Strict):
     suite: Annotated[int, Field(ge=1, le=5)]
     key_expires: Annotated[str, Field(pattern=_RFC3339_Z)]
     senders: Annotated[list[SenderEntry], Field(min_length=1, max_length=256)]
+    sfu: SfuBody | None = None
 
     @field_validator("key_expires")
     @classmethod
