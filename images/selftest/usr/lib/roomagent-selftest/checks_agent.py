@@ -25,6 +25,7 @@ SELFTEST_KEYS = Path("/usr/lib/roomagent-selftest/keys")
 RECORDING = Path("/var/lib/roomagent/selftest-record.mkv")
 # The tools read the cameras from the agent's own config (without it: one simulated camera).
 HAL = [ROOMAGENT, "hal", "--config", "/etc/roomagent/agent.toml"]
+MEDIA_WINDOW_S = 15
 
 
 @functools.cache
@@ -192,8 +193,11 @@ def check_media_e2ee() -> None:
     if not (_has(ROOMAGENT, "receive") and lab_key.exists()):
         report("media_e2ee", None, "roomagent receive or the self-test lab key: not in this build")
         return
-    argv = [ROOMAGENT, "receive", "--listen", "127.0.0.1:5004", "--key-file", str(lab_key), "--seconds", "10",
-            "--json"]  # fmt: skip
+    # The receiver joins a running stream: it decodes from the first keyframe it sees. The self-test
+    # config sends one every 5 frames (build.sh; a plain RTP sink carries no keyframe request back), and
+    # a loaded emulator sends 1-2 frames a second: the window spans at least 4 keyframe intervals.
+    argv = [ROOMAGENT, "receive", "--listen", "127.0.0.1:5004", "--key-file", str(lab_key), "--seconds",
+            str(MEDIA_WINDOW_S), "--json"]  # fmt: skip
     proc = sandboxed(argv, timeout=180)
     try:
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
