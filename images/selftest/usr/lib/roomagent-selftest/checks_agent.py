@@ -154,7 +154,11 @@ def check_config_push() -> None:
     trust: list[str] = []
     customer_key = SELFTEST_KEYS / "customer.pem"
     if _has(ROOMCTL, "roster"):
-        identity = run([ROOMAGENT, "identity", "--config", "/etc/roomagent/agent.toml", "--json"])
+        # As the unit runs the agent (its user, and StateDirectory= setting $STATE_DIRECTORY): run as root
+        # with no [state] dir, `roomagent identity` would read (and make) keys under root's
+        # ~/.local/state, and every ack of the real agent would then look forged.
+        identity = sandboxed([ROOMAGENT, "identity", "--config", "/etc/roomagent/agent.toml", "--json"],
+                             timeout=180)  # fmt: skip
         (work / "identity.json").write_text(identity.stdout)
         trust = ["--roster", str(work / "roster.env.json"), "--root", "/etc/roomagent/trust/root.json"]
         enroll = run([ROOMCTL, "roster", "add", "room-image", "--identity", str(work / "identity.json"),
