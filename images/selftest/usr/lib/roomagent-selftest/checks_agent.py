@@ -214,6 +214,19 @@ def check_media_e2ee() -> None:
            receiver=figures)  # fmt: skip
 
 
+def check_reboot_allowed() -> None:
+    """The fleet-signed ``reboot`` command's path, short of rebooting: the agent's own logind call
+    (``CanReboot`` over the system D-Bus), as the unit's user in its sandbox, answers ``yes`` (polkit
+    with systemd/roomagent-reboot.rules). Anything else and the room acks every reboot rolled_back."""
+    code = "import asyncio; from agent.daemon.power import logind_can_reboot as c; print(asyncio.run(c()))"
+    proc = sandboxed([str(VENV / "bin/python"), "-c", code], timeout=180)
+    answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    polkit = run(["systemctl", "show", "polkit.service", "--property=ActiveState,LoadState"]).stdout.split()
+    report("reboot_allowed", proc.returncode == 0 and answer == "yes",
+           f"CanReboot as roomagent: {answer!r} (exit {proc.returncode}); polkit {polkit}\n"
+           f"{proc.stderr[-800:]}")  # fmt: skip
+
+
 def check_agent_still_up() -> None:
     s = show("ActiveState", "SubState", "NRestarts", "StatusText")
     report("agent_after_checks", s["ActiveState"] == "active", f"{s}")
@@ -222,4 +235,6 @@ def check_agent_still_up() -> None:
 # Run with the agent stopped (they open the camera themselves).
 CAMERA_CHECKS: list[Callable[[], None]] = [check_hal_list, check_hal_record, check_hal_control]
 # Run with the agent up again.
-AGENT_CHECKS: list[Callable[[], None]] = [check_media_e2ee, check_config_push, check_agent_still_up]
+AGENT_CHECKS: list[Callable[[], None]] = [
+    check_media_e2ee, check_config_push, check_reboot_allowed, check_agent_still_up,
+]  # fmt: skip
