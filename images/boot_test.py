@@ -43,7 +43,10 @@ REQUIRED = [
 ]  # fmt: skip
 # Checks of features other sub-systems build: they report ok=null ("not in this build") when the
 # feature is not installed, which fails the test unless IMAGE_TEST_REQUIRE_ALL=0 (a partial build).
-FEATURES = ["hal_list", "hal_record", "hal_control", "media_e2ee", "config_push", "agent_after_checks"]
+FEATURES = [
+    "hal_list", "hal_record", "hal_control", "media_e2ee", "config_push", "reboot_allowed",
+    "agent_after_checks",
+]  # fmt: skip
 
 
 def qemu_argv(

@@ -113,12 +113,15 @@ ln -sf /opt/roomagent/bin/roomctl "$ROOT/usr/local/bin/roomctl"
 
 # Self-test image: a lab SFrame key and a loopback RTP sink, so the agent started by systemd runs the
 # real media path (vivid -> libx264 -> SFrame -> RTP) under the unit's sandbox; a generous health
-# check bound for pushed configs (a pipeline restart is slow under emulation).
+# check bound for pushed configs (a pipeline restart is slow under emulation). A short GOP: a plain
+# RTP sink has no back channel for a keyframe request, and under a loaded emulator the pipeline
+# sends 1-2 frames a second, so the product's 60-frame GOP would leave the receiver's window without
+# a single keyframe (every frame "skipped until keyframe").
 if [ "${IMAGE_SELFTEST:-1}" = 1 ] && chroot "$ROOT" /opt/roomagent/bin/roomagent --help | grep -qE '^ +lab-key'; then
     chroot "$ROOT" /opt/roomagent/bin/roomagent lab-key /etc/roomagent/lab.json >/dev/null
     chroot "$ROOT" chown root:roomagent /etc/roomagent/lab.json
     chmod 0640 "$ROOT/etc/roomagent/lab.json"
-    printf '\n# Self-test image only: lab key (no meeting) and a loopback sink.\n[media]\nsink = "rtp://127.0.0.1:5004"\n\n[e2ee]\nlab_key_file = "/etc/roomagent/lab.json"\n\n[control]\nhealth_timeout_s = 60\n' \
+    printf '\n# Self-test image only: lab key (no meeting) and a loopback sink.\n[media]\nsink = "rtp://127.0.0.1:5004"\n\n[e2ee]\nlab_key_file = "/etc/roomagent/lab.json"\n\n[hal.encoder]\nkeyframe_interval = 5\n\n[control]\nhealth_timeout_s = 60\n' \
         >>"$ROOT/etc/roomagent/agent.toml"
     log "media: self-test lab key /etc/roomagent/lab.json, sink rtp://127.0.0.1:5004"
 fi

@@ -345,3 +345,23 @@ async def test_a_wedged_driver_is_reported_not_waited_for_forever() -> None:
     assert reader.stop(0.1) is False
     release.set()
     assert reader.stop(2) is True
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shape"), [("yuyv422", (36, 64, 2)), ("yuv420p", (54, 64)), ("nv12", (54, 64))]
+)
+def test_a_raw_frame_owns_its_pixels(fmt: str, shape: tuple[int, ...]) -> None:
+    # The demuxer's raw picture lives in a driver buffer that closing the camera unmaps: the copy must
+    # not share it (a write to the original does not show in the copy).
+    import av
+    import numpy as np
+
+    from hal.v4l2.camera import _owned
+
+    pixels = np.arange(np.prod(shape), dtype=np.uint32).astype(np.uint8).reshape(shape)
+    original = av.VideoFrame.from_ndarray(pixels, format=fmt)
+    copy = _owned(original, "cam0")
+    original.planes[0].update(bytes(original.planes[0].buffer_size))
+    assert copy.format.name == fmt
+    assert (copy.to_ndarray() == pixels).all()
+    assert (original.to_ndarray() != pixels).any()  # the write did reach the original

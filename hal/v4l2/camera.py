@@ -51,6 +51,22 @@ def _av_error(exc: Exception, device: str, what: str) -> HalError:
     return DeviceIOError(f"{what}: {exc}", device=device)
 
 
+def _owned(picture: Any, device: str) -> Any:
+    """A copy of a raw ``av.VideoFrame`` in buffers of its own (the demuxer's buffer is released)."""
+    try:
+        copy = av.VideoFrame.from_ndarray(picture.to_ndarray(), format=picture.format.name)
+    except (ValueError, TypeError) as exc:
+        # A layout numpy cannot express: convert to what the encoders take (a conversion copies).
+        if picture.format.name == "yuv420p":
+            raise DeviceIOError(
+                f"capture: cannot copy a {picture.width}x{picture.height} picture: {exc}", device=device
+            ) from exc
+        copy = picture.reformat(format="yuv420p")
+    copy.color_range = picture.color_range
+    copy.colorspace = picture.colorspace
+    return copy
+
+
 class V4l2Camera:
     """One opening of a V4L2 capture node (implements ``hal.protocols.Camera``)."""
 
@@ -97,7 +113,13 @@ class V4l2Camera:
             height=stream.codec_context.height,
             pixel_format=stream.codec_context.pix_fmt,
         )
-        self._reader = FrameReader(self._container.decode(video=0), self._spec.id)
+        pictures = self._container.decode(video=0)
+        if stream.codec_context.name == "rawvideo":
+            # A raw picture points into the driver's mmap()ed buffer, which closing the camera unmaps:
+            # a frame still queued for (or inside) an encoder then reads unmapped memory (SIGSEGV).
+            # Copied in the reader thread, every frame owns its pixels and may outlive the camera.
+            pictures = (_owned(picture, self._spec.id) for picture in pictures)
+        self._reader = FrameReader(pictures, self._spec.id)
         self._reader.start()
         return self
 

@@ -25,6 +25,7 @@ SELFTEST_KEYS = Path("/usr/lib/roomagent-selftest/keys")
 RECORDING = Path("/var/lib/roomagent/selftest-record.mkv")
 # The tools read the cameras from the agent's own config (without it: one simulated camera).
 HAL = [ROOMAGENT, "hal", "--config", "/etc/roomagent/agent.toml"]
+MEDIA_WINDOW_S = 15
 
 
 @functools.cache
@@ -153,7 +154,11 @@ def check_config_push() -> None:
     trust: list[str] = []
     customer_key = SELFTEST_KEYS / "customer.pem"
     if _has(ROOMCTL, "roster"):
-        identity = run([ROOMAGENT, "identity", "--config", "/etc/roomagent/agent.toml", "--json"])
+        # As the unit runs the agent (its user, and StateDirectory= setting $STATE_DIRECTORY): run as root
+        # with no [state] dir, `roomagent identity` would read (and make) keys under root's
+        # ~/.local/state, and every ack of the real agent would then look forged.
+        identity = sandboxed([ROOMAGENT, "identity", "--config", "/etc/roomagent/agent.toml", "--json"],
+                             timeout=180)  # fmt: skip
         (work / "identity.json").write_text(identity.stdout)
         trust = ["--roster", str(work / "roster.env.json"), "--root", "/etc/roomagent/trust/root.json"]
         enroll = run([ROOMCTL, "roster", "add", "room-image", "--identity", str(work / "identity.json"),
@@ -192,8 +197,11 @@ def check_media_e2ee() -> None:
     if not (_has(ROOMAGENT, "receive") and lab_key.exists()):
         report("media_e2ee", None, "roomagent receive or the self-test lab key: not in this build")
         return
-    argv = [ROOMAGENT, "receive", "--listen", "127.0.0.1:5004", "--key-file", str(lab_key), "--seconds", "10",
-            "--json"]  # fmt: skip
+    # The receiver joins a running stream: it decodes from the first keyframe it sees. The self-test
+    # config sends one every 5 frames (build.sh; a plain RTP sink carries no keyframe request back), and
+    # a loaded emulator sends 1-2 frames a second: the window spans at least 4 keyframe intervals.
+    argv = [ROOMAGENT, "receive", "--listen", "127.0.0.1:5004", "--key-file", str(lab_key), "--seconds",
+            str(MEDIA_WINDOW_S), "--json"]  # fmt: skip
     proc = sandboxed(argv, timeout=180)
     try:
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -206,6 +214,19 @@ def check_media_e2ee() -> None:
            receiver=figures)  # fmt: skip
 
 
+def check_reboot_allowed() -> None:
+    """The fleet-signed ``reboot`` command's path, short of rebooting: the agent's own logind call
+    (``CanReboot`` over the system D-Bus), as the unit's user in its sandbox, answers ``yes`` (polkit
+    with systemd/roomagent-reboot.rules). Anything else and the room acks every reboot rolled_back."""
+    code = "import asyncio; from agent.daemon.power import logind_can_reboot as c; print(asyncio.run(c()))"
+    proc = sandboxed([str(VENV / "bin/python"), "-c", code], timeout=180)
+    answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    polkit = run(["systemctl", "show", "polkit.service", "--property=ActiveState,LoadState"]).stdout.split()
+    report("reboot_allowed", proc.returncode == 0 and answer == "yes",
+           f"CanReboot as roomagent: {answer!r} (exit {proc.returncode}); polkit {polkit}\n"
+           f"{proc.stderr[-800:]}")  # fmt: skip
+
+
 def check_agent_still_up() -> None:
     s = show("ActiveState", "SubState", "NRestarts", "StatusText")
     report("agent_after_checks", s["ActiveState"] == "active", f"{s}")
@@ -214,4 +235,6 @@ def check_agent_still_up() -> None:
 # Run with the agent stopped (they open the camera themselves).
 CAMERA_CHECKS: list[Callable[[], None]] = [check_hal_list, check_hal_record, check_hal_control]
 # Run with the agent up again.
-AGENT_CHECKS: list[Callable[[], None]] = [check_media_e2ee, check_config_push, check_agent_still_up]
+AGENT_CHECKS: list[Callable[[], None]] = [
+    check_media_e2ee, check_config_push, check_reboot_allowed, check_agent_still_up,
+]  # fmt: skip

@@ -266,9 +266,15 @@ EXTRA = HERE / "checks_agent.py"
 
 def check_stop_for_camera_tools() -> None:
     """The capture checks need the camera to themselves: stop the agent cleanly first."""
+    t0 = time.monotonic()
+    # systemctl stop returns with the stop job's real outcome: SIGTERM, the agent's own 5 s deadline,
+    # systemd's SIGKILL at TimeoutStopSec=30 s; 120 s leaves TCG under load room for all of it.
     run(["systemctl", "stop", UNIT], check=True, timeout=120)
-    s = show("ActiveState", "Result")
-    report("stop_for_camera_tools", s["ActiveState"] == "inactive" and s["Result"] == "success", f"{s}")
+    s = show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    ok = s["ActiveState"] == "inactive" and s["Result"] == "success"
+    # How it ended (ExecMainCode 2 = killed by signal ExecMainStatus) and the agent's last words.
+    report("stop_for_camera_tools", ok, f"{s}" + ("" if ok else "\n" + journal()),
+           stop_s=round(time.monotonic() - t0, 1))  # fmt: skip
 
 
 def check_restart_ready() -> None:
