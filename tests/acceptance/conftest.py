@@ -4,6 +4,9 @@
 - real ``roomagent run`` processes (``python -m agent run --config ...``) on the sim HAL,
 - documents signed and pushed with the real ``roomctl`` (``python -m agent.fleet keygen/root/sign/push``),
   acks read from roomctl's ``--json`` output,
+- every room enrolled the way a customer does it before it first starts: ``roomagent identity --json``
+  on the room's own config, then ``roomctl roster add`` signed with the customer key; roomctl trusts
+  acks and states only through that roster (``$ROOMCTL_ROSTER`` / ``$ROOMCTL_ROOT`` in ``Fleet.env``),
 - the retained state read by a fresh MQTT subscriber, and ``state.json`` read from the room's state dir.
 
 Fixtures: ``broker`` (module), ``fleet`` (module: keys, trust root, sign + push through roomctl),
@@ -30,6 +33,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from agent.control.dsse import Envelope
 from tests.broker import Broker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +65,8 @@ class Fleet:
         self.broker = broker
         self.env = env
         self.keys = {role: workdir / f"{role}.pem" for role in ROLES}
-        self._versions = itertools.count(int(time.time()))
+        # Document versions are milliseconds since the epoch, as roomctl and the rooms expect.
+        self._versions = itertools.count(int(time.time() * 1000))
         self._docs = itertools.count()
         for path in self.keys.values():
             self.roomctl("keygen", "--out", str(path))
@@ -75,6 +80,40 @@ class Fleet:
             "--out",
             str(self.root),
         )
+        # Every roomctl call (push, status, verbs) reads acks and states through the customer's roster.
+        self.roster = workdir / "roster.env.json"
+        self.env = {**env, "ROOMCTL_ROSTER": str(self.roster), "ROOMCTL_ROOT": str(self.root)}
+
+    def enroll(self, device: str, config: Path, groups: tuple[str, ...]) -> dict[str, Any]:
+        """Enroll a room as a customer does: ``roomagent identity --json`` against the room's own
+        config (a real process; it creates the identity files the daemon then uses), then
+        ``roomctl roster add`` with the customer key. Returns the identity the room printed."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", "identity", "--config", str(config), "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, f"roomagent identity {device} -> {proc.returncode}\n{proc.stderr}"
+        identity = self.dir / f"{device}.identity.json"
+        identity.write_text(proc.stdout)
+        self.roomctl(
+            "roster",
+            "add",
+            device,
+            "--identity",
+            str(identity),
+            "--groups",
+            ",".join(groups),
+            "--customer",
+            "acme",
+            "--customer-key",
+            str(self.keys["customer"]),
+        )
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
 
     def roomctl(
         self, *args: str, check: bool = True, timeout: float = 60
@@ -115,7 +154,10 @@ class Fleet:
         return envelope
 
     def push(self, envelope: Path, device: str, wait_s: float = 40) -> dict[str, Any]:
-        """``roomctl push --wait --json``; the device's ack as roomctl reports it (``timeout`` if none)."""
+        """``roomctl push --wait --json``: the device's outcome as roomctl reports it (``status``,
+        ``reason``, ``message``, ``verified``: the ack's signature checked against the roster key,
+        ``hint``), plus ``roomctl_exit`` and ``doc_version`` (the version pushed); ``timeout`` if none."""
+        version = json.loads(Envelope.parse(envelope.read_bytes()).payload)["version"]
         proc = self.roomctl(
             "push",
             str(envelope),
@@ -131,12 +173,20 @@ class Fleet:
         )
         for line in reversed(proc.stdout.splitlines()):
             if line.startswith("{"):
-                acks = json.loads(line)
-                if device in acks:
-                    ack: dict[str, Any] = acks[device]
+                report = json.loads(line)
+                rooms = report.get("rooms", {})
+                if device in rooms:
+                    ack: dict[str, Any] = rooms[device]
+                    assert report["ok"] is (proc.returncode == 0), report  # one verdict, two ways
                     ack["roomctl_exit"] = proc.returncode
+                    ack["doc_version"] = version
                     return ack
-        return {"status": "timeout", "roomctl_exit": proc.returncode, "stdout": proc.stdout[-2000:]}
+        return {
+            "status": "timeout",
+            "roomctl_exit": proc.returncode,
+            "stdout": proc.stdout[-2000:],
+            "stderr": proc.stderr[-2000:],
+        }
 
     def command(
         self,
@@ -160,8 +210,10 @@ class Room:
         *,
         media: bool,
         extra_env: dict[str, str] | None = None,
+        groups: tuple[str, ...] = ("hq",),
     ) -> None:
         self.device = device
+        self.groups = groups
         self.dir = workdir
         self.broker = broker
         self.state_dir = workdir / "state"
@@ -175,7 +227,7 @@ class Room:
         lines = [
             "[device]",
             f'id = "{device}"',
-            'groups = ["hq"]',
+            f"groups = {json.dumps(list(groups))}",
             "[mqtt]",
             f'url = "{broker.url}"',
             "[trust]",
@@ -352,6 +404,7 @@ class RoomFactory:
 
     def __call__(self, device: str, *, media: bool, extra_env: dict[str, str] | None = None) -> Room:
         room = Room(self._base / device, device, self._broker, self._fleet, media=media, extra_env=extra_env)
+        self._fleet.enroll(device, room.config, room.groups)
         self.rooms.append(room)
         return room
 

@@ -22,7 +22,7 @@ ENCODER = {"codecs": ["libx264", "libvpx"], "bitrate_kbps": 450, "keyframe_inter
 
 def _ack(ack: dict[str, Any], status: str, reason: str | None = None) -> str:
     assert (ack["status"], ack.get("reason")) == (status, reason), ack
-    assert ack["signature_ok"] is True, ack
+    assert ack["verified"] is True, ack
     return str(ack["message"])
 
 
