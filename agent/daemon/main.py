@@ -196,7 +196,7 @@ def run(
         config=source,
         state_dir=str(runtime.state_dir),
         hal=config.hal.backend,
-        mqtt="configured" if config.mqtt.url else "offline",
+        mqtt="configured" if config.mqtt.endpoints else "offline",
     )
     try:
         services = build_services(runtime)
