@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -173,15 +174,15 @@ class ControlLink:
                 certfile=str(self._mqtt.cert) if self._mqtt.cert else None,
                 keyfile=str(self._mqtt.key) if self._mqtt.key else None,
             )
+        # A persistent session either way: QoS 1 commands and key packages wait for the room.
+        session: dict[str, Any] = {"clean_start": False} if v5 else {"clean_session": False}
         client = aiomqtt.Client(
             endpoint.host,
             endpoint.port,
             identifier=self.topics.device,
             username=self._mqtt.username,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            # A persistent session either way: QoS 1 commands and key packages wait for the room.
-            clean_start=False,
-            clean_session=None if v5 else False,
+            **session,
             properties=props,
             keepalive=self._mqtt.keepalive_s,
             tls_params=tls,

@@ -72,6 +72,9 @@ def load_public_key_file(path: Path, env_var: str | None = None) -> dict[str, An
     return key_dict(load_signing_keys([path], env_var)[0].public_key())
 
 
+OPERATION_TIMEOUT_S = 30.0
+
+
 def _split_brokers(value: str) -> list[str]:
     return [url.strip() for url in value.split(",") if url.strip()]
 
@@ -180,6 +183,9 @@ async def mqtt_client(args: argparse.Namespace) -> AsyncIterator[aiomqtt.Client]
             structlog.get_logger().warning("roomctl_broker_unreachable", broker=broker.url, error=str(exc))
             last = exc
             continue
+        # Connected: later waits (SUBACK, PUBACK) get longer, as a clustered broker re-electing its
+        # leaders after losing a node answers late but does answer.
+        client.timeout = max(client.timeout or 0.0, OPERATION_TIMEOUT_S)
         try:
             yield client
         finally:
