@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +119,8 @@ def test_group_push_on_one_node_reaches_rooms_on_all_three_and_survives_a_node_k
         assert set(acks) == devices
         assert all(a["status"] == "applied" and a["signature_ok"] is True for a in acks.values())
         for room in rooms:
-            assert room.proc is not None and room.proc.poll() is None, room.log_text[-2000:]
+            assert room.proc is not None
+            assert room.proc.poll() is None, room.log_text[-2000:]
             assert applied_count(room, "policy", 2) == 1, room.device  # none applied twice
             assert applied_count(room, "policy", 1) == 1, room.device
         assert all("control_link_lost" in r.log_text for r in on_node0)
@@ -133,7 +133,8 @@ def test_group_push_on_one_node_reaches_rooms_on_all_three_and_survives_a_node_k
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         acks = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert set(acks) == devices and all(a["status"] == "applied" for a in acks.values())
+        assert set(acks) == devices
+        assert all(a["status"] == "applied" for a in acks.values())
     finally:
         for room in rooms:
             room.stop()
