@@ -17,6 +17,7 @@ _COMMAND_MODULES: list[str] = [
     "agent.fleet.meeting",  # meeting start
     "agent.fleet.snapshot",  # hpke-keygen, snapshot
     "agent.fleet.sim",  # fleet-sim
+    "agent.fleet.broker_config",  # broker-config
 ]
 
 
