@@ -24,16 +24,40 @@ def _main(args: argparse.Namespace) -> int:
     if args.rooms < 1:
         print("fleet-sim: --rooms must be at least 1", file=sys.stderr)
         return 2
+    if args.kill_node and args.cluster is None:
+        print("fleet-sim: --kill-node needs --cluster nats:N", file=sys.stderr)
+        return 2
     broker = None
+    cluster = None
+    kill = None
+    pids: list[int] = []
+    protocol = args.mqtt_protocol
+    plane_endpoint = 0
     try:
-        url = args.broker
-        if url is None:
+        urls = [u for group in (args.broker or []) for u in group.split(",") if u]
+        if args.cluster is not None:
+            from agent.fleet.brokers import NatsCluster
+
+            kind, _, nodes = args.cluster.partition(":")
+            if kind != "nats" or not nodes.isdigit() or not 1 <= int(nodes) <= 9:
+                print("fleet-sim: --cluster takes nats:N (N from 1 to 9)", file=sys.stderr)
+                return 2
+            raise_nofile(2 * args.rooms + 256)  # the nodes inherit it
+            cluster = NatsCluster(Path(tempfile.mkdtemp(prefix="fleet-sim-nats-")), nodes=int(nodes))
+            cluster.start(timeout_s=120)
+            urls, protocol = cluster.urls, "3.1.1"  # NATS speaks MQTT 3.1.1 only
+            pids = [pid for i in range(len(cluster.nodes)) if (pid := cluster.pid(i)) is not None]
+            if args.kill_node:
+                # Node 0 carries a third of the rooms; the plane stays on node 1.
+                kill, plane_endpoint = (lambda: cluster.kill_node(0)), min(1, len(urls) - 1)
+        elif not urls:
             from agent.control.devbroker import Mosquitto
 
             raise_nofile(2 * args.rooms + 256)  # the broker inherits it
             broker = Mosquitto(Path(tempfile.mkdtemp(prefix="fleet-sim-broker-")))
             broker.start()
-            url = broker.url
+            urls = [broker.url]
+            pids = [broker.pid] if broker.pid is not None else []
         workdir = None
         if args.state_dir is not None:
             args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +66,11 @@ def _main(args: argparse.Namespace) -> int:
             result = asyncio.run(
                 run_fleet_sim(
                     args.rooms,
-                    url,
+                    urls,
+                    protocol=protocol,
+                    broker_pids=pids,
+                    kill_node=kill,
+                    plane_endpoint=plane_endpoint,
                     timeout_s=args.timeout,
                     connect_rate=args.connect_rate,
                     prefix=args.prefix,
@@ -60,6 +88,9 @@ def _main(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.stop()
             shutil.rmtree(broker.workdir, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.workdir, ignore_errors=True)
     out = result.as_json()
     if args.json:
         print(json.dumps(out))
@@ -71,7 +102,8 @@ def _main(args: argparse.Namespace) -> int:
         )
         if out["rejected"]:
             print(f"not applied: {out['rejected']}")
-    return 0 if result.acked == result.rooms else 1
+    once = out.get("applied_twice_or_more", 0) == 0
+    return 0 if result.acked == result.rooms and once else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,9 +116,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rooms", type=int, required=True, metavar="N", help="number of simulated rooms")
     p.add_argument(
         "--broker",
-        metavar="URL",
+        metavar="URL[,URL...]",
+        action="append",
         default=None,
-        help="mqtt://HOST:PORT (default: start a throw-away Mosquitto on loopback)",
+        help="mqtt://HOST:PORT, repeatable or comma-separated for a cluster's endpoints (default: start a "
+        "throw-away Mosquitto on loopback)",
+    )
+    p.add_argument(
+        "--mqtt-protocol", choices=("5", "3.1.1"), default="5", help="MQTT version of rooms and plane"
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="nats:N",
+        default=None,
+        help="start a throw-away N-node NATS cluster (JetStream, MQTT 3.1.1) and spread the rooms over it",
+    )
+    p.add_argument(
+        "--kill-node",
+        action="store_true",
+        help="with --cluster: SIGKILL node 0 (a third of the rooms on 3 nodes) when the first ack arrives",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(

@@ -40,14 +40,27 @@ def raise_nofile(needed: int) -> None:
 
 
 def _room_config(
-    workdir: Path, index: int, *, broker_url: str, group: str, root_path: Path, prefix: str
+    workdir: Path,
+    index: int,
+    *,
+    brokers: list[str],
+    protocol: str,
+    group: str,
+    root_path: Path,
+    prefix: str,
 ) -> Any:
     from agent.config import parse_config
 
     return parse_config(
         {
             "device": {"id": f"sim-{index:05d}", "groups": [group]},
-            "mqtt": {"url": broker_url, "prefix": prefix},
+            # Room i starts on endpoint i mod n and keeps the others as failover: spread over a cluster.
+            "mqtt": {
+                "urls": [brokers[(index + k) % len(brokers)] for k in range(len(brokers))],
+                "protocol": protocol,
+                "prefix": prefix,
+                "connect_timeout_s": 5.0,
+            },
             "trust": {"root": str(root_path)},
             "state": {"dir": str(workdir / f"sim-{index:05d}"), "report_interval_s": 60.0},
             "supervisor": {"stall_timeout_s": 180.0},  # beats every report_interval_s; no watchdog here
@@ -63,7 +76,8 @@ async def run_rooms(
     first: int,
     count: int,
     *,
-    broker_url: str,
+    brokers: list[str],
+    protocol: str,
     group: str,
     root_path: Path,
     workdir: Path,
@@ -85,7 +99,13 @@ async def run_rooms(
     runtimes = []
     for i in range(first, first + count):
         config = _room_config(
-            workdir, i, broker_url=broker_url, group=group, root_path=root_path, prefix=prefix
+            workdir,
+            i,
+            brokers=brokers,
+            protocol=protocol,
+            group=group,
+            root_path=root_path,
+            prefix=prefix,
         )
         state_dir = workdir / f"sim-{i:05d}"
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -117,7 +137,7 @@ async def run_rooms(
 async def _worker_main(argv: list[str]) -> dict[str, int]:
     """``python -m agent.fleet.sim --worker ...``: run a slice of the rooms until stdin closes."""
     parser = argparse.ArgumentParser(prog="fleet-sim worker")
-    for name in ("--broker", "--group", "--root", "--workdir", "--prefix"):
+    for name in ("--broker", "--protocol", "--group", "--root", "--workdir", "--prefix"):
         parser.add_argument(name, required=True)
     parser.add_argument("--first", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
@@ -135,7 +155,8 @@ async def _worker_main(argv: list[str]) -> dict[str, int]:
     return await run_rooms(
         args.first,
         args.count,
-        broker_url=args.broker,
+        brokers=args.broker.split(","),
+        protocol=args.protocol,
         group=args.group,
         root_path=Path(args.root),
         workdir=Path(args.workdir),
