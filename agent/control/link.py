@@ -78,7 +78,9 @@ def _abandon(client: aiomqtt.Client) -> None:
     # would then hold a second session with our client id, and on a NATS cluster the two connections
     # (on different nodes) take the id from each other in a loop. Close it.
     with contextlib.suppress(Exception):
-        client._client._sock_close()  # private: no public way to drop a half-open connect
+        # paho sends DISCONNECT and closes through its normal path (the event loop unregisters the
+        # socket first); closing the fd from outside would leave aiomqtt callbacks on a reused fd.
+        client._client.disconnect()
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,7 @@ async def mqtt_client(args: argparse.Namespace) -> AsyncIterator[aiomqtt.Client]
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(Exception):
-                client._client._sock_close()  # private: drop the half-open connect
+                client._client.disconnect()  # private client: drop the half-open connect cleanly
             structlog.get_logger().warning("roomctl_broker_unreachable", broker=broker.url, error=str(exc))
             last = exc
             continue

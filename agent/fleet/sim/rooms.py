@@ -59,7 +59,8 @@ def _room_config(
                 "urls": [brokers[(index + k) % len(brokers)] for k in range(len(brokers))],
                 "protocol": protocol,
                 "prefix": prefix,
-                "connect_timeout_s": 5.0,
+                # Thousands of rooms share one event loop here: a CONNACK can wait seconds for the loop.
+                "connect_timeout_s": 30.0,
             },
             "trust": {"root": str(root_path)},
             "state": {"dir": str(workdir / f"sim-{index:05d}"), "report_interval_s": 60.0},
