@@ -17,6 +17,13 @@ from agent.fleet.sim.plane import run_fleet_sim
 from agent.fleet.sim.rooms import raise_nofile
 
 
+def _hard_nofile() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else int(hard)
+
+
 def _main(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
 
@@ -42,7 +49,8 @@ def _main(args: argparse.Namespace) -> int:
             if kind != "nats" or not nodes.isdigit() or not 1 <= int(nodes) <= 9:
                 print("fleet-sim: --cluster takes nats:N (N from 1 to 9)", file=sys.stderr)
                 return 2
-            raise_nofile(2 * args.rooms + 256)  # the nodes inherit it
+            # The nodes inherit it: JetStream keeps files open per consumer (five per room here).
+            raise_nofile(min(8 * args.rooms + 1024, _hard_nofile()))
             cluster = NatsCluster(Path(tempfile.mkdtemp(prefix="fleet-sim-nats-")), nodes=int(nodes))
             cluster.start(timeout_s=120)
             urls, protocol = cluster.urls, "3.1.1"  # NATS speaks MQTT 3.1.1 only
