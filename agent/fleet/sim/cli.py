@@ -61,7 +61,7 @@ def _main(args: argparse.Namespace) -> int:
         elif not urls:
             from agent.control.devbroker import Mosquitto
 
-            raise_nofile(2 * args.rooms + 256)  # the broker inherits it
+            raise_nofile(min(args.rooms + 1024, _hard_nofile()))  # the broker inherits it
             broker = Mosquitto(Path(tempfile.mkdtemp(prefix="fleet-sim-broker-")))
             broker.start()
             urls = [broker.url]
