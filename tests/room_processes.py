@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RoomProcess", "applied_count", "roomctl", "write_room_config"]
+__all__ = ["RoomProcess", "applied_count", "enroll", "roomctl", "write_room_config"]
 
 
 def write_room_config(
@@ -110,6 +110,33 @@ def roomctl(env: dict[str, str], *args: str, timeout: float = 180.0) -> subproce
         timeout=timeout,
         check=False,
     )
+
+
+def enroll(
+    env: dict[str, str], config: Path, *, groups: list[str], customer_key: Path, roster: Path, root: Path
+) -> None:
+    """Enroll a room the way the docs say, before it runs: ``roomagent identity --json`` on its own
+    agent.toml (a real process; it creates the identity the daemon then uses), then ``roomctl roster
+    add`` (a real process) signs it into the customer's roster. roomctl trusts acks and states only
+    through that roster."""
+    ident = subprocess.run(
+        [sys.executable, "-m", "agent", "identity", "--config", str(config), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert ident.returncode == 0, ident.stderr
+    identity = config.with_suffix(".identity.json")
+    identity.write_text(ident.stdout)
+    device = json.loads(ident.stdout)["device"]
+    proc = roomctl(
+        env, "roster", "add", device, "--identity", str(identity), "--groups", ",".join(groups),
+        "--customer", "acme", "--customer-key", str(customer_key),
+        "--roster", str(roster), "--root", str(root),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.3) -> Any:

@@ -24,10 +24,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import parse_config
 from agent.control.devbroker import free_port
 from agent.control.link import ControlLink, Topics, refused_topics
+from agent.control.signing_keys import private_key_pem
 from agent.errors import ConfigError
 from tests.broker import Broker
 from tests.plane import Beat, Plane
-from tests.room_processes import RoomProcess, applied_count, roomctl, wait_until, write_room_config
+from tests.room_processes import RoomProcess, applied_count, enroll, roomctl, wait_until, write_room_config
 
 pytestmark = pytest.mark.broker
 
@@ -46,7 +47,18 @@ def _signed_policy(plane: Plane, tmp: Path, version: int) -> Path:
     return path
 
 
-def _push(env: dict[str, str], brokers: list[str], protocol: str, envelope: Path) -> dict[str, Any]:
+def _enroll(env: dict[str, str], plane: Plane, tmp: Path, root: Path, config: Path) -> list[str]:
+    """The room in a customer-signed roster; returns roomctl's ``--roster``/``--root`` arguments."""
+    key = tmp / "customer.pem"
+    key.write_bytes(private_key_pem(plane.customer))
+    roster = tmp / "roster.env.json"
+    enroll(env, config, groups=["hq"], customer_key=key, roster=roster, root=root)
+    return ["--roster", str(roster), "--root", str(root)]
+
+
+def _push(
+    env: dict[str, str], trust: list[str], brokers: list[str], protocol: str, envelope: Path
+) -> dict[str, Any]:
     proc = roomctl(
         env,
         "push",
@@ -61,12 +73,13 @@ def _push(env: dict[str, str], brokers: list[str], protocol: str, envelope: Path
         "hq",
         "--wait",
         "60",
-        "--settle",
-        "1.5",
+        *trust,
         "--json",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    acks: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"] is True, out
+    acks: dict[str, Any] = out["rooms"]
     return acks
 
 
@@ -115,11 +128,12 @@ def test_room_and_roomctl_speak_the_protocol_and_skip_a_dead_endpoint(
         protocol=protocol,
         root=root,
     )
+    trust = _enroll(agent_env, plane, tmp_path, root, config)
     room = RoomProcess("room-101", config, tmp_path / "rooms" / "room-101", agent_env).start()
     try:
-        acks = _push(agent_env, [dead, mosquitto.url], protocol, _signed_policy(plane, tmp_path, 1))
+        acks = _push(agent_env, trust, [dead, mosquitto.url], protocol, _signed_policy(plane, tmp_path, 1))
         assert acks["room-101"]["status"] == "applied"
-        assert acks["room-101"]["signature_ok"] is True
+        assert acks["room-101"]["verified"] is True
         # The broker's own record: "as room-101 (p2, c0, k30)" = MQTT 3.1.1, p5 = MQTT 5; c0 = a
         # persistent session.
         level = {"5": "p5", "3.1.1": "p2"}[protocol]
@@ -140,16 +154,17 @@ def test_failover_rereads_retained_documents_without_applying_twice(
     config = write_room_config(
         tmp_path / "rooms", "room-101", groups=["hq"], urls=[a.url, b.url], protocol="5", root=root
     )
+    trust = _enroll(agent_env, plane, tmp_path, root, config)
     room = RoomProcess("room-101", config, tmp_path / "rooms" / "room-101", agent_env).start()
     try:
         v1 = _signed_policy(plane, tmp_path, 1)
-        assert _push(agent_env, [a.url], "5", v1)["room-101"]["status"] == "applied"
+        assert _push(agent_env, trust, [a.url], "5", v1)["room-101"]["status"] == "applied"
         # The plane keeps every endpoint's retained documents (a cluster replicates them; two lone
         # brokers stand in for it here): B holds version 1 too.
         assert _push_retained_only(agent_env, b.url, v1)
         a.kill()
         # On B the room re-reads version 1 (acked again as applied, not re-applied), then takes v2.
-        acks = _push(agent_env, [a.url, b.url], "5", _signed_policy(plane, tmp_path, 2))
+        acks = _push(agent_env, trust, [a.url, b.url], "5", _signed_policy(plane, tmp_path, 2))
         assert acks["room-101"]["status"] == "applied"
         wait_until(lambda: "control_link_lost" in room.log_text, 10, "the link to notice the loss")
         assert applied_count(room, "policy", 1) == 1

@@ -330,8 +330,9 @@ def _client_for(
         tls_params=tls,
         timeout=connect_timeout,
         identifier=identifier or f"roomctl-{os.getpid()}-{time.monotonic_ns() % 100000}",
-        # MQTT 5: a persistent session by session expiry; 3.1.1: by clean session off.
-        clean_start=(False if session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY) if v5 else True,
+        # MQTT 5: a persistent session by session expiry; 3.1.1: by clean session off (paho refuses
+        # any clean_start but its default on 3.1.1: the flag is MQTT 5's).
+        clean_start=False if v5 and session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY,
         clean_session=None if v5 else not session_expiry_s,
         properties=properties,
     )
