@@ -22,10 +22,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.control.signing_keys import key_dict
+from agent.control.signing_keys import key_dict, private_key_pem
 from tests.plane import Plane, ts
 from tests.production_broker import ProductionBroker
-from tests.room_processes import RoomProcess, applied_count, roomctl, write_room_config
+from tests.room_processes import RoomProcess, applied_count, enroll, roomctl, write_room_config
 
 pytestmark = pytest.mark.broker
 
@@ -120,7 +120,7 @@ def test_broker_config_refuses_a_roster_the_customer_did_not_sign(
         agent_env, "broker-config", "--roster", str(roster), "--root", str(root), "--out", str(out)
     )
     assert proc.returncode == 2
-    assert "customer role" in proc.stderr
+    assert "not signed by the customer threshold" in proc.stderr
     assert not out.exists()
     roster.write_bytes(b"[" * 100_000)
     proc = roomctl(
@@ -219,6 +219,12 @@ def test_a_real_room_works_through_the_production_broker(
         root=root,
         mqtt_extra=extra,
     )
+    # roomctl trusts acks only through the customer's roster of the rooms' real identities (the
+    # broker's roster above only needs their names and groups: the broker authenticates certificates).
+    key = tmp_path / "customer.pem"
+    key.write_bytes(private_key_pem(plane.customer))
+    roster = tmp_path / "rooms" / "roster.env.json"
+    enroll(agent_env, config, groups=["g1"], customer_key=key, roster=roster, root=root)
     room = RoomProcess("room-a", config, tmp_path / "rooms" / "room-a", agent_env).start()
     envelope = tmp_path / "policy.env"
     envelope.write_bytes(
@@ -228,13 +234,13 @@ def test_a_real_room_works_through_the_production_broker(
     try:
         proc = roomctl(
             agent_env, "push", str(envelope), "--broker", broker.url, "--ca", str(pc.ca),
-            "--cert", str(pc.cert), "--key", str(pc.key), "--group", "g1", "--wait", "60", "--settle", "2",
-            "--json",
+            "--cert", str(pc.cert), "--key", str(pc.key), "--group", "g1", "--wait", "60",
+            "--roster", str(roster), "--root", str(root), "--json",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr + room.log_text[-2000:]
-        acks = json.loads(proc.stdout.strip().splitlines()[-1])
+        acks = json.loads(proc.stdout.strip().splitlines()[-1])["rooms"]
         assert acks["room-a"]["status"] == "applied"
-        assert acks["room-a"]["signature_ok"] is True
+        assert acks["room-a"]["verified"] is True
         assert applied_count(room, "policy", 1) == 1
     finally:
         room.stop()

@@ -16,118 +16,35 @@ module writes:
   the rooms the roster puts in ``g``;
 - role ``plane`` for the management plane's certificates (``--plane CN``, default ``plane``).
 
-The roster (``roster.env.json``) is verified before use: DSSE over PAE, payloadType
-``application/vnd.roomagent.roster+json``, signed by the ``customer`` role threshold of the trust root
-(each public key counted once), not expired. ``_RosterReader`` is a minimal strict reader of that
-contract; the full model lives in ``agent.control.roster`` and can replace it one for one.
+The roster (``roster.env.json``) is verified before use by the one roster reader roomctl has
+(:func:`agent.fleet.common.load_roster`, i.e. :func:`agent.control.roster.verify_roster`): DSSE over
+PAE, signed by the ``customer`` role threshold of the trust root (each public key counted once), not
+expired, every room entry well formed.
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerConfigError", "dynsec_config", "read_roster_groups", "register"]
+__all__ = ["BrokerConfigError", "dynsec_config", "register", "roster_groups"]
 
 import argparse
-import datetime as dt
 import json
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.control.documents import payload_type
-from agent.control.dsse import Envelope, strict_json
-from agent.control.errors import ControlError, Rejected
-from agent.control.signing_keys import canonical_json
-from agent.control.verify import TrustedRoot, verify_initial_root
-
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
-MAX_ROSTER_BYTES = 16 * 1024 * 1024
-Identifier = Annotated[str, Field(pattern=_ID)]
+from agent.control.errors import ControlError
+from agent.control.roster import Roster
+from agent.fleet.common import CliError, add_roster_args, load_roster
 
 
 class BrokerConfigError(ControlError):
     """The roster or root cannot be used to generate a broker configuration."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class _RosterRoom(_Strict):
-    ed25519: dict[str, Any]
-    hpke: dict[str, Any]
-    hpke_attestation: dict[str, Any]
-    groups: list[Identifier] = Field(max_length=256)
-
-
-class _RosterBody(_Strict):
-    customer: str = Field(min_length=1, max_length=256)
-    rooms: dict[Identifier, _RosterRoom]
-
-
-class _RosterPayload(_Strict):
-    kind: str
-    version: int = Field(ge=1, le=2**53 - 1)
-    issued_at: str
-    expires: str
-    targets: dict[str, Any]
-    body: _RosterBody
-
-
-def _customer_signed(env: Envelope, root: TrustedRoot) -> bool:
-    """DSSE verification against the ``customer`` role: each public key counts once, however many
-    key ids or signatures name it (DSSE protocol: never count the same key twice)."""
-    role = root.roles.get("customer")
-    if role is None:
-        return False
-    pae = env.pae()
-    good: set[bytes] = set()
-    for sig in env.signatures:
-        key = root.keys.get(sig.keyid) if sig.keyid in role.keyids else None
-        if key is not None and key.verify(sig.sig, pae):
-            good.add(canonical_json(key.to_dict()))
-    return len(good) >= role.threshold
-
-
-def read_roster_groups(
-    roster_raw: bytes, root_raw: bytes, *, now: dt.datetime | None = None
-) -> tuple[str, dict[str, list[str]]]:
-    """``(customer, {device id: [groups]})`` from a verified roster.
-
-    Raises:
-        BrokerConfigError: the root or roster does not verify, or the roster is malformed or expired.
-    """
-    now = now or dt.datetime.now(dt.UTC)
-    try:
-        root = verify_initial_root(root_raw, max_bytes=MAX_ROSTER_BYTES)
-    except Rejected as exc:
-        raise BrokerConfigError(f"root: {exc.reason}: {exc.message}") from exc
-    if len(roster_raw) > MAX_ROSTER_BYTES:
-        raise BrokerConfigError(f"roster: larger than {MAX_ROSTER_BYTES} bytes")
-    try:
-        env = Envelope.parse(roster_raw)
-    except (ValueError, RecursionError) as exc:
-        raise BrokerConfigError(f"roster: not a DSSE envelope: {exc}") from exc
-    if env.payload_type != payload_type("roster"):
-        raise BrokerConfigError(f"roster: payloadType {env.payload_type!r} is not a roster's")
-    if not _customer_signed(env, root):
-        raise BrokerConfigError("roster: not signed by the customer role threshold of the trust root")
-    try:
-        payload = _RosterPayload.model_validate(strict_json(env.payload))
-    except (ValueError, RecursionError, ValidationError) as exc:
-        raise BrokerConfigError(f"roster: malformed payload: {str(exc)[:300]}") from exc
-    if payload.kind != "roster":
-        raise BrokerConfigError(f"roster: kind {payload.kind!r}")
-    if not _RFC3339_UTC.fullmatch(payload.expires):
-        raise BrokerConfigError("roster: expires is not an RFC 3339 UTC time")
-    expires = dt.datetime.fromisoformat(payload.expires.replace("Z", "+00:00"))
-    if expires <= now:
-        raise BrokerConfigError(f"roster: expired at {payload.expires}")
-    return payload.body.customer, {d: list(r.groups) for d, r in payload.body.rooms.items()}
+def roster_groups(roster: Roster) -> tuple[str, dict[str, list[str]]]:
+    """``(customer, {device id: [groups]})`` of a verified roster."""
+    return roster.body.customer, {d: list(r.groups) for d, r in roster.rooms.items()}
 
 
 def _acl(acltype: str, topic: str, *, allow: bool = True, priority: int = 0) -> dict[str, Any]:
@@ -212,9 +129,9 @@ def dynsec_config(
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        customer, rooms = read_roster_groups(Path(args.roster).read_bytes(), Path(args.root).read_bytes())
+        customer, rooms = roster_groups(load_roster(args))
         config = dynsec_config(customer, rooms, prefix=args.prefix, planes=args.plane or ["plane"])
-    except (BrokerConfigError, OSError) as exc:
+    except (BrokerConfigError, CliError) as exc:
         print(f"roomctl broker-config: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -237,8 +154,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Generate deploy/mosquitto's dynamic-security.json from the customer-signed roster: "
         "each room reads and writes only its own topics and reads only its groups' desired documents.",
     )
-    p.add_argument("--roster", required=True, type=Path, help="customer-signed roster (roster.env.json)")
-    p.add_argument("--root", required=True, type=Path, help="trust root that signs the roster (root.json)")
+    add_roster_args(p)
     p.add_argument("--out", required=True, type=Path, help="where to write dynamic-security.json")
     p.add_argument("--prefix", default="roomagent/v1", help="topic prefix (default roomagent/v1)")
     p.add_argument(
