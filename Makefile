@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test-deps run test browser-test lint bench demo fuzz soak reliability image image-tools image-test mosquitto clean
+.PHONY: test-deps run test browser-test lint bench demo fuzz soak reliability image image-tools image-test mosquitto cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ run: $(STAMP)
 # Real services the tests start themselves (brokers, SFU, browser, ...), from Debian's packages: one list,
 # installed when missing (root, or sudo). Add a package here, never a second install step.
 TEST_DEBS ?= mosquitto dbus dbus-daemon libspeexdsp1 libsdl2-2.0-0 rauc squashfs-tools openssl \
-	janus chromium chromium-driver iproute2
+	janus chromium chromium-driver iproute2 nats-server
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing from Debian packages"; \
@@ -40,6 +40,11 @@ test-deps:
 # Kept for muscle memory: the broker alone.
 mosquitto:
 	@$(MAKE) --no-print-directory test-deps TEST_DEBS=mosquitto
+
+# A local three-node NATS cluster (JetStream, MQTT 3.1.1 listeners) until Ctrl-C; prints its MQTT URLs.
+cluster: $(STAMP)
+	@$(MAKE) --no-print-directory test-deps TEST_DEBS=nats-server
+	$(BIN)/python -m agent.fleet.brokers --nodes 3
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -62,11 +62,33 @@ class DeviceSection(_Strict):
     """Groups the room belongs to; it takes `{prefix}/groups/{group}/desired/*` documents."""
 
 
+def _check_broker_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError("must name a broker host")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError("port must be a number from 1 to 65535") from exc
+    return value
+
+
 class MqttSection(_Strict):
-    """The broker the control link connects to."""
+    """The broker the control link connects to: one (`url`) or several endpoints of one clustered
+    broker (`urls`), tried in turn."""
     url: str | None = None
-    """`mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`; unset: no broker, the room runs offline on its
-    last-known-good state."""
+    """`mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`; unset (and no `urls`): no broker, the room runs
+    offline on its last-known-good state."""
+    urls: list[str] = Field(default_factory=list, max_length=32)
+    """Several endpoints of one clustered broker, tried in turn on loss (same scheme for all)."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version: "5" (session expiry, message expiry, reason codes) or "3.1.1" (managed and
+    clustered brokers such as NATS that speak only 3.1.1; docs/mqtt.md says what that path does instead)."""
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120, strict=False)] = 5.0
+    """Seconds a connect may take before the next endpoint is tried: short on purpose, a connect to a
+    surviving cluster node can hang while the cluster re-elects leaders."""
     ca: FilePath | None = None
     """CA certificate (PEM) that signed the broker's certificate (mqtts only)."""
     cert: FilePath | None = None
@@ -83,18 +105,23 @@ class MqttSection(_Strict):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("must name a broker host")
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError("port must be a number from 1 to 65535") from exc
+        return value if value is None else _check_broker_url(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            _check_broker_url(url)
+        if len(set(value)) != len(value):
+            raise ValueError("lists one broker twice")
         return value
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The broker URLs to try, in order (``url`` is a one-element list)."""
+        if self.urls:
+            return tuple(self.urls)
+        return (self.url,) if self.url else ()
 
     @field_validator("prefix")
     @classmethod
@@ -107,7 +134,12 @@ class MqttSection(_Strict):
     def _tls_pairs(self) -> MqttSection:
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together")
-        if self.url and urlsplit(self.url).scheme == "mqtt" and (self.cert or self.ca):
+        if self.url and self.urls:
+            raise ValueError("give url (one broker) or urls (several endpoints), not both")
+        schemes = {urlsplit(u).scheme for u in self.endpoints}
+        if len(schemes) > 1:
+            raise ValueError("urls mix mqtt:// and mqtts://: a room never falls back to plain text")
+        if "mqtt" in schemes and (self.cert or self.ca):
             raise ValueError("ca/cert/key need an mqtts:// url")
         return self
 

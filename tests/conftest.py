@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from tests.broker import DEFAULT_ACL, Broker, TlsBroker
+from tests.nats_cluster import BrokerTarget, NatsCluster, nats_available
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"  # published test vectors, copied into the repo (see its README)
@@ -91,3 +92,54 @@ def mosquitto_tls_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         for broker in made:
             broker.stop()
+
+
+# --- A real three-node NATS cluster (JetStream + MQTT 3.1.1 listeners; tests/nats_cluster.py) -------
+
+
+@pytest.fixture
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three ``nats-server`` processes (own configs, ports and JetStream stores), routes on loopback;
+    ready when every node grants an MQTT subscription. ``.urls``, ``.kill_node(i)``,
+    ``.start_node(i)``, ``.wait_mqtt_ready(i)``. Tests may kill nodes: this one is theirs alone."""
+    if not nats_available():
+        pytest.skip("nats-server is not installed (make test-deps installs it)")
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), nodes=3)
+    try:
+        cluster.start(timeout_s=90)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster | None]:
+    if not nats_available():
+        yield None
+        return
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-shared"), nodes=3)
+    try:
+        cluster.start(timeout_s=90)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["mosquitto", "nats"])
+def broker_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerTarget]:
+    """The same scenario on one Mosquitto (MQTT 5) and on a three-node NATS cluster (MQTT 3.1.1,
+    shared by the tests of a session, never killed)."""
+    if request.param == "mosquitto":
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"))
+        broker.start()
+        try:
+            yield BrokerTarget("mosquitto", (broker.url,), "5")
+        finally:
+            broker.stop()
+        return
+    cluster = request.getfixturevalue("_shared_nats")
+    if cluster is None:
+        pytest.skip("nats-server is not installed (make test-deps installs it)")
+    yield BrokerTarget("nats", tuple(cluster.urls), "3.1.1", cluster)

@@ -142,18 +142,19 @@ class Plane:
 class PlaneClient:
     """The management plane on MQTT: publishes documents, collects the device's signed acks."""
 
-    def __init__(self, client: Any, device: str = "room-101") -> None:
+    def __init__(self, client: Any, device: str = "room-101", prefix: str = PREFIX) -> None:
         self.client = client
         self.device = device
+        self.prefix = prefix
         self.acks: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
         self.audit: list[dict[str, Any]] = []
         self._new = __import__("asyncio").Event()
 
     async def listen(self) -> None:
-        await self.client.subscribe(f"{PREFIX}/devices/+/ack", qos=1)
-        await self.client.subscribe(f"{PREFIX}/devices/+/state", qos=1)
-        await self.client.subscribe(f"{PREFIX}/devices/+/audit", qos=1)
+        await self.client.subscribe(f"{self.prefix}/devices/+/ack", qos=1)
+        await self.client.subscribe(f"{self.prefix}/devices/+/state", qos=1)
+        await self.client.subscribe(f"{self.prefix}/devices/+/audit", qos=1)
         async for message in self.client.messages:
             topic = str(message.topic)
             if topic.endswith("/ack"):
@@ -167,12 +168,12 @@ class PlaneClient:
 
     def topic(self, kind: str, group: str | None = None) -> str:
         if kind == "command":
-            return f"{PREFIX}/devices/{self.device}/cmd"
+            return f"{self.prefix}/devices/{self.device}/cmd"
         if kind == "keys":
-            return f"{PREFIX}/devices/{self.device}/keys"
+            return f"{self.prefix}/devices/{self.device}/keys"
         if group is not None:
-            return f"{PREFIX}/groups/{group}/desired/{kind}"
-        return f"{PREFIX}/devices/{self.device}/desired/{kind}"
+            return f"{self.prefix}/groups/{group}/desired/{kind}"
+        return f"{self.prefix}/devices/{self.device}/desired/{kind}"
 
     async def wait_for(self, predicate: Any, wait_s: float = 5.0) -> Any:
         import asyncio
@@ -244,6 +245,8 @@ def device_config(
     }
     if url is not None:
         data["mqtt"] = {"url": url, **(mqtt or {})}
+    elif mqtt:
+        data["mqtt"] = mqtt  # e.g. urls + protocol of a cluster
     return parse_config(data)
 
 
@@ -264,8 +267,10 @@ class RunningDevice:
 
 
 async def start_device(
-    config: Any, target: Any, host: str, port: int, *, device: str = "room-101"
+    config: Any, target: Any, host: str, port: int, *, device: str = "room-101", online_s: float = 5.0
 ) -> RunningDevice:
+    """The control service of ``config`` in this loop, and a plane client on ``host:port`` speaking
+    the device's MQTT protocol under its topic prefix."""
     import asyncio
 
     import aiomqtt
@@ -273,14 +278,19 @@ async def start_device(
     from agent.control.service import ControlService
 
     service = ControlService(config, target)
+    v5 = config.mqtt.protocol == "5"
     client_cm = aiomqtt.Client(
-        host, port, identifier=f"plane-{device}-{id(service)}", protocol=aiomqtt.ProtocolVersion.V5
+        host,
+        port,
+        identifier=f"plane-{device}-{id(service)}",
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        timeout=30,
     )
     client = await client_cm.__aenter__()
-    pc = PlaneClient(client, device)
+    pc = PlaneClient(client, device, config.mqtt.prefix)
     listener = asyncio.create_task(pc.listen(), name="plane.listen")
     task = asyncio.create_task(service.run(Beat()), name="control.service")
-    await pc.wait_for(lambda s: s.get("device") == device and s.get("online") is True, 5.0)
+    await pc.wait_for(lambda s: s.get("device") == device and s.get("online") is True, online_s)
     return RunningDevice(service, task, pc, listener, client_cm)
 
 

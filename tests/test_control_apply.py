@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from agent.control.standalone import FileApplyTarget
 from agent.control.verify import VerifiedDocument
 from tests.broker import Broker, TlsBroker
+from tests.nats_cluster import BrokerTarget
 from tests.plane import Plane, device_config, start_device, stop_device
 
 pytestmark = pytest.mark.broker
@@ -53,14 +55,33 @@ def cfg(plane: Plane, tmp_path: Path, url: str, **kw: Any) -> Any:
     return device_config(tmp_path / "state", root, url, **kw)
 
 
+def cfg_on(plane: Plane, tmp_path: Path, target: BrokerTarget, **kw: Any) -> Any:
+    """The device config for ``target``: its endpoints and protocol, a topic prefix of its own (a
+    shared cluster keeps other tests' retained documents and sessions)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}/v1"
+    mqtt = {"urls": list(target.urls), "protocol": target.protocol, "prefix": prefix}
+    root = tmp_path / "root.json"
+    if not root.exists():
+        root.write_bytes(plane.root())
+    return device_config(tmp_path / "state", root, None, mqtt=mqtt, **kw)
+
+
+async def start_on(plane: Plane, tmp_path: Path, target: BrokerTarget, dev_target: Any) -> Any:
+    return await start_device(
+        cfg_on(plane, tmp_path, target), dev_target, target.host, target.port, online_s=45.0
+    )
+
+
 def bitrate(plane: Plane, kbps: int, **kw: Any) -> bytes:
     return plane.sign("config", {"encoder": {"bitrate_kbps": kbps}}, **kw)
 
 
-async def test_apply_failure_rolls_back_to_last_known_good(mosquitto: Broker, tmp_path: Path) -> None:
+async def test_apply_failure_rolls_back_to_last_known_good(
+    broker_target: BrokerTarget, tmp_path: Path
+) -> None:
     plane = Plane()
     target = FaultyTarget(tmp_path / "state" / "running")
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), target, mosquitto.host, mosquitto.port)
+    dev = await start_on(plane, tmp_path, broker_target, target)
     try:
         assert (await dev.plane.push("config", bitrate(plane, 1500)))["status"] == "applied"
         target.fail_bitrate = 666
@@ -84,10 +105,10 @@ async def test_apply_failure_rolls_back_to_last_known_good(mosquitto: Broker, tm
         await stop_device(dev)
 
 
-async def test_redelivery_is_acked_again_not_reapplied(mosquitto: Broker, tmp_path: Path) -> None:
+async def test_redelivery_is_acked_again_not_reapplied(broker_target: BrokerTarget, tmp_path: Path) -> None:
     plane = Plane()
     target = FaultyTarget(tmp_path / "state" / "running")
-    dev = await start_device(cfg(plane, tmp_path, mosquitto.url), target, mosquitto.host, mosquitto.port)
+    dev = await start_on(plane, tmp_path, broker_target, target)
     try:
         raw = bitrate(plane, 1500)
         first = await dev.plane.push("config", raw)
@@ -330,12 +351,12 @@ async def test_rotated_root_survives_restart(mosquitto: Broker, tmp_path: Path) 
 
 
 async def test_persistent_session_delivers_command_sent_while_offline(
-    mosquitto: Broker, tmp_path: Path
+    broker_target: BrokerTarget, tmp_path: Path
 ) -> None:
     import aiomqtt
 
     plane = Plane()
-    config = cfg(plane, tmp_path, mosquitto.url)
+    config = cfg_on(plane, tmp_path, broker_target)
     target = FileApplyTarget(tmp_path / "state" / "running")
     calls: list[str] = []
 
@@ -343,11 +364,12 @@ async def test_persistent_session_delivers_command_sent_while_offline(
         calls.append(name)
         return "ok"
 
-    dev = await start_device(config, target, mosquitto.host, mosquitto.port)
+    dev = await start_device(config, target, broker_target.host, broker_target.port, online_s=45.0)
     await stop_device(dev)  # the session (subscriptions, QoS 1 queue) stays on the broker
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+    version = aiomqtt.ProtocolVersion.V5 if broker_target.protocol == "5" else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client(broker_target.host, broker_target.port, protocol=version, timeout=30) as c:
         await c.publish(
-            "roomagent/v1/devices/room-101/cmd",
+            f"{config.mqtt.prefix}/devices/room-101/cmd",
             plane.sign("command", {"name": "keyframe", "args": {}}),
             qos=1,
             retain=False,
@@ -359,7 +381,7 @@ async def test_persistent_session_delivers_command_sent_while_offline(
     service.commands.register("keyframe", handler)
     task = asyncio.create_task(service.run(Beat()))
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while not calls:  # noqa: ASYNC110 - the handler list is filled by the service
                 await asyncio.sleep(0.02)
         assert calls == ["keyframe"]

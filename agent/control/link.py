@@ -1,14 +1,19 @@
-"""The MQTT 5 link to the management plane (aiomqtt).
+"""The MQTT link to the management plane (aiomqtt): MQTT 5 or 3.1.1, one broker or a cluster.
 
-mqtts with client certificates (plain mqtt for development), persistent session (clean_start
-False, session expiry), QoS 1, last will ``online: false`` on the retained state topic, the device's
-and its groups' topics, reconnect with jittered exponential backoff. The will is the state document of
-the moment of connecting; :meth:`ControlLink.refresh_will` reconnects at once (same session, nothing
-lost) so that a crash later still reports the versions last applied (docs/adr/0020-last-will-refresh.md).
-Outgoing messages wait in two queues while offline: acks of authenticated documents in a priority
-queue that is sent first and never dropped (each needs a threshold signature, so it cannot be
-flooded), everything else in a bounded drop-oldest queue; the device keeps running on
-last-known-good meanwhile.
+mqtts with client certificates (plain mqtt for development), persistent session (MQTT 5: clean_start
+False and a session expiry; 3.1.1: clean_session False), QoS 1, last will ``online: false`` on the
+retained state topic, the device's and its groups' topics. ``[mqtt] urls`` lists several endpoints of
+one (clustered) broker: on loss the link goes to the next one with a short connect timeout, backs off
+(full jitter) only after a whole round failed, resubscribes (retrying topics the broker refused with
+SUBACK 0x80 while its cluster re-elects), which re-reads the retained desired documents, and
+re-publishes the retained state. docs/mqtt.md has the protocol details.
+
+The will is the state document of the moment of connecting; :meth:`ControlLink.refresh_will`
+reconnects at once (same session, nothing lost) so that a crash later still reports the versions last
+applied (docs/adr/0020-last-will-refresh.md). Outgoing messages wait in two queues while offline: acks
+of authenticated documents in a priority queue that is sent first and never dropped (each needs a
+threshold signature, so it cannot be flooded), everything else in a bounded drop-oldest queue; the
+device keeps running on last-known-good meanwhile.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import contextlib
 import json
 import random
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -39,6 +46,51 @@ log = structlog.get_logger()
 SESSION_EXPIRY_S = 7 * 24 * 3600
 _REFRESH_DRAIN_S = 2.0
 _OUTBOX = 1000
+# A clustered broker refuses subscriptions (SUBACK 0x80) for a few seconds after losing a node, until
+# its stream leaders are re-elected (NATS: 6-8 s measured); retry that long, then try another endpoint.
+SUBSCRIBE_RETRY_S = 15.0
+# NATS handles a SUBSCRIBE's topics one after the other and may spend its 4 s JetStream API timeout
+# on each while a consumer leader is elected: the SUBACK of five topics can take 20 s.
+SUBACK_WAIT_S = 30.0
+SUBACK_FAILURE = 0x80
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One broker endpoint of ``[mqtt] url``/``urls``."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
+
+
+def refused_topics(topics: Sequence[str], granted: Sequence[object]) -> list[str]:
+    """The topics of one SUBSCRIBE whose SUBACK entry is a failure (MQTT 3.1.1 0x80, MQTT 5 >= 0x80)."""
+    refused = []
+    for topic, code in zip(topics, granted, strict=False):
+        value = code if isinstance(code, int) else getattr(code, "value", SUBACK_FAILURE)
+        if not isinstance(value, int) or value >= SUBACK_FAILURE:
+            refused.append(topic)
+    refused += list(topics[len(granted) :])  # a short SUBACK: treat the missing entries as refused
+    return refused
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    # A connect that timed out leaves paho's socket open; a broker that processes that CONNECT late
+    # would then hold a second session with our client id, and on a NATS cluster the two connections
+    # (on different nodes) take the id from each other in a loop. Close it.
+    with contextlib.suppress(Exception):
+        # paho sends DISCONNECT and closes through its normal path (the event loop unregisters the
+        # socket first); closing the fd from outside would leave aiomqtt callbacks on a reused fd.
+        client._client.disconnect()
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +151,10 @@ class ControlLink:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 30.0,
     ) -> None:
-        if mqtt.url is None:
+        if not mqtt.endpoints:
             raise LinkError("no [mqtt] url: the control link stays offline")
-        parts = urlsplit(mqtt.url)
-        self._host = parts.hostname or "localhost"
-        self._tls = parts.scheme == "mqtts"
-        self._port = parts.port or (8883 if self._tls else 1883)
+        self.endpoints = tuple(Endpoint.parse(url) for url in mqtt.endpoints)
+        self._tls = self.endpoints[0].tls
         if self._tls and mqtt.ca is None:
             raise LinkError("mqtts needs [mqtt] ca (the broker's CA certificate)")
         self._mqtt = mqtt
@@ -121,6 +171,10 @@ class ControlLink:
         self.unknown_topic_messages = 0
         self.connected = asyncio.Event()
         self.connections = 0
+        self.endpoint: Endpoint | None = None  # the one connected to, or last tried
+        # One client per endpoint for the link's lifetime (aiomqtt clients are reusable): messages
+        # received and PUBACKed but not yet handled stay in its queue across a reconnect.
+        self._clients: dict[Endpoint, aiomqtt.Client] = {}
         self._refresh = asyncio.Event()
         self._closing = False
         self._idle = asyncio.Event()  # set while no received document is being handled
@@ -191,62 +245,95 @@ class ControlLink:
             return self._outbox.popleft(), False
         return None
 
-    def _client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+    def _client(self, endpoint: Endpoint) -> aiomqtt.Client:
+        v5 = self._mqtt.protocol == "5"
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
         tls = None
-        if self._tls:
+        if endpoint.tls:
             tls = aiomqtt.TLSParameters(
                 ca_certs=str(self._mqtt.ca),
                 certfile=str(self._mqtt.cert) if self._mqtt.cert else None,
                 keyfile=str(self._mqtt.key) if self._mqtt.key else None,
             )
-        return aiomqtt.Client(
-            self._host,
-            self._port,
+        # A persistent session either way: QoS 1 commands and key packages wait for the room.
+        session: dict[str, Any] = {"clean_start": False} if v5 else {"clean_session": False}
+        client = aiomqtt.Client(
+            endpoint.host,
+            endpoint.port,
             identifier=self.topics.device,
             username=self._mqtt.username,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            **session,
             properties=props,
             keepalive=self._mqtt.keepalive_s,
             tls_params=tls,
-            timeout=10,
+            # Bounds CONNACK/SUBACK/PUBACK waits: short, so a hanging cluster node costs seconds.
+            timeout=self._mqtt.connect_timeout_s,
             # Small control messages: Nagle + delayed ACK would add ~40 ms per hop.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             will=aiomqtt.Will(self.topics.state, self._state_payload(False), qos=1, retain=True),
         )
+        client._client.connect_timeout = self._mqtt.connect_timeout_s  # the TCP/TLS connect itself
+        return client
+
+    async def _subscribe(self, client: aiomqtt.Client, *, refreshed: bool = False) -> None:
+        """Subscribe to every topic in one SUBSCRIBE; retry the refused ones until SUBSCRIBE_RETRY_S.
+
+        Each (re)subscription makes the broker send the retained desired documents again: that is how
+        a room re-reads them after a failover. Documents it already applied are acked again, not
+        re-applied (the control service keeps each document's outcome by digest).
+        """
+        pending = self.topics.subscriptions()
+        deadline = time.monotonic() + SUBSCRIBE_RETRY_S
+        delay = 0.25
+        # After a will refresh the session (and its subscriptions) is still there: subscribing again
+        # must not make the broker resend every retained document (MQTT 5 retain handling 1: retained
+        # messages only for a new subscription, e.g. when the broker lost the session).
+        options: Any = 1
+        if refreshed and self._mqtt.protocol == "5":
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        while True:
+            granted = await client.subscribe([(t, options) for t in pending], timeout=SUBACK_WAIT_S)
+            pending = refused_topics(pending, granted)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise aiomqtt.MqttError(f"subscriptions refused for {SUBSCRIBE_RETRY_S:.0f} s: {pending}")
+            log.warning("control_subscribe_refused", topics=len(pending), retry_s=delay)
+            await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, 2.0)
 
     async def run(self, beat: Callable[[], None] = lambda: None) -> None:
-        """Connect forever (until cancelled), reconnecting with jittered exponential backoff."""
-        delay = self._backoff[0]
-        # One client for the link's lifetime (aiomqtt clients are reusable): messages received and
-        # PUBACKed but not yet handled stay in its queue across a reconnect instead of being lost.
-        client = self._client()
+        """Connect forever (until cancelled); on loss go to the next endpoint, back off after a round."""
+        index = 0
+        failed_rounds = 0
+        failed_here = 0
         refreshed = False
+        delay = self._backoff[0]
         while True:
-            # After a will refresh the session (and its subscriptions) is still there: subscribing
-            # again must not make the broker resend every retained document (MQTT 5 retain handling
-            # 1: retained messages only for a new subscription, e.g. when the broker lost the session).
-            resubscribe = (
-                SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                if refreshed
-                else None
-            )
-            refreshed = False
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            self.endpoint = endpoint
+            client = self._clients.get(endpoint)
+            if client is None:
+                client = self._clients[endpoint] = self._client(endpoint)
+            was_refresh, refreshed = refreshed, False
             self._check_closing()
             self._set_will(client)
             try:
                 async with client:
                     self._check_closing()
+                    failed_rounds = failed_here = 0
                     self.connections += 1
-                    delay = self._backoff[0]
-                    log.info("control_link_connected", broker=self._host, port=self._port)
-                    for topic in self.topics.subscriptions():
-                        if resubscribe is None:
-                            await client.subscribe(topic, qos=1)
-                        else:  # (paho takes the QoS from the options then: qos must stay 0)
-                            await client.subscribe(topic, options=resubscribe)
+                    log.info(
+                        "control_link_connected",
+                        broker=endpoint.host,
+                        port=endpoint.port,
+                        protocol=self._mqtt.protocol,
+                    )
+                    await self._subscribe(client, refreshed=was_refresh)
                     await client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
                     self._check_closing()
                     self.connected.set()
@@ -266,14 +353,23 @@ class ControlLink:
             except* aiomqtt.MqttError as group:
                 # (No task.cancelling() check here: on 3.11 the inner TaskGroup leaves a cancel
                 # request on this task when a child fails, so it would read as a shutdown.)
+                _abandon(client)
+                failed_here += 1
+                if failed_here >= len(self.endpoints):
+                    failed_rounds, failed_here = failed_rounds + 1, 0
+                delay = min(self._backoff[0] * 2**failed_rounds, self._backoff[1])
                 log.warning(
-                    "control_link_lost", error=str(group.exceptions[0])[:200], retry_s=round(delay, 2)
+                    "control_link_lost",
+                    broker=endpoint.host,
+                    port=endpoint.port,
+                    error=str(group.exceptions[0])[:200],
+                    retry_s=round(delay, 2),
                 )
             if refreshed:
-                continue
+                continue  # the same endpoint, at once
+            index += 1  # the next endpoint: the one just lost (or refused) is the likeliest to be down
             # Full jitter (AWS architecture blog): spreads a fleet's reconnects after a broker restart.
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
-            delay = min(delay * 2, self._backoff[1])
 
     def _set_will(self, client: aiomqtt.Client) -> None:
         """The will of the next connection: the state document of now, ``online: false``."""

@@ -156,7 +156,7 @@ def run(
         config=source,
         state_dir=str(runtime.state_dir),
         hal=config.hal.backend,
-        mqtt="configured" if config.mqtt.url else "offline",
+        mqtt="configured" if config.mqtt.endpoints else "offline",
     )
     try:
         room = build_room(config, runtime, fault_steps=fault_steps)

@@ -28,6 +28,7 @@ _COMMAND_MODULES: list[str] = [
     "agent.fleet.sim",  # fleet-sim
     "agent.fleet.tlog",  # log append|prove|verify
     "agent.fleet.update",  # update push|make
+    "agent.fleet.broker_config",  # broker-config
 ]
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "Warner",
     "add_broker_args",
     "add_roster_args",
+    "broker_urls",
     "document_version",
     "guarded",
     "load_public_key_file",
@@ -34,12 +35,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import structlog
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -180,14 +183,75 @@ def document_version() -> int:
     return time.time_ns() // 1_000_000
 
 
+OPERATION_TIMEOUT_S = 30.0
+
+
+def _split_brokers(value: str) -> list[str]:
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
 def add_broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument(
+        "--broker",
+        required=True,
+        action="append",
+        type=_split_brokers,
+        metavar="URL[,URL...]",
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT; repeat it or separate by commas to name several "
+        "endpoints of one clustered broker (tried in order, the next one when a connect fails)",
+    )
+    p.add_argument(
+        "--mqtt-protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT protocol version (3.1.1 for brokers such as NATS that speak only 3.1.1; default 5)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for one endpoint before trying the next (default 5)",
+    )
     p.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate that signed the broker's (mqtts)")
     p.add_argument("--cert", type=Path, metavar="FILE", help="client certificate (mqtts)")
     p.add_argument(
         "--key", dest="tls_key", type=Path, metavar="FILE", help="client certificate's private key (mqtts)"
     )
     p.add_argument("--prefix", default="roomagent/v1", help="MQTT topic prefix (default: roomagent/v1)")
+
+
+def broker_urls(args: argparse.Namespace) -> list[str]:
+    """``--broker`` as a flat list of URLs (repeated and comma-separated forms mixed)."""
+    value = args.broker
+    if isinstance(value, str):
+        value = [_split_brokers(value)]
+    urls = [url for group in value for url in (group if isinstance(group, list) else [group])]
+    if not urls:
+        raise CliError("--broker: give at least one mqtt:// or mqtts:// URL")
+    return urls
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerArgs:
+    """One endpoint of ``--broker`` checked: host, port, TLS."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerArgs:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise CliError(f"--broker {url!r}: bad port") from exc
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise CliError(f"--broker {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
+        tls = parts.scheme == "mqtts"
+        return cls(url, parts.hostname, port or (8883 if tls else 1883), tls)
 
 
 def add_roster_args(p: argparse.ArgumentParser) -> None:
@@ -238,43 +302,95 @@ def load_roster(args: argparse.Namespace, *, allow_expired: bool = False) -> Ros
         raise CliError(f"--roster {args.roster}: {exc}") from exc
 
 
-def mqtt_client(
+def _client_for(
     args: argparse.Namespace,
+    broker: BrokerArgs,
     *,
-    timeout: float = 10.0,
-    identifier: str | None = None,
-    session_expiry_s: int = 0,
+    timeout: float,
+    identifier: str | None,
+    session_expiry_s: int,
 ) -> aiomqtt.Client:
-    """A client for ``--broker``; with ``session_expiry_s`` a persistent MQTT 5 session under the
-    fixed ``identifier`` (QoS 1 messages wait at the broker while the client reconnects)."""
-    parts = urlsplit(args.broker)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise CliError(f"--broker {args.broker!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
     tls = None
-    if parts.scheme == "mqtts":
+    if broker.tls:
         tls = aiomqtt.TLSParameters(
             ca_certs=str(args.ca) if args.ca else None,
             certfile=str(args.cert) if args.cert else None,
             keyfile=str(args.tls_key) if args.tls_key else None,
         )
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise CliError(f"--broker {args.broker!r}: bad port") from exc
+    v5 = getattr(args, "mqtt_protocol", "5") == "5"
+    connect_timeout = float(getattr(args, "connect_timeout", timeout))
     properties = None
-    if session_expiry_s:
+    if session_expiry_s and v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
-    return aiomqtt.Client(
-        parts.hostname,
-        port,
-        protocol=aiomqtt.ProtocolVersion.V5,
+    client = aiomqtt.Client(
+        broker.host,
+        broker.port,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         tls_params=tls,
-        timeout=timeout,
+        timeout=connect_timeout,
         identifier=identifier or f"roomctl-{os.getpid()}-{time.monotonic_ns() % 100000}",
-        clean_start=False if session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY,
+        # MQTT 5: a persistent session by session expiry; 3.1.1: by clean session off (paho refuses
+        # any clean_start but its default on 3.1.1: the flag is MQTT 5's).
+        clean_start=False if v5 and session_expiry_s else MQTT_CLEAN_START_FIRST_ONLY,
+        clean_session=None if v5 else not session_expiry_s,
         properties=properties,
     )
+    client._client.connect_timeout = connect_timeout  # private: paho's TCP/TLS connect timeout
+    return client
+
+
+@contextlib.asynccontextmanager
+async def mqtt_client(
+    args: argparse.Namespace,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the client's per-operation timeout, not a deadline
+    identifier: str | None = None,
+    session_expiry_s: int = 0,
+) -> AsyncIterator[aiomqtt.Client]:
+    """A connected client on the first ``--broker`` endpoint that answers (in the order given); with
+    ``session_expiry_s`` a persistent session under the fixed ``identifier`` (QoS 1 messages wait at
+    the broker while the client reconnects).
+
+    Raises ``aiomqtt.MqttError`` (the last endpoint's error) when none does.
+    """
+    brokers = [BrokerArgs.parse(url) for url in broker_urls(args)]
+    if len({b.tls for b in brokers}) > 1:
+        raise CliError("--broker mixes mqtt:// and mqtts:// endpoints")
+    last: aiomqtt.MqttError | None = None
+    for broker in brokers:
+        client = _client_for(
+            args, broker, timeout=timeout, identifier=identifier, session_expiry_s=session_expiry_s
+        )
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            with contextlib.suppress(Exception):
+                client._client.disconnect()  # private client: drop the half-open connect cleanly
+            structlog.get_logger().warning("roomctl_broker_unreachable", broker=broker.url, error=str(exc))
+            last = exc
+            continue
+        # Connected: later waits (SUBACK, PUBACK) get longer, as a clustered broker re-electing its
+        # leaders after losing a node answers late but does answer.
+        client.timeout = max(client.timeout or 0.0, timeout, OPERATION_TIMEOUT_S)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+        return
+    assert last is not None
+    raise last
+
+
+def _broker_text(args: argparse.Namespace) -> str:
+    value = getattr(args, "broker", None)
+    if value is None:
+        return "?"
+    try:
+        return ",".join(broker_urls(args))
+    except CliError:
+        return str(value)
 
 
 def broker_hint(url: str, exc: BaseException) -> str:
@@ -308,14 +424,14 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
             quiet_stdout()
             return 141
         except aiomqtt.MqttError as exc:
-            print(f"roomctl {name}: {broker_hint(getattr(args, 'broker', '?'), exc)}", file=sys.stderr)
+            print(f"roomctl {name}: {broker_hint(_broker_text(args), exc)}", file=sys.stderr)
             return 4
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 quiet_stdout()
                 return 141
             if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                print(f"roomctl {name}: {broker_hint(getattr(args, 'broker', '?'), exc)}", file=sys.stderr)
+                print(f"roomctl {name}: {broker_hint(_broker_text(args), exc)}", file=sys.stderr)
                 return 4
             where = f"{exc.filename}: " if exc.filename else ""
             print(f"roomctl {name}: {where}{exc.strerror or exc}", file=sys.stderr)
