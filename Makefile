@@ -1,6 +1,6 @@
 # roomagent: two set-up commands on a fresh Debian machine (see README):
 #   make run    a demo room on the simulated HAL (creates .venv, installs Mosquitto if missing)
-#   make test   the whole test suite (creates .venv, installs Mosquitto if missing, runs pytest)
+#   make test   the whole test suite (creates .venv, installs the Debian services the tests start, runs pytest)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
