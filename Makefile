@@ -100,7 +100,7 @@ fuzz: $(STAMP)
 	@set -e; for t in fuzz/fuzz_*.py; do \
 	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
 	  mkdir -p $(FUZZ_DIR)/artifacts; \
-	  ROOMAGENT_FUZZ_DIR=$(FUZZ_DIR) $(BIN)/python $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+	  ROOMAGENT_FUZZ_DIR=$(FUZZ_DIR) $(BIN)/python $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -error_exitcode=70 \
 	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$$(basename $$t .py)- -print_final_stats=1 2>$(FUZZ_DIR).log || { rc=$$?; tail -40 $(FUZZ_DIR).log; \
 	    [ $$rc = 77 ] && continue; exit $$rc; }; \
 	  grep -E '^Done [0-9]+ runs' $(FUZZ_DIR).log; \

@@ -38,6 +38,9 @@ def _run_target(
             f"-max_total_time={seconds}",
             "-timeout=20",
             f"-artifact_prefix={workdir}/",
+            # libFuzzer's own crash exit code is 77 too, the harness's "not built here": a crash must
+            # never read as a skip.
+            "-error_exitcode=70",
             *extra,
         ],
         capture_output=True,

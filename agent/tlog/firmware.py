@@ -56,7 +56,11 @@ class InclusionProof:
             raise ProofError("proof hashes are base64") from exc
         if len(hashes) != len(path):
             raise ProofError("proof hashes are base64 strings")
-        return cls(index, size, hashes, note.encode())
+        try:
+            checkpoint = note.encode()
+        except UnicodeEncodeError as exc:  # JSON may carry lone surrogates ("\\udddd"): not UTF-8 text
+            raise ProofError("checkpoint is not UTF-8 text") from exc
+        return cls(index, size, hashes, checkpoint)
 
     def to_json(self) -> dict[str, object]:
         return {
