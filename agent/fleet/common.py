@@ -42,7 +42,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
-import structlog
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -367,7 +366,8 @@ async def mqtt_client(
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(Exception):
                 client._client.disconnect()  # private client: drop the half-open connect cleanly
-            structlog.get_logger().warning("roomctl_broker_unreachable", broker=broker.url, error=str(exc))
+            # stderr, like every roomctl warning: stdout carries only the result (``--json``).
+            print(f"roomctl: broker {broker.url} unreachable ({exc})", file=sys.stderr)
             last = exc
             continue
         # Connected: later waits (SUBACK, PUBACK) get longer, as a clustered broker re-electing its
